@@ -1,0 +1,267 @@
+"""Applications: a store, a mapper, a repository, snapshots, and the bus that carries saved batches.
+
+Write path: ``app.save(*aggregates)`` maps every pending event to a record,
+appends them as one atomic batch, and only then hands the batch to the
+subscribers (the snapshotting policy, projections). Read path: the newest
+snapshot at or below the wanted version, then the events after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import Token
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+from uuid import UUID
+
+from cairn.crypto import AESCipher
+from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
+from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
+from cairn.mapping import Mapper, Snapshot
+from cairn.stores import Recorder, open_store
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=Aggregate)
+Subscriber = Callable[[Sequence[DomainEvent]], None]
+
+
+class EventStore:
+    """Domain events in, domain events out, over one recorder."""
+
+    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
+        self.recorder = recorder
+        self.mapper = mapper
+
+    def put(self, events: Sequence[DomainEvent]) -> None:
+        """Store a batch atomically (every event is mapped before anything is written)."""
+        self.recorder.append([self.mapper.to_record(e) for e in events])
+
+    def get(
+        self,
+        originator_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[DomainEvent]:
+        """One aggregate's events in version order, decoded as they stream in."""
+        to_event = self.mapper.to_event
+        for record in self.recorder.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+            yield to_event(record)
+
+
+class SnapshotStore:
+    """Snapshots of aggregates' state (the seed's ``snapshot_strategy``)."""
+
+    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
+        self.recorder = recorder
+        self.mapper = mapper
+
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
+        """The newest snapshot taken at or below event version ``lte``, or None."""
+        record = self.recorder.get_snapshot(originator_id, lte=lte)
+        return None if record is None else self.mapper.to_snapshot(record)
+
+    def put_snapshot(self, snapshot: Snapshot) -> None:
+        self.recorder.put_snapshot(self.mapper.snapshot_to_record(snapshot))
+
+
+class Repository(Generic[A]):
+    """Aggregates by id, rebuilt from the newest snapshot and the events after it."""
+
+    def __init__(self, application: Application) -> None:
+        self.application = application
+        self.events = application.events
+        self.snapshots = application.snapshots
+
+    def __getitem__(self, originator_id: UUID) -> A:
+        return self.get(originator_id)
+
+    def __contains__(self, originator_id: object) -> bool:
+        if not isinstance(originator_id, UUID):
+            return False
+        try:
+            self.get(originator_id)
+        except AggregateNotFound:
+            return False
+        return True
+
+    def get(self, originator_id: UUID, lte: int | None = None) -> A:
+        """The aggregate as it is now, or as it was after event version ``lte``.
+
+        :class:`~cairn.AggregateNotFound` (a ``KeyError``) if it has no events
+        at or below ``lte``, or was discarded by then.
+        """
+        aggregate = self._rebuild(originator_id, lte)
+        if aggregate is None:
+            at = "" if lte is None else f" at version {lte}"
+            raise AggregateNotFound(f"aggregate {originator_id} not found{at}")
+        if aggregate._is_discarded:
+            raise AggregateNotFound(
+                f"aggregate {originator_id} was discarded at version {aggregate._version - 1}"
+            )
+        aggregate._application = self.application
+        return aggregate
+
+    get_entity = get  # the seed's name
+
+    def take_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot:
+        """Store a snapshot of the aggregate after event version ``lte`` (default: the latest)."""
+        aggregate = self._rebuild(originator_id, lte)
+        if aggregate is None:
+            raise AggregateNotFound(f"aggregate {originator_id} has no events to snapshot")
+        state = None if aggregate._is_discarded else state_of(aggregate)
+        snapshot = Snapshot(originator_id, aggregate._version - 1, topic_of(type(aggregate)), state)
+        self.snapshots.put_snapshot(snapshot)
+        return snapshot
+
+    def _rebuild(self, originator_id: UUID, lte: int | None) -> A | None:
+        aggregate: Any = None
+        gt = None
+        snapshot = self.snapshots.get_snapshot(originator_id, lte=lte)
+        if snapshot is not None:
+            if snapshot.state is None:
+                # Discarded by then: rebuild from events so the caller sees how far it got.
+                snapshot = None
+            else:
+                aggregate = aggregate_from_snapshot(snapshot)
+                gt = snapshot.originator_version
+        for event in self.events.get(originator_id, gt=gt, lte=lte):
+            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        return cast("A | None", aggregate)
+
+
+def state_of(aggregate: Aggregate) -> dict[str, Any]:
+    """The aggregate's attributes, as a snapshot stores them (no pending events)."""
+    transient = aggregate._transient
+    return {k: v for k, v in vars(aggregate).items() if k not in transient}
+
+
+def aggregate_from_snapshot(snapshot: Snapshot) -> Any:
+    """Rebuild an aggregate object from a snapshot's state."""
+    cls = resolve_topic(snapshot.topic)
+    aggregate = object.__new__(cls)
+    aggregate.__dict__.update(snapshot.state or {})
+    aggregate._pending_events = []
+    aggregate._application = None
+    return aggregate
+
+
+class SnapshottingPolicy:
+    """Snapshots an aggregate every ``period`` events: after each event whose
+    version + 1 is a multiple of the period, however the events were batched.
+    """
+
+    def __init__(self, repository: Repository[Any], period: int) -> None:
+        if period < 1:
+            raise ValueError(f"snapshot period must be at least 1, not {period}")
+        self.repository = repository
+        self.period = period
+
+    def trigger(self, event: DomainEvent) -> bool:
+        return (event.originator_version + 1) % self.period == 0
+
+    def __call__(self, events: Sequence[DomainEvent]) -> None:
+        for event in events:
+            if self.trigger(event):
+                self.repository.take_snapshot(event.originator_id, lte=event.originator_version)
+
+
+class Application:
+    """An event-sourced application over one store.
+
+    ``store`` is a store URL (else ``$CAIRN_STORE``, else a SQLite file in the
+    working folder) or an open :class:`Recorder`. ``cipher`` encrypts every
+    event and snapshot; ``always_encrypt`` also refuses unencrypted records on
+    read; ``compress`` zlib-compresses payloads; ``snapshot_every`` takes a
+    snapshot every N events. Use it as a context manager: inside ``with app:``
+    new aggregates are saved by ``aggregate.save()``.
+    """
+
+    def __init__(
+        self,
+        store: str | Recorder | None = None,
+        *,
+        cipher: AESCipher | None = None,
+        always_encrypt: bool = False,
+        compress: bool = False,
+        snapshot_every: int | None = None,
+    ) -> None:
+        self.mapper = Mapper(cipher=cipher, compress=compress, always_encrypt=always_encrypt)
+        self.recorder = store if isinstance(store, Recorder) else open_store(store)
+        self.events = EventStore(self.recorder, self.mapper)
+        self.snapshots = SnapshotStore(self.recorder, self.mapper)
+        self.repository: Repository[Any] = Repository(self)
+        self._subscribers: list[Subscriber] = []
+        self._tokens: list[Token[tuple[Any, ...]]] = []
+        if snapshot_every is not None:
+            self.subscribe(SnapshottingPolicy(self.repository, snapshot_every))
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Call ``subscriber(events)`` with every batch, once it is stored."""
+        self._subscribers.append(subscriber)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.remove(subscriber)
+
+    def save(self, *aggregates: Aggregate) -> None:
+        """Store the pending events of these aggregates as one atomic batch.
+
+        On SQLite, PostgreSQL and memory it is all or none. On Cassandra each
+        aggregate's batch is atomic on its own; a :class:`ConcurrencyError`
+        then lists in ``stored`` the aggregates that were stored.
+        """
+        pending = [(a, a.collect_events()) for a in aggregates]
+        events = [e for _, batch in pending for e in batch]
+        if not events:
+            return
+        try:
+            self.events.put(events)
+        except ConcurrencyError as exc:
+            self._stored([(a, b) for a, b in pending if a.id in exc.stored])
+            raise
+        self._stored(pending)
+
+    def _stored(self, saved: Sequence[tuple[Aggregate, Sequence[DomainEvent]]]) -> None:
+        for aggregate, batch in saved:
+            del aggregate._pending_events[: len(batch)]
+            aggregate._application = self
+        events = [e for _, batch in saved for e in batch]
+        if events:
+            self._publish(events)
+
+    def _publish(self, events: Sequence[DomainEvent]) -> None:
+        failures = []
+        for subscriber in list(self._subscribers):
+            try:
+                subscriber(events)
+            except Exception as exc:
+                log.exception("subscriber %r failed on a stored batch", subscriber)
+                failures.append((subscriber, exc))
+        if failures:
+            failed, error = failures[0]
+            first = events[0]
+            raise SubscriberError(
+                f"the batch of aggregate {first.originator_id} from version "
+                f"{first.originator_version} was stored, but subscriber {failed!r} failed: {error!r}"
+            ) from error
+
+    def close(self) -> None:
+        """Close the store's connections."""
+        self.recorder.close()
+
+    def __enter__(self) -> Any:
+        self._tokens.append(open_applications.set((*open_applications.get(), self)))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        open_applications.reset(self._tokens.pop())
+        self.close()

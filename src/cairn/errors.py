@@ -1,0 +1,61 @@
+"""The exceptions cairn raises: each names the thing at fault."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+
+class CairnError(Exception):
+    """Base class of every error cairn raises on purpose."""
+
+
+class ConcurrencyError(CairnError):
+    """A batch collided with a stored version: a stale writer lost, nothing of its batch is stored.
+
+    ``stored`` lists the aggregates of the same save that *were* stored (only ever
+    non-empty on stores that are atomic per aggregate, such as Cassandra).
+    """
+
+    def __init__(self, message: str, stored: Sequence[UUID] = ()) -> None:
+        super().__init__(message)
+        self.stored = tuple(stored)
+
+
+class IntegrityError(CairnError):
+    """A stored record failed to decrypt, authenticate or decode: never decoded into garbage."""
+
+
+class AggregateNotFound(CairnError, KeyError):
+    """No aggregate with this id is stored (or it was discarded)."""
+
+    def __str__(self) -> str:  # KeyError would show the message with quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class AggregateDiscarded(CairnError):
+    """A command was given to an aggregate that has been discarded."""
+
+
+class EncodingError(CairnError, TypeError):
+    """A value of an event or snapshot cannot be stored; nothing was written."""
+
+
+class TopicError(CairnError):
+    """A stored topic names a class that cannot be imported (renamed or removed)."""
+
+
+class StoreError(CairnError):
+    """A store cannot be opened or used: bad URL, unreachable server, full disk."""
+
+
+class OutcomeUnknown(StoreError):
+    """A write may or may not have been stored (a timeout, a lost connection); re-read to know."""
+
+
+class NoApplication(CairnError, RuntimeError):
+    """An aggregate was saved with no application to save it."""
+
+
+class SubscriberError(CairnError):
+    """A subscriber failed after its batch was stored (the batch itself is safe)."""

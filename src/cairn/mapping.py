@@ -1,0 +1,377 @@
+"""Events and snapshots to stored records and back: transcode, then compress, then encrypt.
+
+The stored ``data`` of a record is one header byte (which steps were applied)
+followed by the payload. Ids, versions and topics stay readable in their own
+columns so that stores can index them; with a cipher, AES-GCM's associated
+data binds the payload to exactly those columns.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import math
+import zlib
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from cairn.crypto import AESCipher
+from cairn.domain import DomainEvent, Entity, resolve_topic, topic_of
+from cairn.errors import EncodingError, IntegrityError, TopicError
+from cairn.stores import Record
+
+# --------------------------------------------------------------------------- transcoding
+
+# Values JSON cannot carry exactly are written as {"#": tag, "v": value, ...}.
+TAG = "#"
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson writes as a plain number
+
+
+def _tagged(tag: str, value: Any) -> dict[str, Any]:
+    return {TAG: tag, "v": value}
+
+
+def _encode_datetime(value: datetime) -> dict[str, Any]:
+    tagged = _tagged("dt", value.isoformat())
+    if isinstance(value.tzinfo, ZoneInfo):  # keep the zone, not only its offset
+        tagged["z"] = value.tzinfo.key
+    return tagged
+
+
+_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    UUID: lambda v: _tagged("uuid", str(v)),
+    datetime: _encode_datetime,
+    date: lambda v: _tagged("date", v.isoformat()),
+    time: lambda v: _tagged("time", v.isoformat()),
+    timedelta: lambda v: _tagged("td", [v.days, v.seconds, v.microseconds]),
+    Decimal: lambda v: _tagged("dec", str(v)),
+    bytes: lambda v: _tagged("bytes", base64.b64encode(v).decode()),
+    tuple: lambda v: _tagged("tuple", [encode_value(x) for x in v]),
+    set: lambda v: _tagged("set", [encode_value(x) for x in v]),
+    frozenset: lambda v: _tagged("frozenset", [encode_value(x) for x in v]),
+}
+
+
+def encode_value(value: Any) -> Any:
+    """A JSON-ready form of ``value`` that :func:`decode_value` turns back into an equal value."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return value
+    if t is int:
+        return value if _INT_MIN <= value <= _INT_MAX else _tagged("int", str(value))
+    if t is float:
+        return value if math.isfinite(value) else _tagged("float", repr(value))
+    if t is list:
+        return [encode_value(x) for x in value]
+    if t is dict:
+        if TAG not in value and all(type(k) is str for k in value):
+            return {k: encode_value(v) for k, v in value.items()}
+        return _tagged("dict", [[encode_value(k), encode_value(v)] for k, v in value.items()])
+    encoder = _ENCODERS.get(t)
+    if encoder is not None:
+        return encoder(value)
+    return _encode_object(value)
+
+
+def _encode_object(value: Any) -> Any:
+    t = type(value)
+    if isinstance(value, Enum):
+        return {TAG: "enum", "t": topic_of(t), "v": encode_value(value.value)}
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: encode_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {TAG: "obj", "t": topic_of(t), "v": fields}
+    if isinstance(value, Entity):
+        return {
+            TAG: "ent",
+            "t": topic_of(t),
+            "v": {k: encode_value(v) for k, v in vars(value).items()},
+        }
+    raise EncodingError(
+        f"cannot store a value of type {t.__module__}.{t.__qualname__}: {value!r:.80} "
+        "(store it as a value object: a frozen dataclass of storable fields)"
+    )
+
+
+def _decode_datetime(tagged: dict[str, Any]) -> datetime:
+    value = datetime.fromisoformat(tagged["v"])
+    zone = tagged.get("z")
+    return value.astimezone(ZoneInfo(zone)) if zone else value
+
+
+def _decode_object(tagged: dict[str, Any]) -> Any:
+    cls = resolve_topic(tagged["t"])
+    return cls(**{k: decode_value(v) for k, v in tagged["v"].items()})
+
+
+def _decode_entity(tagged: dict[str, Any]) -> Any:
+    cls = resolve_topic(tagged["t"])
+    entity = object.__new__(cls)
+    entity.__dict__.update((k, decode_value(v)) for k, v in tagged["v"].items())
+    return entity
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "uuid": lambda t: UUID(t["v"]),
+    "dt": _decode_datetime,
+    "date": lambda t: date.fromisoformat(t["v"]),
+    "time": lambda t: time.fromisoformat(t["v"]),
+    "td": lambda t: timedelta(*t["v"]),
+    "dec": lambda t: Decimal(t["v"]),
+    "bytes": lambda t: base64.b64decode(t["v"]),
+    "int": lambda t: int(t["v"]),
+    "float": lambda t: float(t["v"]),
+    "tuple": lambda t: tuple(decode_value(x) for x in t["v"]),
+    "set": lambda t: {decode_value(x) for x in t["v"]},
+    "frozenset": lambda t: frozenset(decode_value(x) for x in t["v"]),
+    "dict": lambda t: {decode_value(k): decode_value(v) for k, v in t["v"]},
+    "enum": lambda t: resolve_topic(t["t"])(decode_value(t["v"])),
+    "obj": _decode_object,
+    "ent": _decode_entity,
+}
+
+
+def decode_value(value: Any) -> Any:
+    """The value that :func:`encode_value` encoded."""
+    t = type(value)
+    if t is dict:
+        tag = value.get(TAG)
+        if tag is None:
+            return {k: decode_value(v) for k, v in value.items()}
+        try:
+            decoder = _DECODERS[tag]
+        except KeyError:
+            raise IntegrityError(f"unknown value tag {tag!r}") from None
+        return decoder(value)
+    if t is list:
+        return [decode_value(x) for x in value]
+    return value
+
+
+class JSONTranscoder:
+    """Dicts of Python values to JSON bytes (orjson) and back, without loss.
+
+    Round-trips UUID, datetime (with its zone), date, time, timedelta, Decimal,
+    Enum, tuple, set, bytes, big ints, non-finite floats, dicts with any keys,
+    value objects (dataclasses) and child entities.
+    """
+
+    def encode(self, fields: dict[str, Any]) -> bytes:
+        """JSON for a dict of named values; :class:`EncodingError` names the value at fault."""
+        encoded = {}
+        for name, value in fields.items():
+            try:
+                encoded[name] = encode_value(value)
+            except EncodingError as exc:
+                raise EncodingError(f"{name!r}: {exc}") from None
+        return orjson.dumps(encoded)
+
+    def encode_value(self, value: Any) -> bytes:
+        return orjson.dumps(encode_value(value))
+
+    def decode(self, data: bytes) -> Any:
+        decoded = orjson.loads(data)
+        if type(decoded) is dict:
+            # The common case: a flat dict of fields, most of them plain JSON.
+            for name, value in decoded.items():
+                t = type(value)
+                if t is dict or t is list:
+                    decoded[name] = decode_value(value)
+            return decoded
+        return decode_value(decoded)
+
+
+# --------------------------------------------------------------------------- records
+
+COMPRESSED = 0x01
+ENCRYPTED = 0x02
+_KNOWN_FLAGS = COMPRESSED | ENCRYPTED
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """An aggregate's state after the event at ``originator_version``.
+
+    ``state`` is the aggregate's attribute dict (so ``state['_version']`` is
+    ``originator_version + 1``), or None if the aggregate had been discarded.
+    ``topic`` names the aggregate's class.
+    """
+
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state: dict[str, Any] | None
+
+
+class Mapper:
+    """Turns events and snapshots into :class:`Record` and back.
+
+    ``compress`` zlib-compresses payloads (kept only where it saves bytes);
+    ``cipher`` encrypts every payload; ``always_encrypt`` also refuses to read a
+    record that is not encrypted (so that a plaintext record slipped into the
+    store is reported, not trusted).
+    """
+
+    def __init__(
+        self,
+        transcoder: JSONTranscoder | None = None,
+        *,
+        cipher: AESCipher | None = None,
+        compress: bool = False,
+        always_encrypt: bool = False,
+    ) -> None:
+        if always_encrypt and cipher is None:
+            raise ValueError("always_encrypt=True needs a cipher, e.g. cipher=AESCipher(key)")
+        self.transcoder = transcoder or JSONTranscoder()
+        self.cipher = cipher
+        self.compress = compress
+        self.always_encrypt = always_encrypt
+        self._event_classes: dict[str, tuple[type, dict[str, Any]]] = {}
+
+    # ---- events
+
+    def to_record(self, event: DomainEvent) -> Record:
+        """The record of one event; :class:`EncodingError` names the event and field at fault."""
+        fields = dict(vars(event))
+        originator_id = fields.pop("originator_id")
+        version = fields.pop("originator_version")
+        topic = topic_of(type(event))
+        try:
+            payload = self.transcoder.encode(fields)
+        except EncodingError as exc:
+            raise EncodingError(
+                f"event {type(event).__qualname__} of aggregate {originator_id} "
+                f"version {version}: field {exc}"
+            ) from None
+        return Record(
+            originator_id, version, topic, self._seal(payload, b"e", originator_id, version, topic)
+        )
+
+    def to_event(self, record: Record) -> DomainEvent:
+        """The event a record holds; :class:`IntegrityError` or :class:`TopicError` if it can't be."""
+        cls, defaults = self._event_class(record)
+        fields = self._open(record, b"e", "event")
+        if type(fields) is not dict:
+            raise self._corrupt(record, "event", "payload is not a JSON object")
+        if defaults:
+            fields = {**defaults, **fields}
+        fields["originator_id"] = record.originator_id
+        fields["originator_version"] = record.originator_version
+        event: DomainEvent = object.__new__(cls)
+        # Why not cls(**fields): a frozen dataclass's __init__ costs a setattr
+        # per field, and replay decodes every event ever stored.
+        object.__setattr__(event, "__dict__", fields)
+        return event
+
+    def _event_class(self, record: Record) -> tuple[type, dict[str, Any]]:
+        try:
+            return self._event_classes[record.topic]
+        except KeyError:
+            pass
+        try:
+            cls = resolve_topic(record.topic)
+        except TopicError as exc:
+            raise TopicError(
+                f"event of aggregate {record.originator_id} version {record.originator_version}: {exc}"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, DomainEvent)):
+            raise TopicError(f"topic {record.topic!r} names {cls!r}, which is not a DomainEvent")
+        # Fields added to an event class after records were stored take their defaults.
+        defaults = {
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING
+        }
+        self._event_classes[record.topic] = (cls, defaults)
+        return cls, defaults
+
+    # ---- snapshots
+
+    def snapshot_to_record(self, snapshot: Snapshot) -> Record:
+        try:
+            payload = self.transcoder.encode_value(snapshot.state)
+        except EncodingError as exc:
+            raise EncodingError(
+                f"snapshot of aggregate {snapshot.originator_id} version "
+                f"{snapshot.originator_version}: {exc}"
+            ) from None
+        data = self._seal(
+            payload, b"s", snapshot.originator_id, snapshot.originator_version, snapshot.topic
+        )
+        return Record(snapshot.originator_id, snapshot.originator_version, snapshot.topic, data)
+
+    def to_snapshot(self, record: Record) -> Snapshot:
+        state = self._open(record, b"s", "snapshot")
+        if state is not None and type(state) is not dict:
+            raise self._corrupt(record, "snapshot", "state is not a JSON object")
+        return Snapshot(record.originator_id, record.originator_version, record.topic, state)
+
+    # ---- the byte pipeline
+
+    def _seal(
+        self, payload: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
+    ) -> bytes:
+        flags = 0
+        if self.compress:
+            compressed = zlib.compress(payload, 1)
+            if len(compressed) < len(payload):
+                payload, flags = compressed, COMPRESSED
+        if self.cipher is not None:
+            flags |= ENCRYPTED
+            header = bytes((flags,))
+            ad = _associated_data(header, kind, originator_id, version, topic)
+            return header + self.cipher.encrypt(payload, ad)
+        return bytes((flags,)) + payload
+
+    def _open(self, record: Record, kind: bytes, what: str) -> Any:
+        data = record.data
+        if not data:
+            raise self._corrupt(record, what, "no data")
+        flags = data[0]
+        if flags & ~_KNOWN_FLAGS:
+            raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
+        payload = data[1:]
+        if flags & ENCRYPTED:
+            if self.cipher is None:
+                raise IntegrityError(
+                    f"{what} of aggregate {record.originator_id} version "
+                    f"{record.originator_version} is encrypted, and no cipher is configured"
+                )
+            ad = _associated_data(
+                data[:1], kind, record.originator_id, record.originator_version, record.topic
+            )
+            try:
+                payload = self.cipher.decrypt(payload, ad)
+            except IntegrityError as exc:
+                raise self._corrupt(record, what, str(exc)) from None
+        elif self.always_encrypt:
+            raise self._corrupt(record, what, "it is not encrypted, and always_encrypt is on")
+        try:
+            if flags & COMPRESSED:
+                payload = zlib.decompress(payload)
+            return self.transcoder.decode(payload)
+        except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise self._corrupt(record, what, f"cannot decode: {exc}") from None
+
+    @staticmethod
+    def _corrupt(record: Record, what: str, reason: str) -> IntegrityError:
+        return IntegrityError(
+            f"{what} of aggregate {record.originator_id} version {record.originator_version} "
+            f"({record.topic}) is unreadable: {reason}"
+        )
+
+
+def _associated_data(
+    header: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
+) -> bytes:
+    # Binds the ciphertext to its record: moving it to another aggregate,
+    # version, topic or kind (event/snapshot) makes authentication fail.
+    return b"".join(
+        (header, kind, originator_id.bytes, version.to_bytes(8, "big", signed=True), topic.encode())
+    )

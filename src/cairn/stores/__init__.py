@@ -1,0 +1,151 @@
+"""Stores: the Recorder contract, and ``open_store(url)`` to open one by URL.
+
+Each engine is one module of the same shape (``memory``, ``sqlite``,
+``postgres``, ``cassandra``), imported only when its URL is opened so that an
+engine's driver is needed only by those who use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from cairn.errors import StoreError
+
+DEFAULT_STORE = "sqlite:///cairn.db"
+STORE_ENV = "CAIRN_STORE"
+
+# scheme -> "module:class"; a module is imported on first use only.
+ENGINES = {
+    "memory": "cairn.stores.memory:MemoryRecorder",
+    "sqlite": "cairn.stores.sqlite:SQLiteRecorder",
+    "postgresql": "cairn.stores.postgres:PostgresRecorder",
+    "postgres": "cairn.stores.postgres:PostgresRecorder",
+    "cassandra": "cairn.stores.cassandra:CassandraRecorder",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored event or snapshot: readable keys, opaque ``data``."""
+
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    data: bytes
+
+
+class Recorder(ABC):
+    """What every store does. One conformance suite (``tests/conformance``) holds each to it.
+
+    Events: ``append`` stores a batch atomically with a uniqueness check on
+    (originator id, version), or raises :class:`~cairn.ConcurrencyError` and
+    stores nothing of it. Snapshots: one per (originator id, version), newest
+    first.
+    """
+
+    url: str  # with any password hidden, for messages
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str) -> Recorder:
+        """Open the store a URL names (creating its tables if needed)."""
+
+    @abstractmethod
+    def append(self, records: Sequence[Record]) -> None:
+        """Store a batch of event records, all or none."""
+
+    page_size: int = 1000  # records read per round trip when streaming an aggregate
+
+    @abstractmethod
+    def select_page(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[Record]:
+        """At most ``limit`` of one aggregate's event records, in version order."""
+
+    def select(
+        self,
+        originator_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[Record]:
+        """One aggregate's event records in version order, streamed page by page.
+
+        Memory stays bounded by the page size, however long the aggregate; each
+        page is its own query, so nothing is held open between pages.
+        """
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            page = self.select_page(originator_id, gt=gt, lte=lte, desc=desc, limit=size)
+            yield from page
+            if len(page) < size:
+                return
+            if remaining is not None:
+                remaining -= len(page)
+            if desc:
+                lte = page[-1].originator_version - 1
+            else:
+                gt = page[-1].originator_version
+
+    def get_item(self, originator_id: UUID, eq: int) -> Record | None:
+        """The event record at exactly this version, or None."""
+        page = self.select_page(originator_id, gt=eq - 1, lte=eq, desc=False, limit=1)
+        return page[0] if page else None
+
+    @abstractmethod
+    def put_snapshot(self, record: Record) -> None:
+        """Store a snapshot record (replacing one at the same version)."""
+
+    @abstractmethod
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        """The newest snapshot record at or below ``lte``, or None."""
+
+    def close(self) -> None:  # noqa: B027 - optional: not every store holds connections
+        """Release connections. The recorder may not be used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+
+def redact(url: str) -> str:
+    """The URL with its password, if any, replaced by ``***``."""
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url, flags=re.I)
+
+
+def open_store(url: str | None = None) -> Recorder:
+    """Open a store by URL: the argument, else ``$CAIRN_STORE``, else ``sqlite:///cairn.db``."""
+    url = url or os.environ.get(STORE_ENV) or DEFAULT_STORE
+    scheme, sep, _ = url.partition("://")
+    target = ENGINES.get(scheme.lower()) if sep else None
+    if target is None:
+        known = ", ".join(f"{s}://" for s in ENGINES)
+        raise StoreError(f"unknown store URL {redact(url)!r}: the known schemes are {known}")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        extra = {"postgresql": "postgres", "postgres": "postgres", "cassandra": "cassandra"}
+        raise StoreError(
+            f"cannot open {redact(url)!r}: {exc}. Install the driver: "
+            f"pip install 'cairn[{extra.get(scheme, scheme)}]'"
+        ) from exc
+    recorder_class: Any = getattr(module, class_name)
+    recorder: Recorder = recorder_class.from_url(url)
+    return recorder
+
+
+def query_params(query: str) -> dict[str, str]:
+    """A URL's query string as a dict (last value wins)."""
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(query, keep_blank_values=True))

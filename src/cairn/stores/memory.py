@@ -1,0 +1,70 @@
+"""The in-memory store: for tests and examples; gone when the process ends."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Sequence
+from uuid import UUID
+
+from cairn.errors import ConcurrencyError
+from cairn.stores import Record, Recorder
+
+
+class MemoryRecorder(Recorder):
+    """Per aggregate, its stored versions (sorted) and their records, behind one lock."""
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._lock = threading.Lock()
+        self._events: dict[UUID, tuple[list[int], list[Record]]] = {}
+        self._snapshots: dict[UUID, dict[int, Record]] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> MemoryRecorder:
+        return cls()
+
+    def append(self, records: Sequence[Record]) -> None:
+        with self._lock:
+            # Check the whole batch before changing anything: all or none.
+            seen: set[tuple[UUID, int]] = set()
+            for r in records:
+                key = (r.originator_id, r.originator_version)
+                versions = self._events.get(r.originator_id, ([], []))[0]
+                if key in seen or _contains(versions, r.originator_version):
+                    raise ConcurrencyError(
+                        f"aggregate {r.originator_id}: version {r.originator_version} "
+                        "is already stored (stale writer?)"
+                    )
+                seen.add(key)
+            for r in records:
+                versions, stored = self._events.setdefault(r.originator_id, ([], []))
+                i = bisect.bisect(versions, r.originator_version)
+                versions.insert(i, r.originator_version)
+                stored.insert(i, r)
+
+    def select_page(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[Record]:
+        with self._lock:
+            versions, stored = self._events.get(originator_id, ([], []))
+            start = 0 if gt is None else bisect.bisect_right(versions, gt)
+            stop = len(versions) if lte is None else bisect.bisect_right(versions, lte)
+            if desc:
+                return stored[max(start, stop - limit) : stop][::-1]
+            return stored[start : min(stop, start + limit)]
+
+    def put_snapshot(self, record: Record) -> None:
+        with self._lock:
+            self._snapshots.setdefault(record.originator_id, {})[record.originator_version] = record
+
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        with self._lock:
+            snapshots = self._snapshots.get(originator_id, {})
+            versions = [v for v in snapshots if lte is None or v <= lte]
+            return snapshots[max(versions)] if versions else None
+
+
+def _contains(versions: list[int], version: int) -> bool:
+    i = bisect.bisect_left(versions, version)
+    return i < len(versions) and versions[i] == version

@@ -1,0 +1,177 @@
+"""The SQLite store: the embedded default. One file, WAL mode, safe for threads and processes.
+
+URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with
+optional ``?synchronous=full|normal`` (default full, as SQLite's own default)
+and ``?timeout=SECONDS`` (how long a writer waits for the file's write lock).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from uuid import UUID
+
+from cairn.errors import ConcurrencyError, StoreError
+from cairn.stores import Record, Recorder, query_params
+
+# All of the store's SQL, in one place.
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        position INTEGER PRIMARY KEY,
+        originator_id BLOB NOT NULL,
+        originator_version INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        data BLOB NOT NULL,
+        UNIQUE (originator_id, originator_version))""",
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        originator_id BLOB NOT NULL,
+        originator_version INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID""",
+)
+INSERT_EVENT = (
+    "INSERT INTO events (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
+)
+SELECT_EVENTS = (
+    "SELECT originator_version, topic, data FROM events WHERE originator_id = ? "
+    "AND originator_version > ? AND originator_version <= ? ORDER BY originator_version {order} LIMIT ?"
+)
+SELECT_STORED_VERSIONS = (
+    "SELECT originator_version FROM events WHERE originator_id = ? AND originator_version IN ({})"
+)
+UPSERT_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
+SELECT_SNAPSHOT = (
+    "SELECT originator_version, topic, data FROM snapshots WHERE originator_id = ? "
+    "AND originator_version <= ? ORDER BY originator_version DESC LIMIT 1"
+)
+
+_MAX_VERSION = 2**63 - 1
+
+
+class SQLiteRecorder(Recorder):
+    """A SQLite file. Each thread (and process) has its own connection; a batch is one
+    ``BEGIN IMMEDIATE`` transaction, so writers queue on the file lock instead of deadlocking.
+    """
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", timeout: float = 30.0) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(
+                f"sqlite: synchronous must be off, normal, full or extra, not {synchronous!r}"
+            )
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self._synchronous = synchronous.upper()
+        self._timeout = timeout
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        conn = self._connection()
+        try:
+            with conn:
+                for statement in SCHEMA:
+                    conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: cannot create the tables: {exc}") from exc
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteRecorder:
+        rest = url.split("://", 1)[1]
+        path, _, query = rest.partition("?")
+        if not path.startswith("/") or path == "/":
+            raise StoreError(
+                f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute/path.db"
+            )
+        params = query_params(query)
+        return cls(
+            path[1:],
+            synchronous=params.get("synchronous", "full"),
+            timeout=float(params.get("timeout", 30)),
+        )
+
+    def _connection(self) -> sqlite3.Connection:
+        # One connection per thread, and a new one after fork: a SQLite
+        # connection must never be shared across processes.
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: cannot open the database: {exc}") from exc
+        self._local.conn, self._local.pid = conn, os.getpid()
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    def append(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_EVENT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise ConcurrencyError(self._conflict(conn, records)) from None
+            raise StoreError(f"{self.url}: the batch was not stored: {exc}") from exc
+
+    def _conflict(self, conn: sqlite3.Connection, records: Sequence[Record]) -> str:
+        """Say which of the batch's versions are already stored (the error path only)."""
+        for originator_id in dict.fromkeys(r.originator_id for r in records):
+            versions = [r.originator_version for r in records if r.originator_id == originator_id]
+            sql = SELECT_STORED_VERSIONS.format(",".join("?" * len(versions)))
+            stored = [v for (v,) in conn.execute(sql, (originator_id.bytes, *versions))]
+            if stored:
+                return f"aggregate {originator_id}: version {min(stored)} is already stored (stale writer?)"
+        return "the batch repeats a version (aggregate and version given twice)"
+
+    def select_page(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[Record]:
+        sql = SELECT_EVENTS.format(order="DESC" if desc else "ASC")
+        params = (
+            originator_id.bytes,
+            -1 if gt is None else gt,
+            _MAX_VERSION if lte is None else lte,
+            limit,
+        )
+        try:
+            rows = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: cannot read aggregate {originator_id}: {exc}") from exc
+        return [Record(originator_id, v, t, d) for v, t, d in rows]
+
+    def put_snapshot(self, record: Record) -> None:
+        row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)
+        try:
+            self._connection().execute(UPSERT_SNAPSHOT, row)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: the snapshot was not stored: {exc}") from exc
+
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        params = (originator_id.bytes, _MAX_VERSION if lte is None else lte)
+        try:
+            row = self._connection().execute(SELECT_SNAPSHOT, params).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"{self.url}: cannot read snapshots of {originator_id}: {exc}"
+            ) from exc
+        return None if row is None else Record(originator_id, row[0], row[1], row[2])
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()

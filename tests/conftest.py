@@ -1,0 +1,76 @@
+"""Fixtures shared by the tests: the stores every conformance test runs against.
+
+``CAIRN_TEST_STORES`` lists store URLs (comma-separated), as the shared
+acceptance test's ``CAIRN_ACCEPTANCE_STORES`` does: ``{tmp}`` becomes a fresh
+temporary folder and ``{unique}`` a fresh lower-case name. Without it, the
+tests run on the in-memory and SQLite stores. A listed store that cannot be
+reached is an error, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cairn.stores import Recorder, open_store
+
+DEFAULT_STORES = "memory://,sqlite:///{tmp}/cairn.db"
+STORES = [
+    s.strip() for s in os.environ.get("CAIRN_TEST_STORES", DEFAULT_STORES).split(",") if s.strip()
+]
+
+
+def scheme(url: str) -> str:
+    return url.split(":", 1)[0]
+
+
+def fill(url: str, tmp: Path) -> str:
+    """A store URL with its placeholders filled in: a fresh, empty store."""
+    return url.replace("{tmp}", str(tmp)).replace("{unique}", "t" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(params=STORES, ids=scheme, scope="session")
+def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of a fresh store of each configured kind, shared by the session's tests
+    (each test works on aggregates of its own, with fresh ids)."""
+    return fill(request.param, tmp_path_factory.mktemp(scheme(request.param)))
+
+
+@pytest.fixture(scope="session")
+def _session_recorders() -> Iterator[dict[str, Recorder]]:
+    opened: dict[str, Recorder] = {}
+    yield opened
+    for recorder in opened.values():
+        recorder.close()
+
+
+@pytest.fixture
+def recorder(store_url: str, _session_recorders: dict[str, Recorder]) -> Recorder:
+    """An open recorder on the session's store of each configured kind."""
+    if store_url not in _session_recorders:
+        _session_recorders[store_url] = open_store(store_url)
+    return _session_recorders[store_url]
+
+
+@pytest.fixture
+def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Like ``store_url``, but a store of its own for this one test."""
+    yield fill(request.param, tmp_path)
+
+
+@pytest.fixture
+def durable_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Like ``fresh_store_url``, for the stores that outlive a process (all but memory)."""
+    yield fill(request.param, tmp_path)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fresh_store_url" in metafunc.fixturenames:
+        metafunc.parametrize("fresh_store_url", STORES, ids=scheme, indirect=True)
+    if "durable_store_url" in metafunc.fixturenames:
+        durable = [url for url in STORES if scheme(url) != "memory"]
+        metafunc.parametrize("durable_store_url", durable, ids=scheme, indirect=True)
