@@ -74,3 +74,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "durable_store_url" in metafunc.fixturenames:
         durable = [url for url in STORES if scheme(url) != "memory"]
         metafunc.parametrize("durable_store_url", durable, ids=scheme, indirect=True)
+
+
+# Each engine's own tests run when that engine is among the stores under test.
+ENGINE_TESTS = {"postgresql": "test_postgres.py", "cassandra": "test_cassandra.py"}
+collect_ignore = [
+    module for engine, module in ENGINE_TESTS.items() if engine not in {scheme(u) for u in STORES}
+]
+
+
+def engine_url(engine: str) -> str:
+    """The configured URL of an engine, for that engine's own tests (placeholders kept)."""
+    for url in STORES:
+        if scheme(url) == engine:
+            return url
+    raise LookupError(f"no {engine} store in CAIRN_TEST_STORES")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With CAIRN_FORBID_SKIPS=1 (as in CI), a skipped test fails the run."""
+    if os.environ.get("CAIRN_FORBID_SKIPS") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if skipped:
+        print(f"\nCAIRN_FORBID_SKIPS=1: {len(skipped)} test(s) skipped, which counts as a failure")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

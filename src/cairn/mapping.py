@@ -40,8 +40,12 @@ def _tagged(tag: str, value: Any) -> dict[str, Any]:
 
 def _encode_datetime(value: datetime) -> dict[str, Any]:
     tagged = _tagged("dt", value.isoformat())
-    if isinstance(value.tzinfo, ZoneInfo):  # keep the zone, not only its offset
+    if isinstance(value.tzinfo, ZoneInfo):
+        # Keep the zone itself, not only today's offset; the wall time and fold
+        # then say exactly which instant (even in a DST gap or overlap).
         tagged["z"] = value.tzinfo.key
+        if value.fold:
+            tagged["f"] = 1
     return tagged
 
 
@@ -102,7 +106,9 @@ def _encode_object(value: Any) -> Any:
 def _decode_datetime(tagged: dict[str, Any]) -> datetime:
     value = datetime.fromisoformat(tagged["v"])
     zone = tagged.get("z")
-    return value.astimezone(ZoneInfo(zone)) if zone else value
+    if zone is None:
+        return value
+    return value.replace(tzinfo=ZoneInfo(zone), fold=tagged.get("f", 0))
 
 
 def _decode_object(tagged: dict[str, Any]) -> Any:

@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up what it needs.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+# The stores every conformance and acceptance test runs against.
+PG_URL := postgresql://cairn:cairn@127.0.0.1:5432/cairn?schema={unique}
+CASSANDRA_URL := cassandra://127.0.0.1:9042/{unique}?replication_factor=1
+CAIRN_TEST_STORES ?= memory://,sqlite:///{tmp}/cairn.db,$(PG_URL),$(CASSANDRA_URL)
+ACCEPTANCE := ../shared/acceptance
+
+.PHONY: demo test lint services stop-services
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	cairn demo
+
+lint: $(VENV)/.installed
+	ruff check src tests bench
+	ruff format --check src tests bench
+	mypy
+
+services:
+	@if [[ "$(CAIRN_TEST_STORES)" == *postgresql://127.0.0.1* || "$(CAIRN_TEST_STORES)" == *@127.0.0.1:5432* ]]; then scripts/postgres-node start; fi
+	@if [[ "$(CAIRN_TEST_STORES)" == *cassandra://127.0.0.1* ]]; then scripts/cassandra-node start; fi
+
+stop-services:
+	-scripts/cassandra-node stop
+	-scripts/postgres-node stop
+
+test: $(VENV)/.installed lint services
+	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_ACCEPTANCE_STORES='$(CAIRN_TEST_STORES)' \
+		$(PY) -m pytest tests $(wildcard $(ACCEPTANCE))
