@@ -1,13 +1,19 @@
-"""A writer process for race tests: loads one aggregate and appends batches to it
-for as long as it can, retrying after each ConcurrencyError.
+"""Writer processes for race and feed tests.
 
-Run as ``python -m tests.racer URL AGGREGATE_ID WRITER BATCHES BATCH_SIZE``; prints one
-line per acknowledged batch: ``ok FIRST_VERSION`` (so the test can check that
-every acknowledged batch is stored, whole).
+``python -m tests.racer one URL AGGREGATE_ID WRITER BATCHES BATCH_SIZE`` loads one
+aggregate and appends batches to it, retrying after each ConcurrencyError.
+
+``python -m tests.racer many URL WRITER BATCHES ID,ID,...`` saves batches of 1 to 4
+events to aggregates picked at random from the list (several writers share
+the list, so some saves conflict), retrying nothing.
+
+Both print one line per acknowledged batch, ``ok AGGREGATE_ID FIRST_VERSION SIZE``,
+so that a test can check that every acknowledged batch is stored, whole.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from uuid import UUID
 
@@ -30,21 +36,38 @@ class Counter(Aggregate):
         self.trigger_event(Counter.Incremented, writer=writer, batch=batch, index=index)
 
 
-def main(url: str, aggregate_id: str, writer: str, batches: int, batch_size: int) -> None:
+def save_batch(app: Application, counter: Counter, writer: str, batch: int, size: int) -> bool:
+    """Append ``size`` increments as one batch; print and return whether it was stored."""
+    for index in range(size):
+        counter.increment(writer, batch, index)
+    try:
+        app.save(counter)
+    except ConcurrencyError:
+        return False
+    print(f"ok {counter.id} {counter.version - size} {size}", flush=True)
+    return True
+
+
+def one(url: str, aggregate_id: str, writer: str, batches: int, size: int) -> None:
     with Application(store=url) as app:
         done = 0
         while done < batches:
             counter = app.repository[UUID(aggregate_id)]
-            for index in range(batch_size):
-                counter.increment(writer, done, index)
-            first = counter.version - batch_size
-            try:
-                app.save(counter)
-            except ConcurrencyError:
-                continue
-            print(f"ok {first}", flush=True)
-            done += 1
+            done += save_batch(app, counter, writer, done, size)
+
+
+def many(url: str, writer: str, batches: int, ids: str) -> None:
+    aggregate_ids = [UUID(i) for i in ids.split(",")]
+    rng = random.Random(writer)
+    with Application(store=url) as app:
+        for batch in range(batches):
+            counter = app.repository[rng.choice(aggregate_ids)]
+            save_batch(app, counter, writer, batch, rng.randint(1, 4))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "one":
+        one(args[0], args[1], args[2], int(args[3]), int(args[4]))
+    else:
+        many(args[0], args[1], int(args[2]), args[3])

@@ -172,6 +172,7 @@ def test_racing_processes_one_whole_batch_per_version(durable_store_url: str) ->
                 sys.executable,
                 "-m",
                 "tests.racer",
+                "one",
                 store_url,
                 str(counter.id),
                 f"w{n}",
@@ -190,9 +191,9 @@ def test_racing_processes_one_whole_batch_per_version(durable_store_url: str) ->
     for n, proc in enumerate(procs):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        for line in out.split():
-            if line != "ok":
-                acknowledged[int(line)] = f"w{n}"
+        for line in out.splitlines():
+            _, _, first, _ = line.split()
+            acknowledged[int(first)] = f"w{n}"
     with Application(store=store_url) as app:
         events = list(app.events.get(counter.id))
         assert [e.originator_version for e in events] == list(range(1 + writers * batches * size))

@@ -7,6 +7,7 @@ control; events and snapshots can be encrypted (AES-GCM) and compressed.
 from cairn.application import (
     Application,
     EventStore,
+    Feed,
     Repository,
     SnapshotStore,
     SnapshottingPolicy,
@@ -41,6 +42,7 @@ __all__ = [
     "EncodingError",
     "Entity",
     "EventStore",
+    "Feed",
     "IntegrityError",
     "JSONTranscoder",
     "Mapper",

@@ -9,6 +9,7 @@ snapshot at or below the wanted version, then the events after it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import Token
 from types import TracebackType
@@ -51,6 +52,42 @@ class EventStore:
         to_event = self.mapper.to_event
         for record in self.recorder.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
             yield to_event(record)
+
+
+class Feed:
+    """Every event of the application's store, in one order that never changes.
+
+    Positions increase along the feed (they need not be consecutive). Keep the
+    last position you processed and read on from it: nothing is ever missed,
+    and nothing appears behind a position once it has been read past.
+    """
+
+    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
+        self.recorder = recorder
+        self.mapper = mapper
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, DomainEvent]]:
+        """At most ``limit`` (position, event) pairs after position ``after``."""
+        to_event = self.mapper.to_event
+        return [(r.position, to_event(r)) for r in self.recorder.read_feed(after, limit)]  # type: ignore[misc]
+
+    def follow(
+        self,
+        after: int = 0,
+        *,
+        limit: int = 1000,
+        poll_interval: float = 0.1,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[int, DomainEvent]]:
+        """(position, event) pairs from ``after`` on, waiting for new ones until ``stop`` is set."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            page = self.read(after, limit)
+            yield from page
+            if page:
+                after = page[-1][0]
+            if len(page) < limit:
+                stop.wait(poll_interval)
 
 
 class SnapshotStore:
@@ -194,6 +231,7 @@ class Application:
         self.recorder = store if isinstance(store, Recorder) else open_store(store)
         self.events = EventStore(self.recorder, self.mapper)
         self.snapshots = SnapshotStore(self.recorder, self.mapper)
+        self.feed = Feed(self.recorder, self.mapper)
         self.repository: Repository[Any] = Repository(self)
         self._subscribers: list[Subscriber] = []
         self._tokens: list[Token[tuple[Any, ...]]] = []

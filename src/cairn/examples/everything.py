@@ -11,12 +11,14 @@ scenario reads the same here.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 from uuid import UUID, uuid4
 
 from cairn import Aggregate, Application, Entity, SnapshottingPolicy, attribute
 from cairn.application import Repository
 from cairn.domain import DomainEvent
+from cairn.projections import Projection
 
 
 class Example(Entity):
@@ -91,3 +93,41 @@ class EverythingApplication(Application):
         self.example_repository: Repository[ExampleAggregateRoot] = self.repository
         self.snapshotting_policy = ExampleSnapshottingPolicy(self.example_repository)
         self.subscribe(self.snapshotting_policy)
+
+
+class ExampleIndex(Projection[sqlite3.Connection]):
+    """A read model of the example aggregates: one row each, kept by following the feed.
+
+    Run it with ``ProjectionRunner(app.feed, ExampleIndex(), SQLiteViews(path))``.
+    """
+
+    name = "example_index"
+    SCHEMA = (
+        "CREATE TABLE IF NOT EXISTS example_index (id TEXT PRIMARY KEY, foo TEXT, "
+        "examples INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL, discarded INTEGER NOT NULL DEFAULT 0)"
+    )
+
+    def setup(self, tx: sqlite3.Connection) -> None:
+        tx.execute(self.SCHEMA)
+
+    def process(self, tx: sqlite3.Connection, event: DomainEvent) -> None:
+        key, version = str(event.originator_id), event.originator_version + 1
+        if isinstance(event, ExampleAggregateRoot.Created):
+            tx.execute(
+                "INSERT INTO example_index (id, foo, version) VALUES (?, ?, ?)",
+                (key, event.foo, version),
+            )
+        elif isinstance(event, ExampleAggregateRoot.AttributeChanged) and event.name == "_foo":
+            tx.execute(
+                "UPDATE example_index SET foo = ?, version = ? WHERE id = ?",
+                (event.value, version, key),
+            )
+        elif isinstance(event, ExampleAggregateRoot.ExampleCreated):
+            tx.execute(
+                "UPDATE example_index SET examples = examples + 1, version = ? WHERE id = ?",
+                (version, key),
+            )
+        elif isinstance(event, ExampleAggregateRoot.Discarded):
+            tx.execute(
+                "UPDATE example_index SET discarded = 1, version = ? WHERE id = ?", (version, key)
+            )

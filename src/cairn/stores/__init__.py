@@ -33,12 +33,17 @@ ENGINES = {
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One stored event or snapshot: readable keys, opaque ``data``."""
+    """One stored event or snapshot: readable keys, opaque ``data``.
+
+    ``position`` is the event's place in the store's feed, when it was read
+    from the feed (None otherwise).
+    """
 
     originator_id: UUID
     originator_version: int
     topic: str
     data: bytes
+    position: int | None = None
 
 
 class Recorder(ABC):
@@ -47,7 +52,9 @@ class Recorder(ABC):
     Events: ``append`` stores a batch atomically with a uniqueness check on
     (originator id, version), or raises :class:`~cairn.ConcurrencyError` and
     stores nothing of it. Snapshots: one per (originator id, version), newest
-    first.
+    first. The feed: every stored event, in one order that never changes,
+    each at an increasing ``position``; a position, once read past, never has
+    an event appear at or before it.
     """
 
     url: str  # with any password hidden, for messages
@@ -109,6 +116,19 @@ class Recorder(ABC):
     @abstractmethod
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
         """The newest snapshot record at or below ``lte``, or None."""
+
+    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        """At most ``limit`` event records of the feed after ``after``, in feed order.
+
+        Only events of stored batches, each aggregate's in version order, a
+        batch's together; never an event at a position before one already
+        returned (so a reader that keeps the last position misses nothing).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no feed yet")
+
+    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
+        """Ids of stored aggregates, in a stable order, ``limit`` at a time after ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list aggregates yet")
 
     def close(self) -> None:  # noqa: B027 - optional: not every store holds connections
         """Release connections. The recorder may not be used afterwards."""

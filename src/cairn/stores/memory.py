@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from uuid import UUID
 
 from cairn.errors import ConcurrencyError
@@ -19,6 +20,7 @@ class MemoryRecorder(Recorder):
         self._lock = threading.Lock()
         self._events: dict[UUID, tuple[list[int], list[Record]]] = {}
         self._snapshots: dict[UUID, dict[int, Record]] = {}
+        self._feed: list[Record] = []  # the record at position p is at index p - 1
 
     @classmethod
     def from_url(cls, url: str) -> MemoryRecorder:
@@ -42,6 +44,17 @@ class MemoryRecorder(Recorder):
                 i = bisect.bisect(versions, r.originator_version)
                 versions.insert(i, r.originator_version)
                 stored.insert(i, r)
+                self._feed.append(replace(r, position=len(self._feed) + 1))
+
+    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        with self._lock:
+            return self._feed[max(after, 0) : max(after, 0) + limit]
+
+    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
+        with self._lock:
+            ids = sorted((i for i, (v, _) in self._events.items() if v[0] == 0), key=lambda i: i.bytes)
+        start = 0 if after is None else bisect.bisect_right(ids, after.bytes, key=lambda i: i.bytes)
+        return ids[start : start + limit]
 
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int

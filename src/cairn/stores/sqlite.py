@@ -31,6 +31,8 @@ SCHEMA = (
         topic TEXT NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID""",
+    # One entry per aggregate (its first event), for listing aggregates.
+    "CREATE INDEX IF NOT EXISTS events_aggregates ON events (originator_id) WHERE originator_version = 0",
 )
 INSERT_EVENT = (
     "INSERT INTO events (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
@@ -43,6 +45,16 @@ SELECT_STORED_VERSIONS = (
     "SELECT originator_version FROM events WHERE originator_id = ? AND originator_version IN ({})"
 )
 UPSERT_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
+# Writers hold the file's write lock from BEGIN IMMEDIATE to COMMIT, so
+# positions (rowids) are taken in commit order: the feed needs no more than this.
+SELECT_FEED = (
+    "SELECT position, originator_id, originator_version, topic, data FROM events "
+    "WHERE position > ? ORDER BY position LIMIT ?"
+)
+SELECT_IDS = (
+    "SELECT originator_id FROM events WHERE originator_version = 0 AND originator_id > ? "
+    "ORDER BY originator_id LIMIT ?"
+)
 SELECT_SNAPSHOT = (
     "SELECT originator_version, topic, data FROM snapshots WHERE originator_id = ? "
     "AND originator_version <= ? ORDER BY originator_version DESC LIMIT 1"
@@ -151,6 +163,21 @@ class SQLiteRecorder(Recorder):
         except sqlite3.Error as exc:
             raise StoreError(f"{self.url}: cannot read aggregate {originator_id}: {exc}") from exc
         return [Record(originator_id, v, t, d) for v, t, d in rows]
+
+    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        try:
+            rows = self._connection().execute(SELECT_FEED, (after, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        return [Record(UUID(bytes=i), v, t, d, p) for p, i, v, t, d in rows]
+
+    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
+        start = b"" if after is None else after.bytes
+        try:
+            rows = self._connection().execute(SELECT_IDS, (start, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: cannot list aggregates: {exc}") from exc
+        return [UUID(bytes=i) for (i,) in rows]
 
     def put_snapshot(self, record: Record) -> None:
         row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)

@@ -1,0 +1,147 @@
+"""Projections: read models kept up to date by following an application's feed.
+
+A :class:`ProjectionRunner` reads the feed from the position its projection
+last committed, applies a page of events to the read model, and commits the
+read model's changes and the new position in one transaction of the view
+store. A crash at any moment leaves both as they were before the page, so each
+event changes the read model exactly once. The position is read inside that
+transaction, under the view store's write lock, so two runners of the same
+projection take turns instead of both applying a page.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, TypeVar
+
+from cairn.application import Feed
+from cairn.domain import DomainEvent
+from cairn.errors import StoreError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class Projection(ABC, Generic[T]):
+    """Turns events into a read model. ``name`` keys its tracked position."""
+
+    name: str
+
+    def setup(self, tx: T) -> None:
+        """Create the read model's tables (idempotently); called before the first page."""
+
+    @abstractmethod
+    def process(self, tx: T, event: DomainEvent) -> None:
+        """Apply one event to the read model, through the view store's transaction ``tx``."""
+
+
+class ViewStore(ABC, Generic[T]):
+    """Holds read models and the feed position each projection has committed."""
+
+    @abstractmethod
+    def transaction(self) -> Any:
+        """A context manager: the transaction read-model changes and positions commit in."""
+
+    @abstractmethod
+    def position(self, tx: T, name: str) -> int:
+        """The last feed position committed for projection ``name`` (0 if none), locked
+        for the rest of the transaction."""
+
+    @abstractmethod
+    def set_position(self, tx: T, name: str, position: int) -> None:
+        """Record ``position`` for projection ``name``, inside ``tx``."""
+
+
+class SQLiteViews(ViewStore[sqlite3.Connection]):
+    """Read models in a SQLite file: the projection writes through the connection it is given."""
+
+    TRACKING = "CREATE TABLE IF NOT EXISTS cairn_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
+    SELECT = "SELECT position FROM cairn_tracking WHERE name = ?"
+    UPSERT = "INSERT OR REPLACE INTO cairn_tracking (name, position) VALUES (?, ?)"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        with self.transaction() as conn:
+            conn.execute(self.TRACKING)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (for reading the read model)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def position(self, tx: sqlite3.Connection, name: str) -> int:
+        # BEGIN IMMEDIATE already holds the file's write lock: no other runner is in here.
+        row = tx.execute(self.SELECT, (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_position(self, tx: sqlite3.Connection, name: str, position: int) -> None:
+        tx.execute(self.UPSERT, (name, position))
+
+
+class ProjectionRunner(Generic[T]):
+    """Follows a feed and keeps one projection's read model up to date, exactly once."""
+
+    def __init__(
+        self, feed: Feed, projection: Projection[T], views: ViewStore[T], *, page_size: int = 500
+    ) -> None:
+        self.feed = feed
+        self.projection = projection
+        self.views = views
+        self.page_size = page_size
+        self._set_up = False
+
+    def run_once(self) -> int:
+        """Process one page of new events; the number processed (0 when caught up)."""
+        name = self.projection.name
+        with self.views.transaction() as tx:
+            if not self._set_up:
+                self.projection.setup(tx)
+                self._set_up = True
+            after = self.views.position(tx, name)
+            page = self.feed.read(after, self.page_size)
+            for _, event in page:
+                self.projection.process(tx, event)
+            if page:
+                self.views.set_position(tx, name, page[-1][0])
+        return len(page)
+
+    def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
+        """Process pages until the feed has nothing new; the number of events processed."""
+        total = 0
+        while processed := self.run_once():
+            total += processed
+            if progress:
+                progress(total)
+        return total
+
+    def run(self, stop: threading.Event, poll_interval: float = 0.1) -> None:
+        """Keep processing until ``stop`` is set, waiting ``poll_interval`` when caught up."""
+        while not stop.is_set():
+            try:
+                if not self.run_once():
+                    stop.wait(poll_interval)
+            except StoreError as exc:
+                log.warning("projection %r: %s; trying again", self.projection.name, exc)
+                stop.wait(poll_interval)
