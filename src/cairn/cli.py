@@ -1,17 +1,29 @@
-"""The ``cairn`` command."""
+"""The ``cairn`` command: try cairn out, look inside a store, copy it, check it.
+
+Exit codes: 0 success; 1 a check found problems; 2 bad usage; 3 the work could
+not be done (store unreachable, bad key, ...). ``--json`` prints one JSON
+document on stdout; progress goes to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+from uuid import UUID
 
-from cairn import AESCipher, CairnError, ConcurrencyError
-from cairn.stores import redact
+from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
+from cairn.mapping import Mapper
+from cairn.stores import Record, open_store, redact
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+KEY_ENV = "CAIRN_KEY"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,27 +35,84 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code: int = args.run(args)
-    except CairnError as exc:
-        print(f"cairn: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (CairnError, ValueError) as exc:
+        print(f"cairn {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"cairn {args.command}: interrupted", file=sys.stderr)
+        return 130
     return code
+
+
+def cipher_from_env() -> AESCipher | None:
+    """The key in ``$CAIRN_KEY``: ``base64:...`` (as ``cairn key`` prints) or the key's text."""
+    text = os.environ.get(KEY_ENV)
+    if not text:
+        return None
+    if text.startswith("base64:"):
+        return AESCipher(base64.b64decode(text.removeprefix("base64:"), validate=True))
+    return AESCipher(text)
+
+
+def mapper_from_env() -> Mapper:
+    return Mapper(cipher=cipher_from_env())
+
+
+class Progress:
+    """A counter on stderr: redrawn in place on a terminal, a line every few seconds otherwise."""
+
+    def __init__(self, what: str, quiet: bool = False, out: TextIO = sys.stderr) -> None:
+        self.what, self.quiet, self.out = what, quiet, out
+        self.start = self.last = time.monotonic()
+        self.tty = out.isatty()
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if self.quiet or now - self.last < (0.2 if self.tty else 5.0):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        of = f"/{total:,}" if total else ""
+        line = f"{self.what}: {done:,}{of} ({rate:,.0f}/s)"
+        print(
+            f"\r{line}" if self.tty else line,
+            end="" if self.tty else "\n",
+            file=self.out,
+            flush=True,
+        )
+
+    def done(self, summary: str) -> None:
+        if not self.quiet:
+            elapsed = time.monotonic() - self.start
+            print(
+                f"{chr(13) if self.tty else ''}{self.what}: {summary} in {elapsed:.1f}s",
+                file=self.out,
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cairn",
-        description="Event sourcing for Python: look after cairn stores and try cairn out.",
-    )
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-
-    demo = commands.add_parser(
-        "demo",
-        help="run the seed's 'everything in one app' scenario and show each step",
-        description=(
-            "Runs the seed's scenario (encryption, a root entity with child entities, "
-            "optimistic concurrency, snapshots every second event, state at an earlier "
-            "version) on a fresh store, and shows what happens at each step."
+        description="Event sourcing for Python: try cairn out, look inside a store, copy it, check it.",
+        epilog=(
+            f"Store URLs: memory://, sqlite:///file.db, postgresql://user:pw@host/db?schema=s, "
+            f"cassandra://host:9042/keyspace. Encrypted stores: put the key in ${KEY_ENV} "
+            "(its text, or base64:... as 'cairn key' prints). Exit codes: 0 ok, 1 problems "
+            "found, 2 bad usage, 3 could not do the work."
         ),
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
+
+    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=description)
+        return sub
+
+    demo = command(
+        "demo",
+        "run the seed's 'everything in one app' scenario and show each step",
+        "Runs the seed's scenario (encryption, a root entity with child entities, optimistic "
+        "concurrency, snapshots every second event, state at an earlier version) on a fresh "
+        "store, and shows what happens at each step.",
     )
     demo.add_argument(
         "--store",
@@ -51,7 +120,222 @@ def build_parser() -> argparse.ArgumentParser:
         help="store URL (default: %(default)s, a file in the working folder, made afresh)",
     )
     demo.set_defaults(run=run_demo)
+
+    key = command("key", "print a new random AES key", "Prints a new 256-bit key for $CAIRN_KEY.")
+    key.add_argument("--bytes", type=int, default=32, choices=(16, 24, 32), help="key size")
+    key.set_defaults(run=run_key)
+
+    aggregates = command(
+        "aggregates",
+        "list the aggregates in a store",
+        "Lists each aggregate's id, type and version.",
+    )
+    aggregates.add_argument("store", metavar="STORE_URL")
+    aggregates.add_argument("--limit", type=int, help="list at most this many")
+    aggregates.add_argument("--json", action="store_true", help="print JSON")
+    aggregates.set_defaults(run=run_aggregates)
+
+    events = command(
+        "events",
+        "show the events of one aggregate",
+        f"Shows an aggregate's events, decoded (decrypted with ${KEY_ENV} when they are "
+        "encrypted), or as stored when they cannot be decoded.",
+    )
+    events.add_argument("store", metavar="STORE_URL")
+    events.add_argument("id", metavar="ID", type=UUID)
+    events.add_argument("--lte", type=int, metavar="N", help="only events up to version N")
+    events.add_argument("--json", action="store_true", help="print JSON")
+    events.set_defaults(run=run_events)
+
+    snapshots = command(
+        "snapshots",
+        "show the snapshots of one aggregate",
+        "Shows an aggregate's snapshots, newest first.",
+    )
+    snapshots.add_argument("store", metavar="STORE_URL")
+    snapshots.add_argument("id", metavar="ID", type=UUID)
+    snapshots.add_argument("--json", action="store_true", help="print JSON")
+    snapshots.set_defaults(run=run_snapshots)
+
+    snapshot = command(
+        "snapshot",
+        "(re)build snapshots of every aggregate",
+        "Replays every aggregate once and stores a snapshot after every N-th event.",
+    )
+    snapshot.add_argument("store", metavar="STORE_URL")
+    snapshot.add_argument("--every", type=int, required=True, metavar="N")
+    snapshot.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    snapshot.set_defaults(run=run_snapshot)
+
+    verify = command(
+        "verify",
+        "check every record of a store (changes nothing)",
+        "Reads every event and each aggregate's newest snapshot: checks that each decrypts "
+        f"(with ${KEY_ENV}) and decodes, and that each aggregate's versions have no gap. "
+        "Exits 1 if it finds a problem.",
+    )
+    verify.add_argument("store", metavar="STORE_URL")
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    verify.set_defaults(run=run_verify)
+
+    copy = command(
+        "copy",
+        "copy a whole store to another (resumable, verified)",
+        "Copies every event, in feed order, and each aggregate's newest snapshot, from one "
+        "store to another (e.g. SQLite to Cassandra); records stay encrypted as they are. "
+        "Run it again after an interruption: it resumes where it stopped. Verifies the "
+        "copy at the end.",
+    )
+    copy.add_argument("source", metavar="SRC_URL")
+    copy.add_argument("target", metavar="DST_URL")
+    copy.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    copy.add_argument("--json", action="store_true", help="print JSON")
+    copy.set_defaults(run=run_copy)
     return parser
+
+
+def emit(args: argparse.Namespace, document: Any, lines: Sequence[str]) -> None:
+    """Print ``document`` as JSON with --json, else the human-readable lines."""
+    if getattr(args, "json", False):
+        print(json.dumps(document, indent=2, default=str))
+    else:
+        for line in lines:
+            print(line)
+
+
+def run_key(args: argparse.Namespace) -> int:
+    print("base64:" + base64.b64encode(AESCipher.generate_key(args.bytes)).decode())
+    return EXIT_OK
+
+
+def run_aggregates(args: argparse.Namespace) -> int:
+    recorder = open_store(args.store)
+    try:
+        rows = []
+        for n, originator_id in enumerate(tools.iter_aggregate_ids(recorder)):
+            if args.limit is not None and n >= args.limit:
+                break
+            first, last = recorder.get_item(originator_id, 0), tools.head(recorder, originator_id)
+            version = last.originator_version + 1 if last else 0
+            kind = tools.aggregate_type(first.topic) if first else "?"
+            rows.append({"id": str(originator_id), "type": kind, "version": version})
+    finally:
+        recorder.close()
+    emit(args, rows, [f"{r['id']}  {r['type']}  version {r['version']}" for r in rows])
+    return EXIT_OK
+
+
+def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
+    """An event record as a dict: its fields when it can be decoded, else its raw bytes."""
+    row: dict[str, Any] = {"version": record.originator_version, "topic": record.topic}
+    try:
+        event = mapper.to_event(record)
+    except CairnError as exc:
+        row["data_base64"] = base64.b64encode(record.data).decode()
+        row["undecoded"] = str(exc)
+        return row
+    row["fields"] = {
+        k: v for k, v in vars(event).items() if k not in ("originator_id", "originator_version")
+    }
+    return row
+
+
+def run_events(args: argparse.Namespace) -> int:
+    recorder, mapper = open_store(args.store), mapper_from_env()
+    try:
+        rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
+    finally:
+        recorder.close()
+    if not rows:
+        print(
+            f"cairn events: no events of aggregate {args.id} in {redact(args.store)}",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEMS
+    lines = []
+    for row in rows:
+        if "fields" in row:
+            fields = ", ".join(f"{k}={v!r}" for k, v in row["fields"].items())
+            lines.append(f"{row['version']:>6}  {row['topic']}  {fields}")
+        else:
+            lines.append(
+                f"{row['version']:>6}  {row['topic']}  <{len(row['data_base64']) * 3 // 4} bytes, {row['undecoded']}>"
+            )
+    emit(args, rows, lines)
+    return EXIT_OK
+
+
+def run_snapshots(args: argparse.Namespace) -> int:
+    recorder, mapper = open_store(args.store), mapper_from_env()
+    rows = []
+    try:
+        lte = None
+        while (record := recorder.get_snapshot(args.id, lte=lte)) is not None:
+            row: dict[str, Any] = {"version": record.originator_version, "topic": record.topic}
+            try:
+                row["state"] = mapper.to_snapshot(record).state
+            except CairnError as exc:
+                row["undecoded"] = str(exc)
+            rows.append(row)
+            lte = record.originator_version - 1
+    finally:
+        recorder.close()
+    emit(
+        args,
+        rows,
+        [f"{r['version']:>6}  {r['topic']}  {r.get('state', r.get('undecoded'))}" for r in rows],
+    )
+    return EXIT_OK
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    progress = Progress("snapshotting aggregates", args.quiet)
+    with Application(store=args.store, cipher=cipher_from_env()) as app:
+        taken = tools.rebuild_snapshots(app, args.every, progress)
+    progress.done(f"{taken:,} snapshots stored")
+    return EXIT_OK
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    progress = Progress("verifying aggregates", args.quiet)
+    recorder = open_store(args.store)
+    try:
+        report = tools.verify(recorder, mapper_from_env(), progress)
+    finally:
+        recorder.close()
+    progress.done(f"{report.aggregates:,} aggregates")
+    summary = (
+        f"{redact(args.store)}: {report.aggregates:,} aggregates, {report.events:,} events, "
+        f"{report.snapshots:,} snapshots checked; {len(report.problems)} problem(s)"
+    )
+    if report.encrypted_unchecked:
+        summary += (
+            f"; {report.encrypted_unchecked:,} encrypted records not decrypted (no ${KEY_ENV})"
+        )
+    emit(args, vars(report), [*report.problems, summary])
+    return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    source, target = open_store(args.source), open_store(args.target)
+    try:
+        progress = Progress("copying events", args.quiet)
+        report = tools.copy_store(source, target, progress)
+        progress.done(f"{report.events:,} events copied")
+        checking = Progress("verifying the copy", args.quiet)
+        problems = tools.verify_copy(source, target, checking)
+        checking.done(f"{report.aggregates:,} aggregates compared")
+    finally:
+        source.close()
+        target.close()
+    summary = (
+        f"copied {report.events:,} events and {report.snapshots:,} snapshots of "
+        f"{report.aggregates:,} aggregates from {redact(args.source)} to {redact(args.target)}; "
+        + ("verified: identical" if not problems else f"{len(problems)} aggregates differ")
+    )
+    emit(args, {**vars(report), "problems": problems}, [*problems, summary])
+    return EXIT_PROBLEMS if problems else EXIT_OK
 
 
 def run_demo(args: argparse.Namespace) -> int:

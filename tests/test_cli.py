@@ -1,0 +1,160 @@
+"""The ``cairn`` command, run as a process against each durable store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from cairn import AESCipher, Application
+from cairn.examples.everything import EverythingApplication, create_example_aggregate
+from cairn.stores import Record, open_store
+from tests.racer import Counter
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "0123456789abcdef"
+
+
+def cairn(
+    *args: str, key: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CAIRN_KEY"}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    if key:
+        env["CAIRN_KEY"] = key
+    result = subprocess.run(
+        [sys.executable, "-m", "cairn.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def populated(durable_store_url: str) -> tuple[str, Any]:
+    """A store with the example's aggregates, encrypted, and snapshots."""
+    with EverythingApplication(cipher=AESCipher(KEY), always_encrypt=True, store=durable_store_url):
+        aggregate = create_example_aggregate("secret info")
+        aggregate.create_new_example()
+        aggregate.foo = "second"
+        aggregate.save()
+        other = create_example_aggregate("other")
+        other.save()
+    return durable_store_url, aggregate
+
+
+def test_demo_shows_each_step(tmp_path: Path) -> None:
+    out = cairn("demo", "--store", f"sqlite:///{tmp_path}/demo.db").stdout
+    for step in ("1. Encryption", "readable in the store? no", "refused", "ConcurrencyError",
+                 "snapshot state is None", "after event 3: version=4 foo='bar4'"):  # fmt: skip
+        assert step in out
+
+
+def test_help_reads_well_and_usage_errors_exit_2() -> None:
+    out = cairn("--help").stdout
+    for command in ("demo", "aggregates", "events", "snapshots", "snapshot", "verify", "copy"):
+        assert command in out
+    assert cairn("events", check=False).returncode == 2
+    assert cairn(check=False).returncode == 2
+
+
+def test_an_unknown_store_exits_3_naming_it() -> None:
+    result = cairn("verify", "mysql://u:secret@h/db", check=False)
+    assert result.returncode == 3
+    assert "mysql://u:***@h/db" in result.stderr and "secret" not in result.stderr
+
+
+def test_aggregates_lists_ids_types_and_versions(populated: tuple[str, Any]) -> None:
+    url, aggregate = populated
+    rows = json.loads(cairn("aggregates", url, "--json").stdout)
+    mine = next(r for r in rows if r["id"] == str(aggregate.id))
+    assert mine == {
+        "id": str(aggregate.id),
+        "type": "cairn.examples.everything:ExampleAggregateRoot",
+        "version": 3,
+    }
+    assert len(rows) == 2
+
+
+def test_events_are_raw_without_the_key_and_decoded_with_it(populated: tuple[str, Any]) -> None:
+    url, aggregate = populated
+    raw = json.loads(cairn("events", url, str(aggregate.id), "--json").stdout)
+    assert [r["version"] for r in raw] == [0, 1, 2] and all("data_base64" in r for r in raw)
+    assert "secret" not in json.dumps(raw)
+    decoded = json.loads(
+        cairn("events", url, str(aggregate.id), "--lte", "1", "--json", key=KEY).stdout
+    )
+    assert [r["version"] for r in decoded] == [0, 1]
+    assert decoded[0]["fields"]["foo"] == "secret info"
+    assert cairn("events", url, str(uuid4()), check=False).returncode == 1
+
+
+def test_snapshots_are_rebuilt_and_shown(populated: tuple[str, Any]) -> None:
+    url, aggregate = populated
+    cairn("snapshot", url, "--every", "1", key=KEY)
+    rows = json.loads(cairn("snapshots", url, str(aggregate.id), "--json", key=KEY).stdout)
+    assert [r["version"] for r in rows] == [2, 1, 0]
+    assert rows[0]["state"]["_foo"] == "second"
+
+
+def test_verify_passes_a_sound_store_and_names_what_is_wrong(populated: tuple[str, Any]) -> None:
+    url, _ = populated
+    report = json.loads(cairn("verify", url, "--json", key=KEY).stdout)
+    assert report["problems"] == [] and report["events"] == 4
+    recorder = open_store(url)
+    gap, bad = uuid4(), uuid4()
+    recorder.append([Record(gap, 0, "t:E", b"\x00{}"), Record(gap, 2, "t:E", b"\x00{}")])
+    recorder.append(
+        [Record(bad, 0, "cairn.examples.everything:ExampleAggregateRoot.Created", b"\x02garbage")]
+    )
+    recorder.close()
+    result = cairn("verify", url, "--json", key=KEY, check=False)
+    assert result.returncode == 1
+    problems = "\n".join(json.loads(result.stdout)["problems"])
+    assert f"aggregate {gap}: version 2 follows 0" in problems
+    assert f"aggregate {bad} version 0" in problems
+    wrong_key = cairn("verify", url, key="another key 1234", check=False)
+    assert wrong_key.returncode == 1 and "authentication failed" in wrong_key.stdout
+
+
+def test_copy_is_resumable_after_a_kill_and_verified(
+    durable_store_url: str, tmp_path: Path
+) -> None:
+    source = f"sqlite:///{tmp_path}/source.db"
+    with Application(store=source) as app:
+        for _ in range(300):
+            counters = [Counter.create() for _ in range(5)]
+            for counter in counters:
+                for n in range(3):
+                    counter.increment("copy", 0, n)
+            app.save(*counters)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    proc = subprocess.Popen([sys.executable, "-m", "cairn.cli", "copy", source, durable_store_url],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    target = open_store(durable_store_url)
+    deadline = time.monotonic() + 120
+    while not target.aggregate_ids(limit=1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    copied_before_kill = sum(
+        len(list(target.select(i))) for i in target.aggregate_ids(limit=10_000)
+    )
+    target.close()
+    assert 0 < copied_before_kill < 6000, "the kill did not land mid-copy"
+    report = json.loads(cairn("copy", source, durable_store_url, "--json").stdout)
+    assert report["problems"] == [] and report["aggregates"] == 1500
+    assert report["events"] == 6000 - copied_before_kill  # resumed, nothing copied twice
+    assert json.loads(cairn("verify", durable_store_url, "--json").stdout)["events"] == 6000
