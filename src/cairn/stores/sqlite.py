@@ -136,7 +136,7 @@ class SQLiteRecorder(Recorder):
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.IntegrityError):
                 raise ConcurrencyError(self._conflict(conn, records)) from None
-            raise StoreError(f"{self.url}: the batch was not stored: {exc}") from exc
+            raise StoreError(f"{self.url}: the batch was not stored: {_describe(exc)}") from exc
 
     def _conflict(self, conn: sqlite3.Connection, records: Sequence[Record]) -> str:
         """Say which of the batch's versions are already stored (the error path only)."""
@@ -202,3 +202,12 @@ class SQLiteRecorder(Recorder):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _describe(exc: sqlite3.Error) -> str:
+    """SQLite's message with its error code name (SQLITE_FULL, SQLITE_IOERR_WRITE, ...)."""
+    name = getattr(exc, "sqlite_errorname", None)
+    hint = ""
+    if name and (name.startswith("SQLITE_IOERR") or name == "SQLITE_FULL"):
+        hint = "; is the disk full, or the file over a size limit?"
+    return f"{exc} ({name}{hint})" if name else str(exc)
