@@ -28,9 +28,37 @@ def scheme(url: str) -> str:
     return url.split(":", 1)[0]
 
 
+FILLED: list[str] = []  # URLs with a {unique} name, to drop at the end of the session
+
+
 def fill(url: str, tmp: Path) -> str:
     """A store URL with its placeholders filled in: a fresh, empty store."""
-    return url.replace("{tmp}", str(tmp)).replace("{unique}", "t" + uuid.uuid4().hex[:12])
+    filled = url.replace("{tmp}", str(tmp)).replace("{unique}", "t" + uuid.uuid4().hex[:12])
+    if "{unique}" in url:
+        FILLED.append(filled)
+    return filled
+
+
+def drop(url: str) -> None:
+    """Drop the schema or keyspace a filled-in URL named (test clean-up only)."""
+    if scheme(url) == "postgresql":
+        import psycopg
+
+        base, _, query = url.partition("?")
+        schema = dict(p.split("=", 1) for p in query.split("&"))["schema"]
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    elif scheme(url) == "cassandra":
+        from cassandra.cluster import Cluster
+
+        hosts, _, rest = url.removeprefix("cassandra://").partition("/")
+        keyspace = rest.partition("?")[0]
+        host, _, port = hosts.split(",")[0].rpartition(":")
+        cluster = Cluster([host or hosts], port=int(port or 9042))
+        try:
+            cluster.connect().execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=60)
+        finally:
+            cluster.shutdown()
 
 
 @pytest.fixture(params=STORES, ids=scheme, scope="session")
@@ -92,7 +120,13 @@ def engine_url(engine: str) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """With CAIRN_FORBID_SKIPS=1 (as in CI), a skipped test fails the run."""
+    """Drop the schemas and keyspaces made for the session; with CAIRN_FORBID_SKIPS=1
+    (as in CI), a skipped test fails the run."""
+    for url in FILLED:
+        try:
+            drop(url)
+        except Exception as exc:  # clean-up must not hide the tests' own outcome
+            print(f"\ncould not drop the store of {url}: {exc}")
     if os.environ.get("CAIRN_FORBID_SKIPS") != "1":
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

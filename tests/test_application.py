@@ -270,6 +270,10 @@ def test_store_urls(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         open_store("mysql://u:secret@h/db")
     assert redact("postgresql://u:pw@h:5432/db?x=1") == "postgresql://u:***@h:5432/db?x=1"
+    assert (
+        redact("cassandra://h/ks?username=u&password=pw&x=1")
+        == "cassandra://h/ks?username=u&password=***&x=1"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("CAIRN_STORE", raising=False)
     recorder = open_store()

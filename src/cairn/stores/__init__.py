@@ -47,7 +47,7 @@ class Record:
 
 
 class Recorder(ABC):
-    """What every store does. One conformance suite (``tests/conformance``) holds each to it.
+    """What every store does. One conformance suite (``tests/test_*_conformance.py``) holds each to it.
 
     Events: ``append`` stores a batch atomically with a uniqueness check on
     (originator id, version), or raises :class:`~cairn.ConcurrencyError` and
@@ -138,8 +138,9 @@ class Recorder(ABC):
 
 
 def redact(url: str) -> str:
-    """The URL with its password, if any, replaced by ``***``."""
-    return re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url, flags=re.I)
+    """The URL with its password, if any (before the host or as ``?password=``), as ``***``."""
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url, flags=re.I)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.I)
 
 
 def open_store(url: str | None = None) -> Recorder:

@@ -1,0 +1,445 @@
+"""What is particular to the PostgreSQL store: its URL, its connection failures, creating
+its tables, a connection lost in the middle of a save, a client killed in a save loop.
+(The Recorder contract itself is the conformance suite's.)
+
+These tests need a real server, named by ``CAIRN_POSTGRES_URL`` (default
+``postgresql://cairn:cairn@127.0.0.1:5432/cairn``): if it cannot be reached they fail,
+they never skip. They work in schemas of their own, dropped at the end.
+
+The module is also the client process of two tests:
+``python -m tests.test_postgres save-loop URL AGGREGATE_ID`` and
+``python -m tests.test_postgres first-use URL START_TIME``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
+from cairn.stores import Record, open_store, redact
+from cairn.stores.postgres import MULTI_ROW_MAX, PostgresRecorder
+from tests.conftest import STORES
+
+pytestmark = pytest.mark.postgres
+
+SERVER_URL = os.environ.get("CAIRN_POSTGRES_URL") or next(
+    (u.partition("?")[0] for u in STORES if u.startswith("postgresql:")),
+    "postgresql://cairn:cairn@127.0.0.1:5432/cairn",
+)
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 50  # events per batch in the save loop
+
+
+def with_params(url: str, **params: object) -> str:
+    """The URL with these query parameters added."""
+    query = urlencode({k: str(v) for k, v in params.items()}, quote_via=quote)
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def records(originator_id: UUID, versions: range, batch: int = 0) -> list[Record]:
+    return [
+        Record(originator_id, v, "test:Saved", b"batch %d event %d" % (batch, v)) for v in versions
+    ]
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}{uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def admin() -> Iterator[psycopg.Connection[Any]]:
+    """A connection of the tests' own, to look at and interfere with the server."""
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="module")
+def new_schema(admin: psycopg.Connection[Any]) -> Iterator[Callable[[], str]]:
+    """Names fresh schemas; every one is dropped at the end of the module."""
+    names: list[str] = []
+
+    def new() -> str:
+        names.append(unique_name("t"))
+        return names[-1]
+
+    yield new
+    for name in names:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def schema(new_schema: Callable[[], str]) -> str:
+    """The module's schema, shared by the tests that only add aggregates of their own."""
+    return new_schema()
+
+
+@pytest.fixture(scope="module")
+def recorder(schema: str) -> Iterator[PostgresRecorder]:
+    recorder = PostgresRecorder.from_url(with_params(SERVER_URL, schema=schema))
+    yield recorder
+    recorder.close()
+
+
+def server_params() -> dict[str, str]:
+    """The parts of the server's URL, as libpq names them (host, port, user...)."""
+    return {k: str(v) for k, v in conninfo_to_dict(SERVER_URL).items()}
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (it was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def wait_for_backend(admin: psycopg.Connection[Any], application_name: str) -> int:
+    """The pid of the server process of this client, once it waits for a lock."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        row = admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s "
+            "AND wait_event_type = 'Lock' AND state = 'active'",
+            (application_name,),
+        ).fetchone()
+        if row:
+            return int(row[0])
+        time.sleep(0.02)
+    raise AssertionError(f"no backend of {application_name!r} came to wait for the lock")
+
+
+def append_in_thread(recorder: PostgresRecorder, batch: list[Record]) -> Callable[[], Exception]:
+    """Start appending the batch in a thread; the returned call joins it and gives its error."""
+    outcome: list[Exception] = []
+
+    def run() -> None:
+        try:
+            recorder.append(batch)
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+
+    def join() -> Exception:
+        thread.join(timeout=30)
+        assert outcome, "the append succeeded although its connection was terminated"
+        return outcome[0]
+
+    return join
+
+
+def client(*args: str) -> subprocess.Popen[str]:
+    """This module run as a client process (see the module's docstring)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.test_postgres", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def test_url_parameters_are_cairns_own_or_go_to_libpq(
+    admin: psycopg.Connection[Any], schema: str
+) -> None:
+    name = unique_name("cairn url test ")
+    url = with_params(SERVER_URL, schema=schema, pool_min=3, pool_max=4, application_name=name)
+    recorder = open_store(url)
+    try:
+        assert isinstance(recorder, PostgresRecorder) and recorder.schema == schema
+        # pool_min connections are opened (in the background), each named by libpq's parameter.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+            if row and row[0] == 3:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the pool did not open pool_min=3 connections named {name!r}")
+    finally:
+        recorder.close()
+
+
+def test_the_postgres_scheme_is_accepted_too(schema: str) -> None:
+    url = with_params(SERVER_URL.replace("postgresql://", "postgres://", 1), schema=schema)
+    recorder = open_store(url)
+    try:
+        a = uuid4()
+        recorder.append(records(a, range(2)))
+        assert list(recorder.select(a)) == records(a, range(2))
+    finally:
+        recorder.close()
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"pool_max": 0}, "pool_max"),
+        ({"pool_min": 5, "pool_max": 2}, "pool_min"),
+        ({"pool_min": "many"}, "pool_min"),
+        ({"pool_timeout": "soon"}, "pool_timeout"),
+        ({"create": "perhaps"}, "create"),
+    ],
+)
+def test_a_bad_url_parameter_is_named(params: dict[str, object], named: str) -> None:
+    url = with_params("postgresql://cairn:s3cret@127.0.0.1:5432/cairn", **params)
+    with pytest.raises(StoreError, match=named) as raised:
+        open_store(url)
+    assert "s3cret" not in str(raised.value) and "cairn:***@" in str(raised.value)
+
+
+def test_missing_url_parts_come_from_the_pg_environment_variables(
+    monkeypatch: pytest.MonkeyPatch, schema: str
+) -> None:
+    parts = server_params()
+    for key in ("host", "port", "user", "password", "dbname"):
+        if key in parts:
+            monkeypatch.setenv("PGDATABASE" if key == "dbname" else f"PG{key.upper()}", parts[key])
+    for url in (
+        f"postgresql://?schema={schema}",
+        f"postgresql:///{parts['dbname']}?schema={schema}",
+    ):
+        recorder = open_store(url)
+        try:
+            a = uuid4()
+            recorder.append(records(a, range(2)))
+            assert list(recorder.select(a)) == records(a, range(2)), url
+        finally:
+            recorder.close()
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def test_an_unreachable_server_is_named_with_the_password_hidden() -> None:
+    port = closed_port()
+    url = f"postgresql://cairn:s3cret@127.0.0.1:{port}/cairn?schema=x"
+    with pytest.raises(StoreError) as raised:
+        open_store(url)
+    message = str(raised.value)
+    assert f"postgresql://cairn:***@127.0.0.1:{port}/cairn?schema=x" in message
+    assert "s3cret" not in message
+    assert "cannot connect" in message and "refused" in message  # the server's reason
+
+
+def test_a_wrong_password_is_an_authentication_error(schema: str) -> None:
+    parts = server_params()
+    url = (
+        f"postgresql://{parts['user']}:wrong-{uuid4().hex[:6]}@{parts['host']}:"
+        f"{parts.get('port', 5432)}/{parts['dbname']}?schema={schema}"
+    )
+    with pytest.raises(StoreError, match="authentication failed") as raised:
+        open_store(url)
+    assert "wrong-" not in str(raised.value) and f"{parts['user']}:***@" in str(raised.value)
+
+
+def test_create_false_on_a_missing_schema_names_the_schema_and_url(
+    new_schema: Callable[[], str],
+) -> None:
+    missing = new_schema()
+    url = with_params(SERVER_URL, schema=missing, create="false")
+    with pytest.raises(StoreError, match=f"schema '{missing}' does not exist") as raised:
+        open_store(url)
+    assert "postgresql://" in str(raised.value) and "create=false" in str(raised.value)
+
+
+def test_create_false_on_a_schema_without_tables_names_the_tables(
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str]
+) -> None:
+    empty = new_schema()
+    admin.execute(f'CREATE SCHEMA "{empty}"')
+    with pytest.raises(StoreError, match="has no table events and snapshots"):
+        open_store(with_params(SERVER_URL, schema=empty, create="false"))
+    assert admin.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (empty,)
+    ).fetchone() == (0,)
+
+
+def test_create_false_opens_existing_tables(schema: str, recorder: PostgresRecorder) -> None:
+    a = uuid4()
+    recorder.append(records(a, range(3)))
+    other = open_store(with_params(SERVER_URL, schema=schema, create="false"))
+    try:
+        assert list(other.select(a)) == records(a, range(3))
+    finally:
+        other.close()
+
+
+def test_concurrent_first_use_creates_the_tables_once(
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str]
+) -> None:
+    fresh = new_schema()
+    url = with_params(SERVER_URL, schema=fresh)
+    start = time.time() + 3  # every process opens the store at this instant
+    procs = [client("first-use", url, str(start)) for _ in range(8)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == "ok"
+    tables = admin.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (fresh,)
+    ).fetchall()
+    assert tables == [("events",), ("snapshots",)]
+    assert admin.execute(f'SELECT count(*) FROM "{fresh}".events').fetchone() == (8,)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+@pytest.mark.parametrize("size", [1, MULTI_ROW_MAX, MULTI_ROW_MAX + 1, 1000])
+def test_batches_of_every_size_are_read_back_exactly(recorder: PostgresRecorder, size: int) -> None:
+    a = uuid4()
+    recorder.append(records(a, range(size)))
+    stored = list(recorder.select(a))
+    assert stored == records(a, range(size))
+    assert all(isinstance(r.data, bytes) for r in stored)
+
+
+@pytest.mark.parametrize("size", [MULTI_ROW_MAX, 50])
+def test_a_stale_batch_names_the_aggregate_and_version(
+    recorder: PostgresRecorder, size: int
+) -> None:
+    a = uuid4()
+    recorder.append(records(a, range(5)))
+    with pytest.raises(ConcurrencyError, match=f"aggregate {a}: version 3 is already stored"):
+        recorder.append(records(a, range(3, 3 + size)))
+    assert [r.originator_version for r in recorder.select(a)] == list(range(5))
+
+
+@pytest.mark.parametrize("size", [10, 50], ids=["insert", "copy"])
+def test_a_connection_lost_during_the_statements_stores_nothing_of_the_batch(
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str], size: int
+) -> None:
+    name = unique_name("cairn victim ")
+    fresh = new_schema()
+    recorder = PostgresRecorder.from_url(
+        with_params(SERVER_URL, schema=fresh, application_name=name)
+    )
+    try:
+        a = uuid4()
+        with psycopg.connect(SERVER_URL) as locker:
+            # The insert waits for this lock: its connection is killed mid-statement.
+            locker.execute(f'LOCK TABLE "{fresh}".events IN SHARE MODE')
+            join = append_in_thread(recorder, records(a, range(size)))
+            admin.execute("SELECT pg_terminate_backend(%s)", (wait_for_backend(admin, name),))
+            error = join()
+        assert type(error) is StoreError, repr(error)
+        assert f"aggregate {a} versions 0-{size - 1} was not stored" in str(error)
+        assert redact(SERVER_URL) in str(error)
+        assert list(recorder.select(a)) == []
+        # The pool replaces the lost connection: the same batch is stored now.
+        recorder.append(records(a, range(size)))
+        assert list(recorder.select(a)) == records(a, range(size))
+    finally:
+        recorder.close()
+
+
+def test_a_connection_lost_during_commit_is_an_unknown_outcome(
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str]
+) -> None:
+    name = unique_name("cairn victim ")
+    fresh = new_schema()
+    recorder = PostgresRecorder.from_url(
+        with_params(SERVER_URL, schema=fresh, application_name=name)
+    )
+    key = random.getrandbits(62)
+    # A deferred trigger runs at COMMIT and waits there for an advisory lock the test holds.
+    admin.execute(
+        f'CREATE FUNCTION "{fresh}".hold() RETURNS trigger LANGUAGE plpgsql AS '
+        f"$$ BEGIN PERFORM pg_advisory_xact_lock({key}); RETURN NULL; END $$"
+    )
+    admin.execute(
+        f'CREATE CONSTRAINT TRIGGER hold AFTER INSERT ON "{fresh}".events '
+        f'DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "{fresh}".hold()'
+    )
+    try:
+        a = uuid4()
+        batch = records(a, range(10))
+        with psycopg.connect(SERVER_URL) as locker:
+            locker.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            join = append_in_thread(recorder, batch)
+            admin.execute("SELECT pg_terminate_backend(%s)", (wait_for_backend(admin, name),))
+            error = join()
+        assert isinstance(error, OutcomeUnknown), repr(error)
+        assert f"aggregate {a} versions 0-9 may or may not be stored" in str(error)
+        assert list(recorder.select(a)) in ([], batch)  # whole or absent, never part
+    finally:
+        recorder.close()
+
+
+def test_a_client_killed_in_a_save_loop_leaves_only_whole_batches(
+    recorder: PostgresRecorder, schema: str
+) -> None:
+    a = uuid4()
+    url = with_params(SERVER_URL, schema=schema)
+    acknowledged = -1
+    for _ in range(6):
+        proc = client("save-loop", url, str(a))
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # the loop is running: a batch was stored
+        assert first, proc.communicate()[1]
+        time.sleep(random.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        acknowledged = max(acknowledged, *(int(n) for n in (first + out).split()))
+    stored = list(recorder.select(a))
+    assert len(stored) % BATCH == 0, f"{len(stored)} events: a batch was stored in part"
+    assert stored == [r for b in range(len(stored) // BATCH) for r in batch_of(a, b)]
+    assert len(stored) // BATCH > acknowledged, "an acknowledged batch is missing"
+
+
+def batch_of(originator_id: UUID, batch: int) -> list[Record]:
+    """Batch number ``batch`` of the save loop: its events carry the batch number."""
+    return records(originator_id, range(batch * BATCH, (batch + 1) * BATCH), batch)
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def save_loop(url: str, aggregate_id: str) -> None:
+    """Append batches to one aggregate after its stored ones until killed; print each number."""
+    a = UUID(aggregate_id)
+    recorder = PostgresRecorder.from_url(url)
+    last = list(recorder.select(a, desc=True, limit=1))
+    batch = last[0].originator_version // BATCH + 1 if last else 0
+    while True:
+        recorder.append(batch_of(a, batch))
+        print(batch, flush=True)
+        batch += 1
+
+
+def first_use(url: str, start: str) -> None:
+    """Open the store at the given instant, store one event, print ``ok``."""
+    time.sleep(max(0.0, float(start) - time.time()))
+    recorder = PostgresRecorder.from_url(url)
+    recorder.append(records(uuid4(), range(1)))
+    recorder.close()
+    print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    {"save-loop": save_loop, "first-use": first_use}[sys.argv[1]](*sys.argv[2:])
