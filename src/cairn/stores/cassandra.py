@@ -29,10 +29,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from cassandra import (
@@ -92,6 +94,12 @@ SELECT_SNAPSHOT = (
     "SELECT originator_version, topic, data FROM {keyspace}.snapshots "
     "WHERE originator_id = ? AND originator_version <= ? LIMIT 1"
 )
+# Aggregates in token order: the order Cassandra can page through cheaply.
+SELECT_AGGREGATE_IDS = "SELECT DISTINCT originator_id FROM {keyspace}.events LIMIT ?"
+SELECT_AGGREGATE_IDS_AFTER = (
+    "SELECT DISTINCT originator_id FROM {keyspace}.events "
+    "WHERE token(originator_id) > token(?) LIMIT ?"
+)
 SELECT_SETTINGS = "SELECT name, value FROM system_views.settings WHERE name IN ({names})"
 
 # The server settings that bound one write request (a conditional batch is one
@@ -119,10 +127,13 @@ OPTIONS = (
     "max_batch_size",
 )
 DEFAULT_PORT = 9042
+SCHEMA_WAIT = 30.0  # seconds for the nodes to agree on (and serve) a new table
 WRITE_PROFILE = "cairn-write"
 _KEYSPACE_NAME = re.compile(r"[A-Za-z0-9_]{1,48}")
 _HOST = re.compile(r"^(?:\[(?P<ipv6>[^\]]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>\d+))?$")
 _MAX_VERSION = 2**63 - 1
+_SCHEMA_SETTLING = re.compile(r"does not exist|doesn't exist|unconfigured table|Unknown CF", re.I)
+T = TypeVar("T")
 # The native protocol v5 error code for a Paxos write whose outcome is unknown,
 # which this driver version does not name.
 _CAS_WRITE_UNKNOWN = 0x1700
@@ -137,10 +148,9 @@ class Settings:
     url: str  # password hidden, for messages
     hosts: tuple[tuple[str, int], ...]
     keyspace: str
-    replication: Mapping[str, int] | None = (
-        None  # data centre -> replicas (NetworkTopologyStrategy)
-    )
-    replication_factor: int | None = None  # SimpleStrategy
+    # NetworkTopologyStrategy (data centre -> replicas), or SimpleStrategy:
+    replication: Mapping[str, int] | None = None
+    replication_factor: int | None = None
     local_dc: str | None = None
     consistency: str = "QUORUM"
     serial_consistency: str = "SERIAL"
@@ -159,7 +169,7 @@ class Settings:
 
 def parse_url(url: str) -> Settings:
     """The settings a ``cassandra://`` URL names; :class:`StoreError` naming what is wrong."""
-    shown = _hide_password(url)
+    shown = redact(url)
     rest = url.split("://", 1)[1]
     location, _, query = rest.partition("?")
     netloc, _, path = location.partition("/")
@@ -204,7 +214,9 @@ class CassandraRecorder(Recorder):
     """A keyspace with an events table and a snapshots table, one partition per aggregate.
 
     The driver's cluster connection is made once per process (a fresh one after
-    fork) and shared by the process's threads.
+    fork) and shared by the process's threads. Appending records that are
+    already stored, byte for byte, is not a conflict: a save repeated after
+    :class:`~cairn.errors.OutcomeUnknown` is safe.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -215,8 +227,8 @@ class CassandraRecorder(Recorder):
         self._connection: _Connection | None = None
         connection = self._connect()
         try:
-            self._ensure_schema(connection)
-            self._statements = self._prepare(connection)
+            _settled(lambda: self._ensure_schema(connection))
+            self._statements = _settled(lambda: self._prepare(connection))
             self.max_batch_size = settings.max_batch_size or self._server_write_limit(connection)
         except BaseException:
             self.close()
@@ -248,9 +260,12 @@ class CassandraRecorder(Recorder):
             # Cassandra 4.0 and later speak v5; naming it saves two failed
             # handshakes (and two warnings) per connection.
             protocol_version=ProtocolVersion.V5,
+            # Without it, Nagle's algorithm holds back the tail of any request over
+            # a few KiB until the server's delayed ACK: 40 ms more per such save.
+            sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             connect_timeout=settings.connect_timeout,
             control_connection_timeout=settings.connect_timeout,
-            max_schema_agreement_wait=30,
+            max_schema_agreement_wait=SCHEMA_WAIT,
         )
         try:
             session = cluster.connect()
@@ -292,10 +307,11 @@ class CassandraRecorder(Recorder):
                 result = connection.session.execute(cql, host=host, timeout=60)
                 if not result.response_future.is_schema_agreed:
                     raise StoreError(
-                        f"{self.url}: the nodes did not agree on the new schema within 30 s; "
+                        f"{self.url}: the nodes did not agree on the new schema within "
+                        f"{SCHEMA_WAIT:.0f} s; "
                         "check that every node is up (nodetool describecluster), then retry"
                     )
-        except DriverException as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot create {missing}: {exc}") from exc
 
     def _missing(self, connection: _Connection) -> str | None:
@@ -317,8 +333,10 @@ class CassandraRecorder(Recorder):
                 select_desc=session.prepare(SELECT_EVENTS.format(keyspace=ks, order="DESC")),
                 insert_snapshot=session.prepare(INSERT_SNAPSHOT.format(keyspace=ks)),
                 select_snapshot=session.prepare(SELECT_SNAPSHOT.format(keyspace=ks)),
+                select_ids=session.prepare(SELECT_AGGREGATE_IDS.format(keyspace=ks)),
+                select_ids_after=session.prepare(SELECT_AGGREGATE_IDS_AFTER.format(keyspace=ks)),
             )
-        except (DriverException, NoHostAvailable) as exc:
+        except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot prepare the store's statements: {exc}") from exc
 
     def _server_write_limit(self, connection: _Connection) -> int:
@@ -326,7 +344,7 @@ class CassandraRecorder(Recorder):
         cql = SELECT_SETTINGS.format(names=", ".join(f"'{name}'" for name in SIZE_SETTINGS))
         try:
             rows = connection.session.execute(cql)
-        except (DriverException, NoHostAvailable) as exc:
+        except _DRIVER_ERRORS as exc:
             # Servers before 4.0 have no settings table: assume their defaults.
             log.info(
                 "%s: cannot read the server's size limits (%s); assuming 16 MiB", self.url, exc
@@ -397,7 +415,7 @@ class CassandraRecorder(Recorder):
         version = versions[0] if versions else batch[0].originator_version
         raise ConcurrencyError(
             f"aggregate {batch[0].originator_id}: version {version} is already stored "
-            "(stale writer?); nothing of the batch was stored"
+            f"(stale writer?); nothing of the batch of {_versions(batch)} was stored"
         )
 
     def _statement(self, batch: Sequence[Record]) -> Statement:
@@ -412,8 +430,7 @@ class CassandraRecorder(Recorder):
 
     def _write_error(self, exc: Exception, batch: Sequence[Record]) -> StoreError:
         """The driver's error on a save, in cairn's terms: known not stored, or unknown."""
-        first, last = batch[0].originator_version, batch[-1].originator_version
-        what = f"aggregate {batch[0].originator_id}: the batch of versions {first} to {last}"
+        what = f"aggregate {batch[0].originator_id}: the batch of {_versions(batch)}"
         if isinstance(exc, NoHostAvailable):
             return StoreError(
                 f"{self.url}: {what} was not stored: no node could take it ({_host_errors(exc)})"
@@ -424,8 +441,9 @@ class CassandraRecorder(Recorder):
         # accepted the batch (it would then be completed by the next read or
         # write of the partition) or not.
         return OutcomeUnknown(
-            f"{self.url}: {what} may or may not be stored ({_describe(exc)}). "
-            "Re-read the aggregate to know which: its events are either all there or none."
+            f"{self.url}: {what} may or may not be stored ({_describe(exc)}); it is stored "
+            "whole or not at all. Re-read the aggregate to know which (a write cut off "
+            "mid-Paxos can show only once the next save to the aggregate completes it)."
         )
 
     def select_page(
@@ -433,17 +451,34 @@ class CassandraRecorder(Recorder):
     ) -> list[Record]:
         session = self._session()
         statement = self._statements.select_desc if desc else self._statements.select_asc
-        params = (
-            originator_id,
-            -1 if gt is None else gt,
-            _MAX_VERSION if lte is None else lte,
-            limit,
+        bound = statement.bind(
+            (originator_id, -1 if gt is None else gt, _MAX_VERSION if lte is None else lte, limit)
         )
+        bound.fetch_size = limit  # the whole page in one response
         try:
-            rows = session.execute(statement, params)
+            rows = session.execute(bound).current_rows
         except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read aggregate {originator_id}: {exc}") from exc
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+        page = [Record(originator_id, v, t, d) for v, t, d in rows]
+        # The driver keeps the response in a reference cycle (its future and the
+        # future's timeout timer) that only the cyclic garbage collector frees,
+        # and rarely once the heap is large. Emptying the rows lets each page go
+        # once it is replayed: a replay holds one page, however long the aggregate.
+        rows.clear()
+        return page
+
+    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
+        """Ids of stored aggregates in token order (the order of Cassandra's partitions)."""
+        session = self._session()
+        if after is None:
+            statement = self._statements.select_ids.bind((limit,))
+        else:
+            statement = self._statements.select_ids_after.bind((after, limit))
+        statement.fetch_size = limit
+        try:
+            return [originator_id for (originator_id,) in session.execute(statement)]
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot list the aggregates: {exc}") from exc
 
     # -- snapshots
 
@@ -492,6 +527,8 @@ class _Statements:
     select_desc: Any
     insert_snapshot: Any
     select_snapshot: Any
+    select_ids: Any
+    select_ids_after: Any
 
 
 # Errors the driver raises from a request.
@@ -511,6 +548,26 @@ def _not_stored(exc: Exception) -> bool:
         # at the commit's level only once the batch has been accepted.
         return exc.consistency in (ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL)
     return isinstance(exc, _NOT_STORED)
+
+
+def _settled(action: Callable[[], T]) -> T:
+    """``action()``, retried while the node settles a schema change another process made.
+
+    A keyspace or table created a moment ago is listed in the schema tables
+    shortly before the node can use it; meanwhile statements on it fail with one
+    of the errors ``_SCHEMA_SETTLING`` matches.
+    """
+    deadline = time.monotonic() + SCHEMA_WAIT
+    while True:
+        try:
+            return action()
+        except StoreError as exc:
+            cause = exc.__cause__
+            if cause is None or not _SCHEMA_SETTLING.search(str(cause)):
+                raise
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def _profiles(settings: Settings) -> dict[object, ExecutionProfile]:
@@ -554,7 +611,8 @@ def _replication_cql(settings: Settings, cluster: Any) -> str:
     hosts = list(cluster.metadata.all_hosts())
     if settings.local_dc and not settings.replication_factor:
         in_dc = sum(1 for h in hosts if h.datacenter == settings.local_dc)
-        return f"{{'class': 'NetworkTopologyStrategy', '{settings.local_dc}': {min(3, max(in_dc, 1))}}}"
+        factor = min(3, max(in_dc, 1))
+        return f"{{'class': 'NetworkTopologyStrategy', '{settings.local_dc}': {factor}}}"
     factor = settings.replication_factor or min(3, max(len(hosts), 1))
     return f"{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}"
 
@@ -568,11 +626,14 @@ def _by_aggregate(records: Iterable[Record]) -> list[list[Record]]:
 
 
 def _after(stored: Sequence[UUID], batches: Sequence[Sequence[Record]], message: str) -> str:
-    """A save's error message, saying which aggregates of the save were stored."""
+    """A save's error message, saying which of the save's aggregates were stored."""
     if len(batches) == 1:
         return message
-    done = ", ".join(str(a) for a in stored) or "none"
-    return f"{message} (of this save's {len(batches)} aggregates, stored before it: {done})"
+    later = [str(b[0].originator_id) for b in batches[len(stored) + 1 :]]
+    return (
+        f"{message} This save had {len(batches)} aggregates; stored before this one: "
+        f"{', '.join(map(str, stored)) or 'none'}; not attempted: {', '.join(later) or 'none'}."
+    )
 
 
 def _stored_rows(result: Any) -> list[tuple[int, str, bytes]]:
@@ -586,6 +647,11 @@ def _all_ours(existing: Mapping[int, tuple[int, str, bytes]], batch: Sequence[Re
     return all(
         existing.get(r.originator_version) == (r.originator_version, r.topic, r.data) for r in batch
     )
+
+
+def _versions(batch: Sequence[Record]) -> str:
+    first, last = batch[0].originator_version, batch[-1].originator_version
+    return f"version {first}" if len(batch) == 1 else f"versions {first} to {last}"
 
 
 def _host_errors(exc: NoHostAvailable) -> str:
@@ -617,11 +683,6 @@ def _size(n: int) -> str:
 
 
 # -- URL parsing
-
-
-def _hide_password(url: str) -> str:
-    """The URL with any password (before the hosts or as an option) shown as ***."""
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", redact(url), flags=re.I)
 
 
 def _unquote(text: str) -> str:
