@@ -34,6 +34,9 @@ stop-services:
 	-scripts/cassandra-node stop
 	-scripts/postgres-node stop
 
+# The main suite, then the outage tests (they restart the servers, so they run alone).
 test: $(VENV)/.installed lint services
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_ACCEPTANCE_STORES='$(CAIRN_TEST_STORES)' \
 		$(PY) -m pytest tests $(wildcard $(ACCEPTANCE))
+	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_OUTAGE_TESTS=1 \
+		$(PY) -m pytest -s tests/test_outages.py

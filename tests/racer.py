@@ -8,7 +8,8 @@ events to aggregates picked at random from the list (several writers share
 the list, so some saves conflict), retrying nothing.
 
 Both print one line per acknowledged batch, ``ok AGGREGATE_ID FIRST_VERSION SIZE``,
-so that a test can check that every acknowledged batch is stored, whole.
+so that a test can check that every acknowledged batch is stored, whole, and one
+line per refused batch, ``conflict AGGREGATE_ID``. ``acknowledged(output)`` parses them.
 """
 
 from __future__ import annotations
@@ -43,9 +44,20 @@ def save_batch(app: Application, counter: Counter, writer: str, batch: int, size
     try:
         app.save(counter)
     except ConcurrencyError:
+        print(f"conflict {counter.id}", flush=True)
         return False
     print(f"ok {counter.id} {counter.version - size} {size}", flush=True)
     return True
+
+
+def acknowledged(output: str) -> list[tuple[UUID, int, int]]:
+    """The (aggregate id, first version, size) of each acknowledged batch in a racer's output."""
+    return [
+        (UUID(i), int(first), int(size))
+        for word, i, first, size in (
+            line.split() for line in output.splitlines() if line.startswith("ok ")
+        )
+    ]
 
 
 def one(url: str, aggregate_id: str, writer: str, batches: int, size: int) -> None:

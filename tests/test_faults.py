@@ -20,6 +20,7 @@ from cairn import Application
 from cairn.mapping import Mapper
 from cairn.stores import open_store
 from cairn.tools import verify
+from tests import racer
 from tests.racer import Counter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def test_a_writer_killed_at_random_moments_leaves_only_whole_batches(
         time.sleep(random.uniform(0.8, 2.5))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        acknowledged += [int(line.split()[2]) for line in out.splitlines()]
+        acknowledged += [first for _, first, _ in racer.acknowledged(out)]
     with Application(store=url) as app:
         replayed = app.repository[counter.id]
         batches = whole_batches(app, counter.id)

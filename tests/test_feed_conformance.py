@@ -24,6 +24,7 @@ import pytest
 
 from cairn import Application, ConcurrencyError
 from cairn.stores import Record, Recorder, open_store
+from tests import racer
 from tests.racer import Counter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,9 +185,7 @@ def test_writers_racing_and_one_killed_while_a_reader_follows(durable_store_url:
     for proc in [*writers, victim]:
         out, err = proc.communicate(timeout=600)
         assert proc is victim or proc.returncode == 0, err
-        for line in out.splitlines():
-            _, i, first, size = line.split()
-            acknowledged.append((UUID(i), int(first), int(size)))
+        acknowledged += racer.acknowledged(out)
     assert victim.returncode == -signal.SIGKILL
     done.set()
     follower.join(timeout=120)  # guarantee 5: the dead writer leaves no gap to wait on

@@ -13,6 +13,7 @@ import pytest
 
 from cairn import Application, ConcurrencyError
 from cairn.stores import Record, Recorder
+from tests import racer
 from tests.racer import Counter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,9 +192,8 @@ def test_racing_processes_one_whole_batch_per_version(durable_store_url: str) ->
     for n, proc in enumerate(procs):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
-        for line in out.splitlines():
-            _, _, first, _ = line.split()
-            acknowledged[int(first)] = f"w{n}"
+        for _, first, _ in racer.acknowledged(out):
+            acknowledged[first] = f"w{n}"
     with Application(store=store_url) as app:
         events = list(app.events.get(counter.id))
         assert [e.originator_version for e in events] == list(range(1 + writers * batches * size))
