@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
 
-from cairn.crypto import AESCipher
+from cairn.crypto import Cipher
 from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
 from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
 from cairn.mapping import Mapper, Snapshot
@@ -222,7 +222,7 @@ class Application:
         self,
         store: str | Recorder | None = None,
         *,
-        cipher: AESCipher | None = None,
+        cipher: Cipher | None = None,
         always_encrypt: bool = False,
         compress: bool = False,
         snapshot_every: int | None = None,
