@@ -13,7 +13,7 @@ import dataclasses
 import math
 import zlib
 from collections.abc import Callable
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from cairn.crypto import AESCipher
+from cairn.crypto import Cipher
 from cairn.domain import DomainEvent, Entity, resolve_topic, topic_of
 from cairn.errors import EncodingError, IntegrityError, TopicError
 from cairn.stores import Record
@@ -39,6 +39,10 @@ def _tagged(tag: str, value: Any) -> dict[str, Any]:
 
 
 def _encode_datetime(value: datetime) -> dict[str, Any]:
+    if value.tzinfo is UTC:
+        # orjson writes a UTC datetime exactly as isoformat() does, several
+        # times faster: and every event's timestamp is one.
+        return {TAG: "dt", "v": value}
     tagged = _tagged("dt", value.isoformat())
     if isinstance(value.tzinfo, ZoneInfo):
         # Keep the zone itself, not only today's offset; the wall time and fold
@@ -172,10 +176,17 @@ class JSONTranscoder:
         """JSON for a dict of named values; :class:`EncodingError` names the value at fault."""
         encoded = {}
         for name, value in fields.items():
-            try:
-                encoded[name] = encode_value(value)
-            except EncodingError as exc:
-                raise EncodingError(f"{name!r}: {exc}") from None
+            t = type(value)
+            # Inline what most fields are (every event is encoded once, on the write path).
+            if t is str or t is bool or value is None:
+                encoded[name] = value
+            elif t is datetime:
+                encoded[name] = _encode_datetime(value)
+            else:
+                try:
+                    encoded[name] = encode_value(value)
+                except EncodingError as exc:
+                    raise EncodingError(f"{name!r}: {exc}") from None
         return orjson.dumps(encoded)
 
     def encode_value(self, value: Any) -> bytes:
@@ -187,7 +198,14 @@ class JSONTranscoder:
             # The common case: a flat dict of fields, most of them plain JSON.
             for name, value in decoded.items():
                 t = type(value)
-                if t is dict or t is list:
+                if t is dict:
+                    # A datetime without a zone (every event's timestamp) is
+                    # decoded here, saving two calls per event on replay.
+                    if len(value) == 2 and value.get(TAG) == "dt":
+                        decoded[name] = datetime.fromisoformat(value["v"])
+                    else:
+                        decoded[name] = decode_value(value)
+                elif t is list:
                     decoded[name] = decode_value(value)
             return decoded
         return decode_value(decoded)
@@ -198,6 +216,26 @@ class JSONTranscoder:
 COMPRESSED = 0x01
 ENCRYPTED = 0x02
 _KNOWN_FLAGS = COMPRESSED | ENCRYPTED
+_HEADERS = [bytes((flags,)) for flags in range(_KNOWN_FLAGS + 1)]
+
+# Payloads shorter than this are stored uncompressed: zlib saves them a few
+# bytes at most (its own header and checksum take 6), and costs several
+# microseconds per record, more than AES-GCM does. PostgreSQL does the same
+# (TOAST tries compression only on large values).
+COMPRESS_MIN_SIZE = 128
+
+
+def _compress(payload: bytes) -> bytes:
+    """zlib, level 1, with a window just large enough for the payload.
+
+    Why not the default 32 KiB window: zlib allocates (and the C library maps
+    and unmaps) about 256 KiB of state per call for it, which costs more than
+    compressing a small payload. A window at least as long as the payload
+    finds the same matches; any zlib reader decompresses it.
+    """
+    # deflate keeps 262 bytes of look-ahead out of the window (MIN_LOOKAHEAD).
+    wbits = min(max((len(payload) + 262).bit_length(), 9), 15)
+    return zlib.compress(payload, 1, wbits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +256,8 @@ class Snapshot:
 class Mapper:
     """Turns events and snapshots into :class:`Record` and back.
 
-    ``compress`` zlib-compresses payloads (kept only where it saves bytes);
+    ``compress`` zlib-compresses payloads of ``COMPRESS_MIN_SIZE`` bytes and
+    more (kept only where it saves bytes);
     ``cipher`` encrypts every payload; ``always_encrypt`` also refuses to read a
     record that is not encrypted (so that a plaintext record slipped into the
     store is reported, not trusted).
@@ -228,7 +267,7 @@ class Mapper:
         self,
         transcoder: JSONTranscoder | None = None,
         *,
-        cipher: AESCipher | None = None,
+        cipher: Cipher | None = None,
         compress: bool = False,
         always_encrypt: bool = False,
     ) -> None:
@@ -238,7 +277,9 @@ class Mapper:
         self.cipher = cipher
         self.compress = compress
         self.always_encrypt = always_encrypt
+        # Both directions of the topic lookup, cached: every record needs one.
         self._event_classes: dict[str, tuple[type, dict[str, Any]]] = {}
+        self._topics: dict[type, str] = {}
 
     # ---- events
 
@@ -247,7 +288,8 @@ class Mapper:
         fields = dict(vars(event))
         originator_id = fields.pop("originator_id")
         version = fields.pop("originator_version")
-        topic = topic_of(type(event))
+        cls = type(event)
+        topic = self._topics.get(cls) or self._topics.setdefault(cls, topic_of(cls))
         try:
             payload = self.transcoder.encode(fields)
         except EncodingError as exc:
@@ -261,7 +303,7 @@ class Mapper:
 
     def to_event(self, record: Record) -> DomainEvent:
         """The event a record holds; :class:`IntegrityError` or :class:`TopicError` if it can't be."""
-        cls, defaults = self._event_class(record)
+        cls, defaults = self._event_classes.get(record.topic) or self._event_class(record)
         fields = self._open(record, b"e", "event")
         if type(fields) is not dict:
             raise self._corrupt(record, "event", "payload is not a JSON object")
@@ -276,10 +318,6 @@ class Mapper:
         return event
 
     def _event_class(self, record: Record) -> tuple[type, dict[str, Any]]:
-        try:
-            return self._event_classes[record.topic]
-        except KeyError:
-            pass
         try:
             cls = resolve_topic(record.topic)
         except TopicError as exc:
@@ -324,38 +362,30 @@ class Mapper:
         self, payload: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
     ) -> bytes:
         flags = 0
-        if self.compress:
-            compressed = zlib.compress(payload, 1)
+        if self.compress and len(payload) >= COMPRESS_MIN_SIZE:
+            compressed = _compress(payload)
             if len(compressed) < len(payload):
                 payload, flags = compressed, COMPRESSED
         if self.cipher is not None:
             flags |= ENCRYPTED
-            header = bytes((flags,))
+            header = _HEADERS[flags]
             ad = _associated_data(header, kind, originator_id, version, topic)
             return header + self.cipher.encrypt(payload, ad)
-        return bytes((flags,)) + payload
+        return _HEADERS[flags] + payload
 
     def _open(self, record: Record, kind: bytes, what: str) -> Any:
         data = record.data
         if not data:
             raise self._corrupt(record, what, "no data")
         flags = data[0]
-        if flags & ~_KNOWN_FLAGS:
-            raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
         payload = data[1:]
-        if flags & ENCRYPTED:
-            if self.cipher is None:
-                raise IntegrityError(
-                    f"{what} of aggregate {record.originator_id} version "
-                    f"{record.originator_version} is encrypted, and no cipher is configured"
-                )
-            ad = _associated_data(
-                data[:1], kind, record.originator_id, record.originator_version, record.topic
-            )
-            try:
-                payload = self.cipher.decrypt(payload, ad)
-            except IntegrityError as exc:
-                raise self._corrupt(record, what, str(exc)) from None
+        if flags:  # plain JSON (0) is the common case without a cipher: no checks to make
+            if flags & ~_KNOWN_FLAGS:
+                raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
+            if flags & ENCRYPTED:
+                payload = self._decrypt(record, payload, kind, what)
+            elif self.always_encrypt:
+                raise self._corrupt(record, what, "it is not encrypted, and always_encrypt is on")
         elif self.always_encrypt:
             raise self._corrupt(record, what, "it is not encrypted, and always_encrypt is on")
         try:
@@ -364,6 +394,20 @@ class Mapper:
             return self.transcoder.decode(payload)
         except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise self._corrupt(record, what, f"cannot decode: {exc}") from None
+
+    def _decrypt(self, record: Record, payload: bytes, kind: bytes, what: str) -> bytes:
+        if self.cipher is None:
+            raise IntegrityError(
+                f"{what} of aggregate {record.originator_id} version "
+                f"{record.originator_version} is encrypted, and no cipher is configured"
+            )
+        ad = _associated_data(
+            record.data[:1], kind, record.originator_id, record.originator_version, record.topic
+        )
+        try:
+            return self.cipher.decrypt(payload, ad)
+        except IntegrityError as exc:
+            raise self._corrupt(record, what, str(exc)) from None
 
     @staticmethod
     def _corrupt(record: Record, what: str, reason: str) -> IntegrityError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from uuid import UUID
 
 from cairn.errors import ConcurrencyError
@@ -44,7 +43,11 @@ class MemoryRecorder(Recorder):
                 i = bisect.bisect(versions, r.originator_version)
                 versions.insert(i, r.originator_version)
                 stored.insert(i, r)
-                self._feed.append(replace(r, position=len(self._feed) + 1))
+                self._feed.append(
+                    Record(
+                        r.originator_id, r.originator_version, r.topic, r.data, len(self._feed) + 1
+                    )
+                )
 
     def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
         with self._lock:
@@ -52,7 +55,9 @@ class MemoryRecorder(Recorder):
 
     def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
         with self._lock:
-            ids = sorted((i for i, (v, _) in self._events.items() if v[0] == 0), key=lambda i: i.bytes)
+            ids = sorted(
+                (i for i, (v, _) in self._events.items() if v[0] == 0), key=lambda i: i.bytes
+            )
         start = 0 if after is None else bisect.bisect_right(ids, after.bytes, key=lambda i: i.bytes)
         return ids[start : start + limit]
 

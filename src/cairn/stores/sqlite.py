@@ -169,7 +169,11 @@ class SQLiteRecorder(Recorder):
             rows = self._connection().execute(SELECT_FEED, (after, limit)).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
-        return [Record(UUID(bytes=i), v, t, d, p) for p, i, v, t, d in rows]
+        ids: dict[bytes, UUID] = {}  # a page holds many events of few aggregates
+        return [
+            Record(ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p)
+            for p, i, v, t, d in rows
+        ]
 
     def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
         start = b"" if after is None else after.bytes
