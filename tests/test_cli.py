@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application
+from cairn import AESCipher, Application, cli
+from cairn.crypto import KeyRing
 from cairn.examples.everything import EverythingApplication, create_example_aggregate
 from cairn.stores import Record, open_store
 from tests.racer import Counter
@@ -158,3 +160,49 @@ def test_copy_is_resumable_after_a_kill_and_verified(
     assert report["problems"] == [] and report["aggregates"] == 1500
     assert report["events"] == 6000 - copied_before_kill  # resumed, nothing copied twice
     assert json.loads(cairn("verify", durable_store_url, "--json").stdout)["events"] == 6000
+
+
+def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
+    durable_store_url: str,
+) -> None:
+    old, new = KEY, "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    with Application(store=durable_store_url, cipher=AESCipher(KEY), snapshot_every=2) as app:
+        for _ in range(200):
+            counters = [Counter.create() for _ in range(5)]
+            for counter in counters:
+                counter.increment("rotate", 0, 0)
+                counter.increment("rotate", 0, 1)
+            app.save(*counters)
+        sample = counters[0].id
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+        "CAIRN_KEY": new,
+        "CAIRN_OLD_KEYS": old,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "cairn.cli", "rotate-key", durable_store_url],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    new_cipher = cli.parse_key(new)
+    ring = KeyRing(new_cipher, AESCipher(old))
+    with Application(store=durable_store_url, cipher=ring) as reader:
+        first_id = reader.recorder.aggregate_ids(limit=1)[0]  # the rotation's first aggregate
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # reads keep working during the rotation
+            assert reader.repository[sample].count == 2
+            item = reader.recorder.get_item(first_id, 0)
+            if item is not None and item.data[1:5] == new_cipher.key_id:
+                break  # the rotation is under way
+            time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = json.loads(cairn("verify", durable_store_url, "--json", key=new, check=False).stdout)
+    assert 0 < len(first["problems"]) < 3000 + 1000, "the kill did not land mid-rotation"
+    env_run = subprocess.run([sys.executable, "-m", "cairn.cli", "rotate-key", durable_store_url, "--json"],
+                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert env_run.returncode == 0, env_run.stderr
+    report = json.loads(env_run.stdout)
+    assert report["current"] > 0 and report["events"] + report["current"] == 3000
+    final = json.loads(cairn("verify", durable_store_url, "--json", key=new).stdout)
+    assert final["problems"] == [] and final["events"] == 3000 and final["snapshots"] == 1000
+    still_old = cairn("verify", durable_store_url, key=old, check=False)
+    assert still_old.returncode == 1 and "wrong key" in still_old.stdout

@@ -205,3 +205,21 @@ def test_racing_processes_one_whole_batch_per_version(durable_store_url: str) ->
         assert [e.index for e in batch] == list(range(size))  # type: ignore[attr-defined]
         assert acknowledged[batch[0].originator_version] == batch[0].writer  # type: ignore[attr-defined]
     assert len(acknowledged) == writers * batches
+
+
+def test_rewrite_replaces_only_the_data_of_unchanged_records(recorder: Recorder) -> None:
+    a = uuid4()
+    stored = records(a, range(3))
+    recorder.append(stored)
+    new = [
+        Record(a, r.originator_version, r.topic, b"\x02resealed %d" % r.originator_version)
+        for r in stored
+    ]
+    stale = Record(a, 2, stored[2].topic, b"\x00not what is stored")
+    missing = Record(a, 9, "t:E", b"\x00never stored")
+    replaced = recorder.rewrite(
+        [(stored[0], new[0]), (stored[1], new[1]), (stale, new[2]), (missing, new[2])]
+    )
+    assert replaced == 2
+    assert [r.data for r in recorder.select(a)] == [new[0].data, new[1].data, stored[2].data]
+    assert recorder.rewrite([(stored[0], new[0])]) == 0  # already done: nothing to do

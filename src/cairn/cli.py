@@ -19,11 +19,13 @@ from typing import Any, TextIO
 from uuid import UUID
 
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
+from cairn.crypto import Cipher, KeyRing
 from cairn.mapping import Mapper
 from cairn.stores import Record, open_store, redact
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 KEY_ENV = "CAIRN_KEY"
+OLD_KEYS_ENV = "CAIRN_OLD_KEYS"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,14 +46,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def cipher_from_env() -> AESCipher | None:
-    """The key in ``$CAIRN_KEY``: ``base64:...`` (as ``cairn key`` prints) or the key's text."""
-    text = os.environ.get(KEY_ENV)
-    if not text:
-        return None
+def parse_key(text: str) -> AESCipher:
+    """A key given as ``base64:...`` (as ``cairn key`` prints it) or as the key's own text."""
     if text.startswith("base64:"):
         return AESCipher(base64.b64decode(text.removeprefix("base64:"), validate=True))
     return AESCipher(text)
+
+
+def cipher_from_env() -> Cipher | None:
+    """The key in ``$CAIRN_KEY``, with the old keys of ``$CAIRN_OLD_KEYS`` (comma-separated)
+    in a key ring behind it when there are any."""
+    text = os.environ.get(KEY_ENV)
+    if not text:
+        return None
+    old = [parse_key(k) for k in os.environ.get(OLD_KEYS_ENV, "").split(",") if k]
+    return KeyRing(parse_key(text), *old) if old else parse_key(text)
 
 
 def mapper_from_env() -> Mapper:
@@ -97,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"Store URLs: memory://, sqlite:///file.db, postgresql://user:pw@host/db?schema=s, "
             f"cassandra://host:9042/keyspace. Encrypted stores: put the key in ${KEY_ENV} "
-            "(its text, or base64:... as 'cairn key' prints). Exit codes: 0 ok, 1 problems "
+            f"(its text, or base64:... as 'cairn key' prints), and during a rotation the old "
+            f"keys in ${OLD_KEYS_ENV}. Exit codes: 0 ok, 1 problems "
             "found, 2 bad usage, 3 could not do the work."
         ),
     )
@@ -178,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.add_argument("--quiet", action="store_true", help="no progress on stderr")
     verify.set_defaults(run=run_verify)
+
+    rotate = command(
+        "rotate-key",
+        "re-encrypt every record with a new key (resumable)",
+        f"Re-encrypts every event and snapshot with the key in ${KEY_ENV}, decrypting each "
+        f"with whichever key of ${OLD_KEYS_ENV} (comma-separated) encrypted it. Records "
+        "already under the new key are left alone, so it resumes after an interruption. "
+        f"Meanwhile applications keep reading with KeyRing(new, *old).",
+    )
+    rotate.add_argument("store", metavar="STORE_URL")
+    rotate.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    rotate.add_argument("--json", action="store_true", help="print JSON")
+    rotate.set_defaults(run=run_rotate_key)
 
     copy = command(
         "copy",
@@ -315,6 +338,30 @@ def run_verify(args: argparse.Namespace) -> int:
         )
     emit(args, vars(report), [*report.problems, summary])
     return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def run_rotate_key(args: argparse.Namespace) -> int:
+    cipher = cipher_from_env()
+    if cipher is None:
+        print(
+            f"cairn rotate-key: put the new key in ${KEY_ENV}, the old ones in ${OLD_KEYS_ENV}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    progress = Progress("re-encrypting records", args.quiet)
+    recorder = open_store(args.store)
+    try:
+        report = tools.rotate_key(recorder, Mapper(cipher=cipher), progress)
+    finally:
+        recorder.close()
+    progress.done(f"{report.events:,} events re-encrypted")
+    summary = (
+        f"{redact(args.store)}: re-encrypted {report.events:,} events and {report.snapshots:,} "
+        f"snapshots of {report.aggregates:,} aggregates; {report.current:,} events were already "
+        "under the new key"
+    )
+    emit(args, vars(report), [summary])
+    return EXIT_OK
 
 
 def run_copy(args: argparse.Namespace) -> int:

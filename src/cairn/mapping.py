@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from cairn.crypto import Cipher
+from cairn.crypto import KEY_ID_SIZE, Cipher
 from cairn.domain import DomainEvent, Entity, resolve_topic, topic_of
 from cairn.errors import EncodingError, IntegrityError, TopicError
 from cairn.stores import Record
@@ -408,6 +408,35 @@ class Mapper:
             return self.cipher.decrypt(payload, ad)
         except IntegrityError as exc:
             raise self._corrupt(record, what, str(exc)) from None
+
+    # ---- key rotation
+
+    def reseal(self, record: Record, *, snapshot: bool = False) -> Record | None:
+        """The record encrypted with the current key, or None if it already is.
+
+        The payload itself is not decoded: only decrypted (with whichever key of
+        the key ring encrypted it) and encrypted again, bound to the same record.
+        A plain record is encrypted, so this also encrypts a store that was not.
+        """
+        if self.cipher is None:
+            raise ValueError("resealing needs a cipher: the key to encrypt with")
+        kind, what = (b"s", "snapshot") if snapshot else (b"e", "event")
+        data = record.data
+        if not data:
+            raise self._corrupt(record, what, "no data")
+        flags, payload = data[0], data[1:]
+        if flags & ~_KNOWN_FLAGS:
+            raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
+        if flags & ENCRYPTED:
+            if payload[:KEY_ID_SIZE] == self.cipher.key_id:
+                return None
+            payload = self._decrypt(record, payload, kind, what)
+        header = _HEADERS[flags | ENCRYPTED]
+        ad = _associated_data(
+            header, kind, record.originator_id, record.originator_version, record.topic
+        )
+        sealed = header + self.cipher.encrypt(payload, ad)
+        return Record(record.originator_id, record.originator_version, record.topic, sealed)
 
     @staticmethod
     def _corrupt(record: Record, what: str, reason: str) -> IntegrityError:

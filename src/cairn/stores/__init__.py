@@ -117,6 +117,12 @@ class Recorder(ABC):
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
         """The newest snapshot record at or below ``lte``, or None."""
 
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        """For each (old, new) pair, replace a stored event's data with ``new.data`` if it is
+        still ``old.data``; how many were replaced. Only key rotation rewrites: events are
+        otherwise immutable."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rewrite records")
+
     def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
         """At most ``limit`` event records of the feed after ``after``, in feed order.
 

@@ -20,6 +20,7 @@ class MemoryRecorder(Recorder):
         self._events: dict[UUID, tuple[list[int], list[Record]]] = {}
         self._snapshots: dict[UUID, dict[int, Record]] = {}
         self._feed: list[Record] = []  # the record at position p is at index p - 1
+        self._feed_index: dict[tuple[UUID, int], int] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryRecorder:
@@ -31,8 +32,7 @@ class MemoryRecorder(Recorder):
             seen: set[tuple[UUID, int]] = set()
             for r in records:
                 key = (r.originator_id, r.originator_version)
-                versions = self._events.get(r.originator_id, ([], []))[0]
-                if key in seen or _contains(versions, r.originator_version):
+                if key in seen or key in self._feed_index:
                     raise ConcurrencyError(
                         f"aggregate {r.originator_id}: version {r.originator_version} "
                         "is already stored (stale writer?)"
@@ -43,6 +43,7 @@ class MemoryRecorder(Recorder):
                 i = bisect.bisect(versions, r.originator_version)
                 versions.insert(i, r.originator_version)
                 stored.insert(i, r)
+                self._feed_index[(r.originator_id, r.originator_version)] = len(self._feed)
                 self._feed.append(
                     Record(
                         r.originator_id, r.originator_version, r.topic, r.data, len(self._feed) + 1
@@ -72,6 +73,22 @@ class MemoryRecorder(Recorder):
                 return stored[max(start, stop - limit) : stop][::-1]
             return stored[start : min(stop, start + limit)]
 
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        replaced = 0
+        with self._lock:
+            for old, new in changes:
+                key = (old.originator_id, old.originator_version)
+                at = self._feed_index.get(key)
+                if at is None or self._feed[at].data != old.data:
+                    continue
+                versions, stored = self._events[old.originator_id]
+                stored[bisect.bisect_left(versions, old.originator_version)] = Record(
+                    *key, old.topic, new.data
+                )
+                self._feed[at] = Record(*key, old.topic, new.data, at + 1)
+                replaced += 1
+        return replaced
+
     def put_snapshot(self, record: Record) -> None:
         with self._lock:
             self._snapshots.setdefault(record.originator_id, {})[record.originator_version] = record
@@ -81,8 +98,3 @@ class MemoryRecorder(Recorder):
             snapshots = self._snapshots.get(originator_id, {})
             versions = [v for v in snapshots if lte is None or v <= lte]
             return snapshots[max(versions)] if versions else None
-
-
-def _contains(versions: list[int], version: int) -> bool:
-    i = bisect.bisect_left(versions, version)
-    return i < len(versions) and versions[i] == version

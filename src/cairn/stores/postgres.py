@@ -101,6 +101,10 @@ SELECT_STORED_VERSION = (
     "SELECT min(originator_version) FROM {schema}.events "
     "WHERE originator_id = %s AND originator_version = ANY(%s)"
 )
+REWRITE_EVENT = (
+    "UPDATE {schema}.events SET data = %s WHERE originator_id = %s AND originator_version = %s "
+    "AND data = %s"
+)
 UPSERT_SNAPSHOT = (
     "INSERT INTO {schema}.snapshots (originator_id, originator_version, topic, data) "
     "VALUES (%s, %s, %s, %s) ON CONFLICT (originator_id, originator_version) "
@@ -327,6 +331,13 @@ class PostgresRecorder(Recorder):
         with self._connection("cannot list aggregates") as conn:
             return [i for (i,) in conn.execute(self._sql.select_ids, (start, limit))]
 
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        rows = [
+            (new.data, old.originator_id, old.originator_version, old.data) for old, new in changes
+        ]
+        with self._connection("nothing was rewritten") as conn, conn.transaction():
+            return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
+
     def put_snapshot(self, record: Record) -> None:
         row = (record.originator_id, record.originator_version, record.topic, record.data)
         with self._connection(f"the snapshot of {record.originator_id} was not stored") as conn:
@@ -365,6 +376,7 @@ class _Statements:
         self.select_stored_version = render(SELECT_STORED_VERSION)
         self.select_feed = render(SELECT_FEED)
         self.select_ids = render(SELECT_IDS)
+        self.rewrite_event = render(REWRITE_EVENT)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
 

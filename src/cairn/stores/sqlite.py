@@ -44,6 +44,9 @@ SELECT_EVENTS = (
 SELECT_STORED_VERSIONS = (
     "SELECT originator_version FROM events WHERE originator_id = ? AND originator_version IN ({})"
 )
+REWRITE_EVENT = (
+    "UPDATE events SET data = ? WHERE originator_id = ? AND originator_version = ? AND data = ?"
+)
 UPSERT_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
 # Writers hold the file's write lock from BEGIN IMMEDIATE to COMMIT, so
 # positions (rowids) are taken in commit order: the feed needs no more than this.
@@ -182,6 +185,22 @@ class SQLiteRecorder(Recorder):
         except sqlite3.Error as exc:
             raise StoreError(f"{self.url}: cannot list aggregates: {exc}") from exc
         return [UUID(bytes=i) for (i,) in rows]
+
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        rows = [
+            (new.data, old.originator_id.bytes, old.originator_version, old.data)
+            for old, new in changes
+        ]
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            replaced = sum(conn.execute(REWRITE_EVENT, row).rowcount for row in rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"{self.url}: nothing was rewritten: {_describe(exc)}") from exc
+        return replaced
 
     def put_snapshot(self, record: Record) -> None:
         row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)
