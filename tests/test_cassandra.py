@@ -13,6 +13,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID, uuid4
@@ -33,7 +35,7 @@ from cassandra.protocol import ErrorMessage
 from cairn import Application, ConcurrencyError
 from cairn.errors import OutcomeUnknown, StoreError
 from cairn.stores import Record, open_store
-from cairn.stores.cassandra import WRITE_PROFILE, CassandraRecorder, parse_url
+from cairn.stores.cassandra import FENCE_TOPIC, WRITE_PROFILE, CassandraRecorder, parse_url
 from tests.racer import Counter
 
 pytestmark = pytest.mark.cassandra
@@ -301,9 +303,10 @@ NOT_STORED = [
 def test_a_write_whose_outcome_is_unknown_says_so(
     recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    """cairn's mapping of driver errors, not Cassandra: the session raises the driver's
-    exception as it would after a timeout or a lost connection."""
-    monkeypatch.setattr(recorder._session(), "execute", _raising(error))
+    """cairn's mapping of driver errors, not Cassandra: once the feed position is
+    claimed, the session raises the driver's exception as it would after a timeout or a
+    lost connection."""
+    failing_after_the_claim(recorder, monkeypatch, error)
     a = uuid4()
     with pytest.raises(OutcomeUnknown) as unknown:
         recorder.append(records(a, range(3)))
@@ -316,12 +319,44 @@ def test_a_write_whose_outcome_is_unknown_says_so(
 def test_a_write_refused_before_it_started_is_a_plain_store_error(
     recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    """cairn's mapping of driver errors, not Cassandra: the session raises the driver's
-    exception as the coordinator does before it starts a write."""
-    monkeypatch.setattr(recorder._session(), "execute", _raising(error))
+    """cairn's mapping of driver errors, not Cassandra: once the feed position is
+    claimed, the session raises the driver's exception as the coordinator does before it
+    starts a write."""
+    failing_after_the_claim(recorder, monkeypatch, error)
     a = uuid4()
     with pytest.raises(StoreError, match=f"aggregate {a}: the batch of version 0 was not stored"):
         recorder.append(records(a, range(1)))
+
+
+@pytest.mark.parametrize("error", UNKNOWN[:4], ids=lambda e: type(e).__name__)
+def test_a_save_whose_feed_claim_fails_is_not_stored_whatever_the_error(
+    recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """Even a timeout: the events are written only after their claim, so none were sent."""
+    recorder.append(records(uuid4(), range(1)))  # the head is known: the claim itself fails
+    monkeypatch.setattr(recorder._session(), "execute", _raising(error))
+    a = uuid4()
+    with pytest.raises(StoreError) as refused:
+        recorder.append(records(a, range(2)))
+    assert not isinstance(refused.value, OutcomeUnknown)
+    assert f"aggregate {a}: the batch of versions 0 to 1 was not stored" in str(refused.value)
+    assert "cannot claim its feed position" in str(refused.value)
+    monkeypatch.undo()
+    assert versions_of(recorder, a) == []
+
+
+def failing_after_the_claim(
+    recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """Every request of the recorder raises ``error`` once a save has claimed its position."""
+    claim = recorder._claim
+
+    def claimed(batch: list[Record]) -> int:
+        position = claim(batch)
+        monkeypatch.setattr(recorder._session(), "execute", _raising(error))
+        return position
+
+    monkeypatch.setattr(recorder, "_claim", claimed)
 
 
 def test_a_client_timeout_leaves_the_batch_whole_or_absent_and_says_so(url: str) -> None:
@@ -419,3 +454,268 @@ def replay(url: str, warm_up: UUID, counter: UUID) -> dict[str, int]:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+
+
+# -- the feed: claims, resolved by readers, fenced when abandoned
+
+
+@pytest.fixture
+def fresh_url() -> Iterator[str]:
+    """A keyspace of the test's own, so that no other test's abandoned claim holds its feed."""
+    keyspace = f"{parse_url(BASE_URL).keyspace}_{uuid4().hex[:8]}"
+    yield with_keyspace(BASE_URL, keyspace)
+    drop_keyspace(keyspace)
+
+
+def whole_feed(recorder: CassandraRecorder, page: int = 1000) -> list[Record]:
+    feed: list[Record] = []
+    while batch := recorder.read_feed(feed[-1].position if feed else 0, page):  # type: ignore[arg-type]
+        feed += batch
+    return feed
+
+
+def keys(feed: list[Record]) -> list[tuple[UUID, int]]:
+    return [(r.originator_id, r.originator_version) for r in feed]
+
+
+def claim_and_die(recorder: CassandraRecorder, batch: list[Record]) -> int:
+    """The first step of a save alone, as a writer does that dies right after it."""
+    return recorder._claim(batch)
+
+
+def write_claimed(recorder: CassandraRecorder, batch: list[Record], position: int) -> None:
+    """The rest of that save, late: the events as the writer would have written them."""
+    original = recorder._claim
+    recorder._claim = lambda _: position  # type: ignore[method-assign]
+    try:
+        recorder.append(batch)
+    finally:
+        recorder._claim = original  # type: ignore[method-assign]
+
+
+def test_the_fence_topic_is_the_domains_fenced_event() -> None:
+    from cairn.domain import Fenced, topic_of
+    from cairn.stores.cassandra import FENCE_TOPIC
+
+    assert topic_of(Fenced) == FENCE_TOPIC
+
+
+def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
+    fresh_url: str,
+) -> None:
+    """The reader stops at the abandoned claim, however much is stored after it; once the
+    claim is feed_fence_after old it writes a fence there and goes on. The writer, back
+    late, is refused; the aggregate replays through the fence; verify finds nothing wrong."""
+    from cairn import tools
+    from cairn.domain import Fenced
+
+    url = with_option(fresh_url, "feed_fence_after=1")
+    with Application(store=url) as app:
+        recorder = app.recorder
+        assert isinstance(recorder, CassandraRecorder)
+        counter = Counter.create()
+        counter.increment("w", 0, 0)
+        app.save(counter)  # versions 0 and 1
+        counter.increment("slow", 1, 0)
+        counter.increment("slow", 1, 1)
+        batch = [app.mapper.to_record(e) for e in counter.collect_events()]
+        claimed = claim_and_die(recorder, batch)
+        later = Counter.create()
+        app.save(later)  # claimed and stored after the abandoned claim
+        started = time.monotonic()
+        before = whole_feed(recorder)
+        assert keys(before) == [(counter.id, 0), (counter.id, 1)]  # not `later`: behind the claim
+        while len(feed := whole_feed(recorder)) == 2:
+            assert time.monotonic() - started < 30, "the abandoned claim was never fenced"
+            time.sleep(0.2)
+        assert time.monotonic() - started >= 0.5  # not before it was old enough
+        assert keys(feed) == [(counter.id, 0), (counter.id, 1), (counter.id, 2), (later.id, 0)]
+        fence = feed[2]
+        assert (fence.topic, fence.data, fence.position) == (FENCE_TOPIC, b"", (claimed << 16) + 1)
+        positions = [r.position for r in feed]
+        assert positions == sorted(set(positions))  # type: ignore[type-var]
+        assert whole_feed(recorder, page=1) == feed
+
+        with pytest.raises(ConcurrencyError, match="fenced off by a feed reader"):
+            write_claimed(recorder, batch, claimed)
+        assert versions_of(recorder, counter.id) == [0, 1, 2]
+
+        replayed = app.repository[counter.id]
+        assert (replayed.version, replayed.count) == (3, 1)  # the fence: version, no state
+        assert isinstance(list(app.events.get(counter.id))[2], Fenced)
+        assert isinstance(app.feed.read()[2][1], Fenced)
+        replayed.increment("w", 2, 0)
+        app.save(replayed)
+        assert app.repository[counter.id].count == 2
+
+        report = tools.verify(recorder, app.mapper)
+        assert report.problems == [] and report.events == 5
+        assert keys(whole_feed(recorder))[-1] == (counter.id, 3)
+
+
+def test_a_fence_on_a_new_aggregate_leaves_it_not_found(fresh_url: str) -> None:
+    """A creation abandoned after its claim: version 0 is fenced, and the aggregate never
+    existed (its writer's save is refused)."""
+    from cairn.errors import AggregateNotFound
+
+    with Application(store=with_option(fresh_url, "feed_fence_after=0.5")) as app:
+        recorder = app.recorder
+        assert isinstance(recorder, CassandraRecorder)
+        counter = Counter.create()
+        batch = [app.mapper.to_record(e) for e in counter.collect_events()]
+        claimed = claim_and_die(recorder, batch)
+        time.sleep(0.7)
+        assert [r.topic for r in whole_feed(recorder)] == [FENCE_TOPIC]
+        with pytest.raises(AggregateNotFound):
+            app.repository.get(counter.id)
+        with pytest.raises(ConcurrencyError, match="fenced off"):
+            write_claimed(recorder, batch, claimed)
+
+
+def test_a_claim_lost_to_a_competing_writer_is_voided_without_waiting(fresh_url: str) -> None:
+    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed_fence_after=60"))
+    a = uuid4()
+    recorder.append(records(a, range(1)))
+    stale = records(a, range(1, 3))
+    lost = claim_and_die(recorder, stale)  # a stale writer claims first...
+    winner = records(a, range(1, 2))
+    recorder.append(winner)  # ...but another stores version 1 first, at a later claim
+    started = time.monotonic()
+    feed = whole_feed(recorder)
+    assert time.monotonic() - started < 5
+    assert keys(feed) == [(a, 0), (a, 1)]
+    assert feed[1].position >> 16 == lost + 1  # type: ignore[operator]
+    with pytest.raises(ConcurrencyError, match="already stored"):
+        write_claimed(recorder, stale, lost)
+    assert whole_feed(recorder) == feed
+    recorder.close()
+
+
+def test_a_claim_whose_write_was_refused_before_it_began_is_voided_without_waiting(
+    fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer knows nothing was written, and says so on its claim."""
+    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed_fence_after=60"))
+    a, b = uuid4(), uuid4()
+    failing_after_the_claim(recorder, monkeypatch, NOT_STORED[0])
+    with pytest.raises(StoreError, match="was not stored"):
+        recorder.append(records(a, range(2)))
+    monkeypatch.undo()
+    recorder.append(records(b, range(1)))
+    deadline = time.monotonic() + 5  # the hint is sent without waiting for its answer
+    while not (feed := whole_feed(recorder)):
+        assert time.monotonic() < deadline, "the refused claim held the reader"
+        time.sleep(0.05)
+    assert keys(feed) == [(b, 0)]
+    recorder.close()
+
+
+def test_a_write_cut_off_mid_paxos_is_resolved_one_way_or_the_other(fresh_url: str) -> None:
+    """The client gave up while Paxos was in progress: the reader's fence completes the
+    write first if it was accepted; either way the feed and the aggregate agree."""
+    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed_fence_after=0.5"))
+    profiles = recorder._connection.cluster.profile_manager.profiles  # type: ignore[union-attr]
+    profiles[WRITE_PROFILE].request_timeout = 0.0001
+    a = uuid4()
+    with pytest.raises(OutcomeUnknown):
+        recorder.append(records(a, range(3)))
+    profiles[WRITE_PROFILE].request_timeout = 10.0
+    time.sleep(0.7)
+    feed = whole_feed(recorder)
+    stored = list(recorder.select(a))
+    if feed[0].topic == FENCE_TOPIC:
+        assert keys(feed) == [(a, 0)] and [r.topic for r in stored] == [FENCE_TOPIC]
+    else:
+        assert keys(feed) == [(a, 0), (a, 1), (a, 2)] and len(stored) == 3
+    recorder.close()
+
+
+def test_claims_cross_bucket_boundaries_with_positions_in_order(
+    fresh_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buckets of 4 claims: saves from two recorders (each one's guess of the head going
+    stale) and from eight threads at once (claims combined, split at bucket ends)."""
+    import cairn.stores.cassandra as store
+
+    monkeypatch.setattr(store, "FEED_BUCKET", 4)
+    one, two = CassandraRecorder.from_url(fresh_url), CassandraRecorder.from_url(fresh_url)
+    ids = [uuid4() for _ in range(11)]
+    for n, i in enumerate(ids):
+        (one if n % 3 else two).append(records(i, range(n % 3 + 1)))
+    feed = whole_feed(one)
+    assert [r.originator_id for r in feed] == [
+        i for n, i in enumerate(ids) for _ in range(n % 3 + 1)
+    ]
+    assert [r.position >> 16 for r in feed if r.originator_version == 0] == list(range(11))  # type: ignore[operator]
+    assert whole_feed(two, page=1) == whole_feed(one, page=3) == feed
+    third = CassandraRecorder.from_url(fresh_url)
+    assert third._find_head() == 11  # bucket 2, found without reading bucket by bucket
+
+    more = [uuid4() for _ in range(40)]
+
+    def save(k: int) -> None:
+        for i in more[k::8]:
+            third.append(records(i, range(2)))
+
+    threads = [threading.Thread(target=save, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    feed = whole_feed(third, page=7)
+    claims = [r.position >> 16 for r in feed if r.originator_version == 0]  # type: ignore[operator]
+    assert claims == list(range(51))
+    assert {i for i, _ in keys(feed)} == {*ids, *more}
+    positions = [r.position for r in feed]
+    assert positions == sorted(set(positions))  # type: ignore[type-var]
+    assert whole_feed(one, page=1000) == feed
+    for recorder in (one, two, third):
+        recorder.close()
+
+
+def test_a_batch_over_65535_events_is_refused_before_anything_is_written(
+    recorder: CassandraRecorder,
+) -> None:
+    head = recorder._find_head()
+    a = uuid4()
+    with pytest.raises(StoreError, match="at most 65535 events") as refused:
+        recorder.append(records(a, range(65_536), size=1))
+    assert "Nothing was written" in str(refused.value)
+    assert recorder._find_head() == head and versions_of(recorder, a) == []
+
+
+def test_feed_false_claims_nothing_and_has_no_feed(fresh_url: str) -> None:
+    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed=false"))
+    a = uuid4()
+    recorder.append(records(a, range(3)))
+    assert versions_of(recorder, a) == [0, 1, 2]
+    assert recorder._find_head() == 0
+    with pytest.raises(StoreError, match="the feed is off for this store"):
+        recorder.read_feed()
+    recorder.close()
+    with_feed = CassandraRecorder.from_url(fresh_url)
+    assert with_feed.read_feed() == []  # saved with the feed off: never in the feed
+    with_feed.close()
+
+
+def test_a_keyspace_made_before_the_feed_gains_it(fresh_url: str) -> None:
+    keyspace = parse_url(fresh_url).keyspace
+    cluster = Cluster(list(parse_url(BASE_URL).hosts), protocol_version=5)
+    session = cluster.connect()
+    session.execute(
+        f"CREATE KEYSPACE \"{keyspace}\" WITH replication = {{'class': 'SimpleStrategy', "
+        "'replication_factor': 1}"
+    )
+    for table in ("events", "snapshots"):
+        session.execute(
+            f'CREATE TABLE "{keyspace}".{table} (originator_id uuid, originator_version bigint, '
+            "topic text, data blob, PRIMARY KEY ((originator_id), originator_version))"
+        )
+    cluster.shutdown()
+    with pytest.raises(StoreError, match="feed does not exist and create=false"):
+        CassandraRecorder.from_url(with_option(fresh_url, "create=false"))
+    recorder = CassandraRecorder.from_url(fresh_url)
+    a = uuid4()
+    recorder.append(records(a, range(2)))
+    assert keys(recorder.read_feed()) == [(a, 0), (a, 1)]
+    recorder.close()

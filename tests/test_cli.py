@@ -206,3 +206,18 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     assert final["problems"] == [] and final["events"] == 3000 and final["snapshots"] == 1000
     still_old = cairn("verify", durable_store_url, key=old, check=False)
     assert still_old.returncode == 1 and "wrong key" in still_old.stdout
+
+
+def test_forget_destroys_one_data_key_only_with_yes(durable_store_url: str) -> None:
+    master = AESCipher(KEY)
+    with Application(store=durable_store_url, cipher=master, key_per_aggregate=True) as app:
+        secret, kept = create_example_aggregate("secret"), create_example_aggregate("kept")
+        app.save(secret, kept)
+    dry = cairn("forget", durable_store_url, str(secret.id))
+    assert "--yes" in dry.stdout
+    cairn("forget", durable_store_url, str(secret.id), "--yes")
+    report = json.loads(cairn("verify", durable_store_url, "--json", key=KEY).stdout)
+    assert report["problems"] == [] and report["forgotten_ids"] == [str(secret.id)]
+    with Application(store=durable_store_url, cipher=master, key_per_aggregate=True) as app:
+        assert secret.id not in app.repository and app.repository[kept.id].foo == "kept"
+    assert cairn("forget", durable_store_url, str(uuid4()), "--yes", check=False).returncode == 1

@@ -272,7 +272,7 @@ def test_create_false_on_a_schema_without_tables_names_the_tables(
 ) -> None:
     empty = new_schema()
     admin.execute(f'CREATE SCHEMA "{empty}"')
-    with pytest.raises(StoreError, match="has no table events and snapshots"):
+    with pytest.raises(StoreError, match="has no table events, snapshots, data_keys"):
         open_store(with_params(SERVER_URL, schema=empty, create="false"))
     assert admin.execute(
         "SELECT count(*) FROM pg_tables WHERE schemaname = %s", (empty,)
@@ -303,7 +303,7 @@ def test_concurrent_first_use_creates_the_tables_once(
     tables = admin.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (fresh,)
     ).fetchall()
-    assert tables == [("events",), ("snapshots",)]
+    assert tables == [("data_keys",), ("events",), ("snapshots",)]
     assert admin.execute(f'SELECT count(*) FROM "{fresh}".events').fetchone() == (8,)
 
 

@@ -12,10 +12,11 @@ from cairn.application import (
     SnapshotStore,
     SnapshottingPolicy,
 )
-from cairn.crypto import AESCipher
+from cairn.crypto import AESCipher, KeyRing
 from cairn.domain import Aggregate, DomainEvent, Entity, attribute
 from cairn.errors import (
     AggregateDiscarded,
+    AggregateForgotten,
     AggregateNotFound,
     CairnError,
     ConcurrencyError,
@@ -34,6 +35,7 @@ __all__ = [
     "AESCipher",
     "Aggregate",
     "AggregateDiscarded",
+    "AggregateForgotten",
     "AggregateNotFound",
     "Application",
     "CairnError",
@@ -45,6 +47,7 @@ __all__ = [
     "Feed",
     "IntegrityError",
     "JSONTranscoder",
+    "KeyRing",
     "Mapper",
     "NoApplication",
     "OutcomeUnknown",

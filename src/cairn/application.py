@@ -16,11 +16,11 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 from uuid import UUID
 
-from cairn.crypto import Cipher
+from cairn.crypto import Cipher, DataKeys
 from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
-from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
+from cairn.errors import AggregateForgotten, AggregateNotFound, ConcurrencyError, SubscriberError
 from cairn.mapping import Mapper, Snapshot
-from cairn.stores import Recorder, open_store
+from cairn.stores import Record, Recorder, open_store
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,23 @@ class Feed:
         self.mapper = mapper
 
     def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, DomainEvent]]:
-        """At most ``limit`` (position, event) pairs after position ``after``."""
+        """At most ``limit`` (position, event) pairs after position ``after``.
+
+        Events of forgotten aggregates (crypto-shredded) are passed over: their
+        positions stay, their content can no longer be read.
+        """
+        records = self.recorder.read_feed(after, limit)
         to_event = self.mapper.to_event
-        return [(r.position, to_event(r)) for r in self.recorder.read_feed(after, limit)]  # type: ignore[misc]
+        try:
+            return [(r.position, to_event(r)) for r in records]  # type: ignore[misc]
+        except AggregateForgotten:
+            return [(r.position, e) for r in records if (e := self._readable(r)) is not None]  # type: ignore[misc]
+
+    def _readable(self, record: Record) -> DomainEvent | None:
+        try:
+            return self.mapper.to_event(record)
+        except AggregateForgotten:
+            return None
 
     def follow(
         self,
@@ -214,7 +228,9 @@ class Application:
     working folder) or an open :class:`Recorder`. ``cipher`` encrypts every
     event and snapshot; ``always_encrypt`` also refuses unencrypted records on
     read; ``compress`` zlib-compresses payloads; ``snapshot_every`` takes a
-    snapshot every N events. Use it as a context manager: inside ``with app:``
+    snapshot every N events; ``key_per_aggregate`` encrypts each aggregate with
+    a data key of its own, wrapped by ``cipher``, so that :meth:`forget` can
+    shred one. Use it as a context manager: inside ``with app:``
     new aggregates are saved by ``aggregate.save()``.
     """
 
@@ -226,9 +242,18 @@ class Application:
         always_encrypt: bool = False,
         compress: bool = False,
         snapshot_every: int | None = None,
+        key_per_aggregate: bool = False,
     ) -> None:
-        self.mapper = Mapper(cipher=cipher, compress=compress, always_encrypt=always_encrypt)
+        self._owns_recorder = not isinstance(store, Recorder)  # close only what it opened
         self.recorder = store if isinstance(store, Recorder) else open_store(store)
+        if key_per_aggregate and cipher is None:
+            raise ValueError(
+                "key_per_aggregate=True needs a cipher: the master key that wraps them"
+            )
+        data_keys = DataKeys(cipher, self.recorder) if key_per_aggregate and cipher else None
+        self.mapper = Mapper(
+            cipher=cipher, compress=compress, always_encrypt=always_encrypt, data_keys=data_keys
+        )
         self.events = EventStore(self.recorder, self.mapper)
         self.snapshots = SnapshotStore(self.recorder, self.mapper)
         self.feed = Feed(self.recorder, self.mapper)
@@ -287,9 +312,22 @@ class Application:
                 f"{first.originator_version} was stored, but subscriber {failed!r} failed: {error!r}"
             ) from error
 
+    def forget(self, originator_id: UUID) -> None:
+        """Crypto-shred an aggregate: destroy its data key, so that its events and snapshots
+        can no longer be read by anyone (the master key included). Needs
+        ``key_per_aggregate=True``. The aggregate's versions stay, and the feed keeps its
+        positions; reading the aggregate raises :class:`~cairn.AggregateForgotten`."""
+        if self.mapper.data_keys is None:
+            raise ValueError(
+                "forget() needs an application with key_per_aggregate=True: "
+                "with one key for all aggregates, no one aggregate can be shredded"
+            )
+        self.mapper.data_keys.forget(originator_id)
+
     def close(self) -> None:
-        """Close the store's connections."""
-        self.recorder.close()
+        """Close the store's connections (unless the store was opened by someone else)."""
+        if self._owns_recorder:
+            self.recorder.close()
 
     def __enter__(self) -> Any:
         self._tokens.append(open_applications.set((*open_applications.get(), self)))

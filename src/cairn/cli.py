@@ -19,9 +19,9 @@ from typing import Any, TextIO
 from uuid import UUID
 
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
-from cairn.crypto import Cipher, KeyRing
+from cairn.crypto import Cipher, DataKeys, KeyRing
 from cairn.mapping import Mapper
-from cairn.stores import Record, open_store, redact
+from cairn.stores import Record, Recorder, open_store, redact
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 KEY_ENV = "CAIRN_KEY"
@@ -63,8 +63,11 @@ def cipher_from_env() -> Cipher | None:
     return KeyRing(parse_key(text), *old) if old else parse_key(text)
 
 
-def mapper_from_env() -> Mapper:
-    return Mapper(cipher=cipher_from_env())
+def mapper_from_env(recorder: Recorder) -> Mapper:
+    """A mapper with the key in the environment, which also reads aggregates that have a
+    data key of their own (``key_per_aggregate``)."""
+    cipher = cipher_from_env()
+    return Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder) if cipher else None)
 
 
 class Progress:
@@ -202,6 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--json", action="store_true", help="print JSON")
     rotate.set_defaults(run=run_rotate_key)
 
+    forget = command(
+        "forget",
+        "crypto-shred one aggregate (destroys its data key)",
+        "Destroys the data key of one aggregate of a store written with key_per_aggregate=True: "
+        "its events and snapshots can then be read by no one, the master key included; the "
+        "rest of the store, the feed and the versions stay. This cannot be undone, so it does "
+        "nothing without --yes.",
+    )
+    forget.add_argument("store", metavar="STORE_URL")
+    forget.add_argument("id", metavar="ID", type=UUID)
+    forget.add_argument("--yes", action="store_true", help="really destroy the key")
+    forget.set_defaults(run=run_forget)
+
     copy = command(
         "copy",
         "copy a whole store to another (resumable, verified)",
@@ -265,7 +281,8 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    recorder, mapper = open_store(args.store), mapper_from_env()
+    recorder = open_store(args.store)
+    mapper = mapper_from_env(recorder)
     try:
         rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
     finally:
@@ -290,7 +307,8 @@ def run_events(args: argparse.Namespace) -> int:
 
 
 def run_snapshots(args: argparse.Namespace) -> int:
-    recorder, mapper = open_store(args.store), mapper_from_env()
+    recorder = open_store(args.store)
+    mapper = mapper_from_env(recorder)
     rows = []
     try:
         lte = None
@@ -314,7 +332,8 @@ def run_snapshots(args: argparse.Namespace) -> int:
 
 def run_snapshot(args: argparse.Namespace) -> int:
     progress = Progress("snapshotting aggregates", args.quiet)
-    with Application(store=args.store, cipher=cipher_from_env()) as app:
+    cipher = cipher_from_env()
+    with Application(store=args.store, cipher=cipher, key_per_aggregate=cipher is not None) as app:
         taken = tools.rebuild_snapshots(app, args.every, progress)
     progress.done(f"{taken:,} snapshots stored")
     return EXIT_OK
@@ -324,7 +343,7 @@ def run_verify(args: argparse.Namespace) -> int:
     progress = Progress("verifying aggregates", args.quiet)
     recorder = open_store(args.store)
     try:
-        report = tools.verify(recorder, mapper_from_env(), progress)
+        report = tools.verify(recorder, mapper_from_env(recorder), progress)
     finally:
         recorder.close()
     progress.done(f"{report.aggregates:,} aggregates")
@@ -332,11 +351,14 @@ def run_verify(args: argparse.Namespace) -> int:
         f"{redact(args.store)}: {report.aggregates:,} aggregates, {report.events:,} events, "
         f"{report.snapshots:,} snapshots checked; {len(report.problems)} problem(s)"
     )
+    if report.forgotten_ids:
+        summary += f"; {len(report.forgotten_ids):,} aggregates forgotten (crypto-shredded)"
     if report.encrypted_unchecked:
         summary += (
             f"; {report.encrypted_unchecked:,} encrypted records not decrypted (no ${KEY_ENV})"
         )
-    emit(args, vars(report), [*report.problems, summary])
+    document = {**vars(report), "forgotten_ids": sorted(str(i) for i in report.forgotten_ids)}
+    emit(args, document, [*report.problems, summary])
     return EXIT_PROBLEMS if report.problems else EXIT_OK
 
 
@@ -361,6 +383,29 @@ def run_rotate_key(args: argparse.Namespace) -> int:
         "under the new key"
     )
     emit(args, vars(report), [summary])
+    return EXIT_OK
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    recorder = open_store(args.store)
+    try:
+        wrapped = recorder.get_data_key(args.id)
+        if wrapped is None:
+            print(f"cairn forget: aggregate {args.id} has no data key of its own in {redact(args.store)}"
+                  " (was it written with key_per_aggregate=True?)", file=sys.stderr)  # fmt: skip
+            return EXIT_PROBLEMS
+        if wrapped == b"":
+            print(f"aggregate {args.id} was already forgotten")
+            return EXIT_OK
+        if not args.yes:
+            print(
+                f"would destroy the data key of aggregate {args.id}; run again with --yes to do it"
+            )
+            return EXIT_OK
+        recorder.forget_data_key(args.id)
+    finally:
+        recorder.close()
+    print(f"aggregate {args.id} is forgotten: its data key is destroyed")
     return EXIT_OK
 
 

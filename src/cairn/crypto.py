@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
+from collections import OrderedDict
+from typing import Protocol
+from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cairn.errors import IntegrityError
+from cairn.errors import AggregateForgotten, IntegrityError
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -105,3 +109,77 @@ class KeyRing:
 
 
 Cipher = AESCipher | KeyRing  # what an application's cipher= takes
+
+
+class KeyStore(Protocol):
+    """Where wrapped data keys are kept: every Recorder is one."""
+
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        """The wrapped key; ``b""`` once forgotten; None if there never was one."""
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        """Store ``wrapped`` unless a key (or its tombstone) is there already; what is there now."""
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        """Replace the wrapped key by a tombstone (``b""``)."""
+
+
+class DataKeys:
+    """Envelope encryption for crypto-shredding: each aggregate's records are encrypted
+    with a data key of its own, kept in the store wrapped (encrypted) by the master
+    key. :meth:`forget` destroys one: that aggregate's events and snapshots can then
+    be read by no one, the master key included, while every other record, the feed
+    and the versions stay as they are.
+    """
+
+    CACHE_SIZE = 10_000  # unwrapped keys kept in memory, most recently used
+
+    def __init__(self, master: Cipher, store: KeyStore) -> None:
+        self.master = master
+        self.store = store
+        self._cache: OrderedDict[UUID, AESCipher | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cipher(self, originator_id: UUID, *, create: bool) -> AESCipher | None:
+        """The aggregate's data key: made and stored first if ``create`` and there is none;
+        else None when it has none (its records are under the master key)."""
+        with self._lock:
+            cached = self._cache.get(originator_id, _UNKNOWN)
+            if cached is not _UNKNOWN and (cached is not None or not create):
+                self._cache.move_to_end(originator_id)
+                return cached
+        wrapped = self.store.get_data_key(originator_id)
+        if wrapped is None and create:
+            mine = self.master.encrypt(AESCipher.generate_key(), _wrapping(originator_id))
+            wrapped = self.store.put_data_key(originator_id, mine)  # another writer may have won
+        if wrapped == b"":
+            raise AggregateForgotten(
+                f"aggregate {originator_id} was forgotten: its data key was destroyed, so its "
+                "events and snapshots can no longer be read"
+            )
+        # A data key is made before the aggregate's first record is written, so an
+        # aggregate read without one has none for good: that answer is cached too.
+        key = (
+            None
+            if wrapped is None
+            else AESCipher(self.master.decrypt(wrapped, _wrapping(originator_id)))
+        )
+        with self._lock:
+            self._cache[originator_id] = key
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return key
+
+    def forget(self, originator_id: UUID) -> None:
+        """Destroy the aggregate's data key (a tombstone stays, so it is never made anew)."""
+        self.store.forget_data_key(originator_id)
+        with self._lock:
+            self._cache.pop(originator_id, None)
+
+
+_UNKNOWN = AESCipher(bytes(16))  # a marker: not in the cache
+
+
+def _wrapping(originator_id: UUID) -> bytes:
+    # Associated data: a wrapped key moved to another aggregate does not unwrap.
+    return b"cairn data key\0" + originator_id.bytes

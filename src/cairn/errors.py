@@ -33,6 +33,10 @@ class AggregateNotFound(CairnError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class AggregateForgotten(AggregateNotFound):
+    """The aggregate's data key was destroyed: its events and snapshots can no longer be read."""
+
+
 class AggregateDiscarded(CairnError):
     """A command was given to an aggregate that has been discarded."""
 

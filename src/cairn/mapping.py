@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from cairn.crypto import KEY_ID_SIZE, Cipher
+from cairn.crypto import KEY_ID_SIZE, Cipher, DataKeys
 from cairn.domain import DomainEvent, Entity, resolve_topic, topic_of
 from cairn.errors import EncodingError, IntegrityError, TopicError
 from cairn.stores import Record
@@ -260,7 +260,8 @@ class Mapper:
     more (kept only where it saves bytes);
     ``cipher`` encrypts every payload; ``always_encrypt`` also refuses to read a
     record that is not encrypted (so that a plaintext record slipped into the
-    store is reported, not trusted).
+    store is reported, not trusted). With ``data_keys``, each aggregate's
+    payloads are encrypted with a key of its own instead (crypto-shredding).
     """
 
     def __init__(
@@ -270,11 +271,13 @@ class Mapper:
         cipher: Cipher | None = None,
         compress: bool = False,
         always_encrypt: bool = False,
+        data_keys: DataKeys | None = None,
     ) -> None:
-        if always_encrypt and cipher is None:
+        if always_encrypt and cipher is None and data_keys is None:
             raise ValueError("always_encrypt=True needs a cipher, e.g. cipher=AESCipher(key)")
         self.transcoder = transcoder or JSONTranscoder()
         self.cipher = cipher
+        self.data_keys = data_keys
         self.compress = compress
         self.always_encrypt = always_encrypt
         # Both directions of the topic lookup, cached: every record needs one.
@@ -366,11 +369,17 @@ class Mapper:
             compressed = _compress(payload)
             if len(compressed) < len(payload):
                 payload, flags = compressed, COMPRESSED
-        if self.cipher is not None:
+        cipher = self.cipher
+        if self.data_keys is not None:
+            # An aggregate gets its own key with its first event; one created before
+            # key_per_aggregate was on stays under the master key.
+            own = self.data_keys.cipher(originator_id, create=kind == b"e" and version == 0)
+            cipher = own or self.cipher
+        if cipher is not None:
             flags |= ENCRYPTED
             header = _HEADERS[flags]
             ad = _associated_data(header, kind, originator_id, version, topic)
-            return header + self.cipher.encrypt(payload, ad)
+            return header + cipher.encrypt(payload, ad)
         return _HEADERS[flags] + payload
 
     def _open(self, record: Record, kind: bytes, what: str) -> Any:
@@ -396,7 +405,10 @@ class Mapper:
             raise self._corrupt(record, what, f"cannot decode: {exc}") from None
 
     def _decrypt(self, record: Record, payload: bytes, kind: bytes, what: str) -> bytes:
-        if self.cipher is None:
+        cipher = self.cipher
+        if self.data_keys is not None:  # the aggregate's own key, else the master key
+            cipher = self.data_keys.cipher(record.originator_id, create=False) or self.cipher
+        if cipher is None:
             raise IntegrityError(
                 f"{what} of aggregate {record.originator_id} version "
                 f"{record.originator_version} is encrypted, and no cipher is configured"
@@ -405,7 +417,7 @@ class Mapper:
             record.data[:1], kind, record.originator_id, record.originator_version, record.topic
         )
         try:
-            return self.cipher.decrypt(payload, ad)
+            return cipher.decrypt(payload, ad)
         except IntegrityError as exc:
             raise self._corrupt(record, what, str(exc)) from None
 
@@ -418,8 +430,11 @@ class Mapper:
         the key ring encrypted it) and encrypted again, bound to the same record.
         A plain record is encrypted, so this also encrypts a store that was not.
         """
-        if self.cipher is None:
-            raise ValueError("resealing needs a cipher: the key to encrypt with")
+        if self.cipher is None or self.data_keys is not None:
+            raise ValueError(
+                "resealing needs a cipher, and no key per aggregate (with data keys, rotating "
+                "the master key means re-wrapping them, which cairn does not do yet)"
+            )
         kind, what = (b"s", "snapshot") if snapshot else (b"e", "event")
         data = record.data
         if not data:

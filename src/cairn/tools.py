@@ -12,7 +12,7 @@ from uuid import UUID
 
 from cairn.application import Application, state_of
 from cairn.domain import topic_of
-from cairn.errors import CairnError
+from cairn.errors import AggregateForgotten, CairnError
 from cairn.mapping import ENCRYPTED, Mapper, Snapshot
 from cairn.stores import Record, Recorder
 
@@ -53,6 +53,7 @@ class VerifyReport:
     events: int = 0
     snapshots: int = 0
     encrypted_unchecked: int = 0  # encrypted records, with no key given to check them
+    forgotten_ids: set[UUID] = field(default_factory=set)  # crypto-shredded on purpose
     problems: list[str] = field(default_factory=list)
 
 
@@ -91,6 +92,8 @@ def _check(report: VerifyReport, mapper: Mapper, record: Record, *, snapshot: bo
         return
     try:
         mapper.to_snapshot(record) if snapshot else mapper.to_event(record)
+    except AggregateForgotten:
+        report.forgotten_ids.add(record.originator_id)
     except CairnError as exc:
         report.problems.append(str(exc))
 
@@ -110,7 +113,8 @@ class CopyReport:
 def copy_store(
     source: Recorder, target: Recorder, progress: Progress = _no_progress, page: int = 1000
 ) -> CopyReport:
-    """Copy every event (and each aggregate's newest snapshot) from one store to another.
+    """Copy every event (and each aggregate's newest snapshot and data key) from one store
+    to another.
 
     Events are copied in the source's feed order, one aggregate's run at a time,
     so the target's feed keeps the source's order, and what has been copied is
@@ -128,6 +132,11 @@ def copy_store(
         progress(report.events, None)
     for originator_id in iter_aggregate_ids(source):
         report.aggregates += 1
+        wrapped = source.get_data_key(originator_id)  # crypto-shredding keys travel too
+        if wrapped is not None:
+            target.put_data_key(originator_id, wrapped)
+            if wrapped == b"":
+                target.forget_data_key(originator_id)
         snapshot = source.get_snapshot(originator_id)
         if snapshot is not None:
             target.put_snapshot(snapshot)

@@ -123,6 +123,20 @@ class Recorder(ABC):
         otherwise immutable."""
         raise NotImplementedError(f"{type(self).__name__} cannot rewrite records")
 
+    # Data keys (crypto-shredding): one wrapped key per aggregate; b"" once forgotten.
+
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        """The aggregate's wrapped data key; ``b""`` once forgotten; None if it has none."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep data keys")
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        """Store ``wrapped`` unless the aggregate has a key (or a tombstone); what is stored now."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep data keys")
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        """Replace the aggregate's wrapped data key by a tombstone, for good."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep data keys")
+
     def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
         """At most ``limit`` event records of the feed after ``after``, in feed order.
 

@@ -16,12 +16,32 @@ URL: ``cassandra://[user:password@]host1[:port],host2[:port]/keyspace[?options]`
 - ``max_batch_size=BYTES``: refuse larger saves (default: what the server accepts
   in one write, ``native_transport_max_message_size`` and ``max_mutation_size``).
 
+- ``feed=false``: no feed. Saves skip the claim (one Paxos round fewer each)
+  and ``read_feed`` raises a StoreError. Events saved with the feed off never
+  appear in the feed, even if the keyspace is later used with it on.
+- ``feed_fence_after=SECONDS`` (default 5): how old a feed claim whose events
+  are still missing must be before a feed reader fences it off (see below).
+
 A save of one aggregate is one ``INSERT ... IF NOT EXISTS`` per event in a
 single conditional batch on the aggregate's partition: Paxos applies it whole
 or not at all. A save of several aggregates is one such batch per aggregate,
 in order; each is atomic on its own (Cassandra has no multi-partition
 transactions), and a :class:`~cairn.ConcurrencyError` lists in ``stored`` the
 aggregates stored before the conflict.
+
+The feed (``docs/feed.md`` has the whole argument): before its events, each
+aggregate's batch CLAIMS the next position of the ``feed`` table, a log whose
+``head`` is advanced by Paxos one partition (bucket) at a time, so claims are
+numbered without gaps in the order they were made; the batch's events carry
+their claim's position. A reader takes claims in order and RESOLVES each from
+the aggregate's partition: the events carry the claim's position (emit them),
+or the claim's first version holds another batch (the claim lost a race: void),
+or it holds nothing yet (the writer is in flight: wait). A claim still empty
+after ``feed_fence_after`` seconds is FENCED: the reader writes a no-op record
+(topic ``cairn.domain:Fenced``, no data) at that version with Paxos, so the
+abandoned writer can never store its batch there (it gets a ConcurrencyError),
+and the reader goes on. An event's position is its claim's shifted left 16 bits
+plus its index in the batch from 1, so a batch holds at most 65,535 events.
 """
 
 from __future__ import annotations
@@ -54,7 +74,7 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
-from cassandra.query import BatchStatement, BatchType, Statement, tuple_factory
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, Statement, tuple_factory
 
 from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
 from cairn.stores import Record, Recorder, query_params, redact
@@ -67,6 +87,7 @@ CREATE_TABLES = (
         originator_version bigint,
         topic text,
         data blob,
+        position bigint,
         PRIMARY KEY ((originator_id), originator_version))""",
     """CREATE TABLE IF NOT EXISTS {keyspace}.snapshots (
         originator_id uuid,
@@ -75,11 +96,49 @@ CREATE_TABLES = (
         data blob,
         PRIMARY KEY ((originator_id), originator_version))
         WITH CLUSTERING ORDER BY (originator_version DESC)""",
+    # The feed's claims: one row per claimed position, FEED_BUCKET to a
+    # partition; `head` is the bucket's next free position, advanced only by
+    # Paxos. `committed` is a hint written after the batch's events (true) or
+    # after a write known never to have happened (false); the events decide.
+    """CREATE TABLE IF NOT EXISTS {keyspace}.feed (
+        bucket bigint,
+        position bigint,
+        head bigint STATIC,
+        originator_id uuid,
+        originator_version bigint,
+        size int,
+        committed boolean,
+        PRIMARY KEY ((bucket), position))""",
 )
-TABLES = ("events", "snapshots")
+TABLES = ("events", "snapshots", "feed")
+# Keyspaces made before the feed existed: their events table gains the column.
+ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
+# An event's position is its batch's claim; the fence uses the same statement.
 INSERT_EVENT = (
-    "INSERT INTO {keyspace}.events (originator_id, originator_version, topic, data) "
-    "VALUES (?, ?, ?, ?) IF NOT EXISTS"
+    "INSERT INTO {keyspace}.events (originator_id, originator_version, topic, data, position) "
+    "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+)
+# A claim of k consecutive positions p..p+k-1 in bucket b: one conditional batch
+# on the bucket's partition, CLAIM_HEAD (p+k, b, p, or null for a bucket's first
+# claim) and one CLAIM_ROW per position. Not applied: the result carries `head`.
+CLAIM_HEAD = "UPDATE {keyspace}.feed SET head = ? WHERE bucket = ? IF head = ?"
+CLAIM_ROW = (
+    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+# A plain write, never read by Paxos: only a hint for readers.
+MARK_CLAIM = "UPDATE {keyspace}.feed SET committed = ? WHERE bucket = ? AND position = ?"
+SELECT_HEAD = "SELECT head FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
+# A claim's age is the coordinator's clock minus the claim's Paxos timestamp:
+# server clocks on both sides, never the client's.
+SELECT_CLAIMS = (
+    "SELECT position, originator_id, originator_version, size, committed, "
+    "writetime(originator_id), toUnixTimestamp(currentTimestamp()) "
+    "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
+)
+SELECT_CLAIMED = (
+    "SELECT originator_version, topic, data, position FROM {keyspace}.events "
+    "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
 )
 SELECT_EVENTS = (
     "SELECT originator_version, topic, data FROM {keyspace}.events WHERE originator_id = ? "
@@ -89,6 +148,11 @@ SELECT_EVENTS = (
 INSERT_SNAPSHOT = (
     "INSERT INTO {keyspace}.snapshots (originator_id, originator_version, topic, data) "
     "VALUES (?, ?, ?, ?)"
+)
+# Key rotation's compare-and-set: with Paxos, as every other write of an event row.
+REWRITE_EVENT = (
+    "UPDATE {keyspace}.events SET data = ? WHERE originator_id = ? AND originator_version = ? "
+    "IF data = ?"
 )
 SELECT_SNAPSHOT = (
     "SELECT originator_version, topic, data FROM {keyspace}.snapshots "
@@ -101,6 +165,19 @@ SELECT_AGGREGATE_IDS_AFTER = (
     "WHERE token(originator_id) > token(?) LIMIT ?"
 )
 SELECT_SETTINGS = "SELECT name, value FROM system_views.settings WHERE name IN ({names})"
+
+# The feed's layout: part of the stored format, the same for every process
+# that opens a keyspace (bucket = position // FEED_BUCKET).
+FEED_BUCKET = 100_000
+INDEX_BITS = 16  # an event's position: claim << INDEX_BITS | (index in batch + 1)
+MAX_FEED_BATCH = (1 << INDEX_BITS) - 1
+# The topic of a fence: cairn.domain.Fenced's (a store does not import the domain).
+FENCE_TOPIC = "cairn.domain:Fenced"
+CLAIMS_PER_WRITE = 100  # claims of concurrent saves in one process, combined in one Paxos round
+CLAIM_ATTEMPTS = 1000  # Paxos rounds a claim may lose to other writers before giving up
+CLAIM_RETRIES = 2  # a claim that failed (timeout, overload) is tried again this often
+CLAIMS_PER_READ = 100  # claims a feed reader fetches (and resolves concurrently) per query
+DEFAULT_FENCE_AFTER = 5.0
 
 # The server settings that bound one write request (a conditional batch is one
 # request and one mutation); both are 16 MiB by default. The 50 KiB
@@ -125,6 +202,8 @@ OPTIONS = (
     "connect_timeout",
     "request_timeout",
     "max_batch_size",
+    "feed",
+    "feed_fence_after",
 )
 DEFAULT_PORT = 9042
 SCHEMA_WAIT = 30.0  # seconds for the nodes to agree on (and serve) a new table
@@ -160,6 +239,8 @@ class Settings:
     connect_timeout: float = 5.0
     request_timeout: float = 10.0
     max_batch_size: int | None = None
+    feed: bool = True
+    feed_fence_after: float = DEFAULT_FENCE_AFTER
 
     @property
     def contact_points(self) -> str:
@@ -207,11 +288,14 @@ def parse_url(url: str) -> Settings:
         connect_timeout=_seconds(params, "connect_timeout", 5.0, shown),
         request_timeout=_seconds(params, "request_timeout", 10.0, shown),
         max_batch_size=_positive_int(params, "max_batch_size", shown),
+        feed=_flag(params.get("feed", "true"), "feed", shown),
+        feed_fence_after=_seconds(params, "feed_fence_after", DEFAULT_FENCE_AFTER, shown),
     )
 
 
 class CassandraRecorder(Recorder):
-    """A keyspace with an events table and a snapshots table, one partition per aggregate.
+    """A keyspace with an events table and a snapshots table, one partition per aggregate,
+    and the feed's claims table.
 
     The driver's cluster connection is made once per process (a fresh one after
     fork) and shared by the process's threads. Appending records that are
@@ -225,6 +309,8 @@ class CassandraRecorder(Recorder):
         self._keyspace = f'"{settings.keyspace}"'
         self._lock = threading.Lock()
         self._connection: _Connection | None = None
+        self._bucket = FEED_BUCKET
+        self._claims = _Claims(os.getpid())
         connection = self._connect()
         try:
             _settled(lambda: self._ensure_schema(connection))
@@ -249,6 +335,8 @@ class CassandraRecorder(Recorder):
                 if connection is None or connection.pid != os.getpid():
                     connection = self._connect()
                     self._statements = self._prepare(connection)
+                    # A claim in flight in the parent's threads is not ours.
+                    self._claims = _Claims(os.getpid(), self._claims.next_position)
         return connection.session
 
     def _connect(self) -> _Connection:
@@ -286,6 +374,9 @@ class CassandraRecorder(Recorder):
         missing = self._missing(connection)
         if not missing:
             return
+        if missing == _NO_POSITION:
+            self._add_position(connection)
+            return
         if not self.settings.create:
             raise StoreError(
                 f"{self.url}: {missing} does not exist and create=false; create it, "
@@ -313,16 +404,34 @@ class CassandraRecorder(Recorder):
                     )
         except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot create {missing}: {exc}") from exc
+        if self._missing(connection) == _NO_POSITION:
+            self._add_position(connection)
 
     def _missing(self, connection: _Connection) -> str | None:
-        """The keyspace or first table that does not exist yet, in words, or None."""
+        """The keyspace or first table (or column) that does not exist yet, in words, or None."""
         keyspace = connection.cluster.metadata.keyspaces.get(self.settings.keyspace)
         if keyspace is None:
             return f"keyspace {self.settings.keyspace!r}"
         for table in TABLES:
             if table not in keyspace.tables:
                 return f"table {self.settings.keyspace}.{table}"
+        if "position" not in keyspace.tables["events"].columns:
+            return _NO_POSITION
         return None
+
+    def _add_position(self, connection: _Connection) -> None:
+        """Give an events table made before the feed its ``position`` column."""
+        if not self.settings.create:
+            raise StoreError(
+                f"{self.url}: table {self.settings.keyspace}.events has no position column "
+                "(it predates the feed) and create=false; open it once without create=false "
+                "to let cairn add it"
+            )
+        try:
+            connection.session.execute(ADD_POSITION.format(keyspace=self._keyspace), timeout=60)
+        except _DRIVER_ERRORS as exc:
+            if "conflicts with an existing column" not in str(exc):  # another process added it
+                raise StoreError(f"{self.url}: cannot add the events' position: {exc}") from exc
 
     def _prepare(self, connection: _Connection) -> _Statements:
         session, ks = connection.session, self._keyspace
@@ -335,6 +444,13 @@ class CassandraRecorder(Recorder):
                 select_snapshot=session.prepare(SELECT_SNAPSHOT.format(keyspace=ks)),
                 select_ids=session.prepare(SELECT_AGGREGATE_IDS.format(keyspace=ks)),
                 select_ids_after=session.prepare(SELECT_AGGREGATE_IDS_AFTER.format(keyspace=ks)),
+                rewrite_event=session.prepare(REWRITE_EVENT.format(keyspace=ks)),
+                claim_head=session.prepare(CLAIM_HEAD.format(keyspace=ks)),
+                claim_row=session.prepare(CLAIM_ROW.format(keyspace=ks)),
+                mark_claim=session.prepare(MARK_CLAIM.format(keyspace=ks)),
+                select_head=session.prepare(SELECT_HEAD.format(keyspace=ks)),
+                select_claims=session.prepare(SELECT_CLAIMS.format(keyspace=ks)),
+                select_claimed=session.prepare(SELECT_CLAIMED.format(keyspace=ks)),
             )
         except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot prepare the store's statements: {exc}") from exc
@@ -378,6 +494,13 @@ class CassandraRecorder(Recorder):
                     f"aggregate {r.originator_id}: the batch repeats version {r.originator_version}"
                 )
             seen.add(r.originator_version)
+        if self.settings.feed and _span(batch) > MAX_FEED_BATCH:
+            raise StoreError(
+                f"{self.url}: aggregate {batch[0].originator_id}: the batch of {len(batch)} "
+                f"events spans {_span(batch)} versions; with the feed on, a save holds at most "
+                f"{MAX_FEED_BATCH} events of one aggregate (an event's feed position has 16 "
+                "bits for its place in its batch). Save in smaller batches. Nothing was written."
+            )
         size = BATCH_OVERHEAD + sum(
             RECORD_OVERHEAD + len(r.topic.encode()) + len(r.data) for r in batch
         )
@@ -397,36 +520,309 @@ class CassandraRecorder(Recorder):
         )
 
     def _append_one(self, batch: Sequence[Record]) -> None:
-        """Store one aggregate's records as one conditional write, or raise."""
+        """Store one aggregate's records as one conditional write (after claiming their
+        feed position), or raise."""
         session = self._session()
-        statement = self._statement(batch)
+        # Claimed first, so that a claim is older than its events: a reader that
+        # finds a claim's events missing knows they are in flight, or never coming.
+        position = self._claim(batch) if self.settings.feed else None
+        statement = self._statement(batch, UNSET_VALUE if position is None else position)
         try:
             result = session.execute(statement, execution_profile=WRITE_PROFILE)
         except _DRIVER_ERRORS as exc:
+            if position is not None and _not_stored(exc):
+                self._mark(position, committed=False)  # readers need not wait to void it
             raise self._write_error(exc, batch) from exc
         if result.was_applied:
+            if position is not None:
+                self._mark(position, committed=True)
             return
         existing = {row[0]: row for row in _stored_rows(result)}
         if _all_ours(existing, batch):
-            # Our own write, completed by a later Paxos round that then found
-            # its condition false: it is stored, whole.
+            # Our own write, completed by a later Paxos round that then found its
+            # condition false (or stored by a save repeated after OutcomeUnknown):
+            # it is stored, whole, at the position it was first written with.
             return
         versions = sorted(v for v in existing if v in {r.originator_version for r in batch})
         version = versions[0] if versions else batch[0].originator_version
+        if existing.get(version, (0, ""))[1] == FENCE_TOPIC:
+            raise ConcurrencyError(
+                f"aggregate {batch[0].originator_id}: version {version} was fenced off by a "
+                f"feed reader, this save having taken longer than feed_fence_after "
+                f"({self.settings.feed_fence_after:g} s) since it claimed its feed position; "
+                f"nothing of the batch of {_versions(batch)} was stored. Reload the aggregate "
+                "and try again."
+            )
         raise ConcurrencyError(
             f"aggregate {batch[0].originator_id}: version {version} is already stored "
             f"(stale writer?); nothing of the batch of {_versions(batch)} was stored"
         )
 
-    def _statement(self, batch: Sequence[Record]) -> Statement:
+    def _statement(self, batch: Sequence[Record], position: Any) -> Statement:
         insert = self._statements.insert_event
         if len(batch) == 1:
             r = batch[0]
-            return insert.bind((r.originator_id, r.originator_version, r.topic, r.data))
+            return insert.bind((r.originator_id, r.originator_version, r.topic, r.data, position))
         statement = BatchStatement(batch_type=BatchType.LOGGED)
         for r in batch:
-            statement.add(insert, (r.originator_id, r.originator_version, r.topic, r.data))
+            statement.add(
+                insert, (r.originator_id, r.originator_version, r.topic, r.data, position)
+            )
         return statement
+
+    # -- the feed: claims
+
+    def _claim(self, batch: Sequence[Record]) -> int:
+        """The feed position claimed for this batch (combined with the claims of other
+        threads' saves in flight), or StoreError: the batch was not stored."""
+        request = _Claim(
+            batch[0].originator_id, min(r.originator_version for r in batch), _span(batch)
+        )
+        claims = self._claims
+        with claims.ready:
+            claims.queue.append(request)
+        while True:
+            with claims.ready:
+                while claims.leading and request.position is None and request.error is None:
+                    claims.ready.wait()
+                if request.position is not None:
+                    return request.position
+                if request.error is not None:
+                    raise StoreError(
+                        f"{self.url}: aggregate {batch[0].originator_id}: the batch of "
+                        f"{_versions(batch)} was not stored: {request.error}"
+                    ) from request.error.__cause__
+                # Nobody leads and ours is still queued: lead (it may not be in this group).
+                claims.leading = True
+                group = claims.queue[:CLAIMS_PER_WRITE]
+                del claims.queue[: len(group)]
+            try:
+                self._claim_group(group)
+            except BaseException as exc:
+                for r in group:
+                    if r.position is None:
+                        r.error = exc
+            finally:
+                with claims.ready:
+                    claims.leading = False
+                    claims.ready.notify_all()
+
+    def _claim_group(self, group: list[_Claim]) -> None:
+        """Claim consecutive positions for the group, in one Paxos round per bucket it
+        touches (and one more per round another writer won)."""
+        session = self._session()
+        claims = self._claims
+        position = claims.next_position
+        if position is None:
+            position = self._find_head()
+        attempts = failures = 0
+        pending = group
+        while pending:
+            bucket = position // self._bucket
+            take = pending[: (bucket + 1) * self._bucket - position]
+            statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+            expected = None if position % self._bucket == 0 else position
+            statement.add(self._statements.claim_head, (position + len(take), bucket, expected))
+            for n, r in enumerate(take):
+                row = (bucket, position + n, r.originator_id, r.originator_version, r.size)
+                statement.add(self._statements.claim_row, row)
+            try:
+                result = session.execute(statement)
+            except _DRIVER_ERRORS as exc:
+                # Nothing of the batches is written yet, so retrying is safe: a claim
+                # that was in fact made is left without events, and readers void or
+                # fence it like any abandoned claim.
+                failures += 1
+                if failures > CLAIM_RETRIES or isinstance(exc, NoHostAvailable):
+                    claims.next_position = None
+                    raise StoreError(f"cannot claim its feed position ({_describe(exc)})") from exc
+                continue
+            if result.was_applied:
+                for n, r in enumerate(take):
+                    r.position = position + n
+                pending = pending[len(take) :]
+                position += len(take)
+                claims.next_position = position
+                continue
+            attempts += 1
+            if attempts >= CLAIM_ATTEMPTS:
+                claims.next_position = None
+                raise StoreError(
+                    f"{attempts} attempts to claim a feed position all lost to other writers"
+                )
+            head = _column(result, "head")
+            # No head: the guess named a bucket not begun yet; look for the real one.
+            position = self._find_head() if head is None else head
+
+    def _find_head(self) -> int:
+        """The feed's next free position, as far as a read can tell (Paxos checks it).
+
+        Buckets are begun in order and never removed: double the bucket number until
+        one does not exist, then halve the gap: O(log n) reads.
+        """
+
+        def head_of(bucket: int) -> int | None:
+            try:
+                row = self._session().execute(self._statements.select_head, (bucket,)).one()
+            except _DRIVER_ERRORS as exc:
+                raise StoreError(
+                    f"cannot claim its feed position: cannot read the feed's head ({exc})"
+                ) from exc
+            return None if row is None else row[0]
+
+        if head_of(0) is None:
+            return 0
+        low, high = 0, 1
+        while head_of(high) is not None:
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if head_of(middle) is None:
+                high = middle
+            else:
+                low = middle
+        return head_of(low) or low * self._bucket
+
+    def _mark(self, position: int, *, committed: bool) -> None:
+        """Note on a claim whether its events were stored: a hint that readers may use,
+        sent without waiting (a lost hint costs a reader one extra read, or a wait)."""
+        params = (committed, position // self._bucket, position)
+        try:
+            future = self._session().execute_async(self._statements.mark_claim, params)
+        except _DRIVER_ERRORS as exc:
+            log.debug("%s: no hint on feed claim %d: %s", self.url, position, exc)
+            return
+        future.add_errback(
+            lambda exc: log.debug("%s: no hint on feed claim %d: %s", self.url, position, exc)
+        )
+
+    # -- the feed: reading
+
+    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        """At most ``limit`` event records after position ``after``, in feed order.
+
+        Claims are taken in position order and each resolved before the next: its
+        events (emitted), void, or fenced once older than ``feed_fence_after``. The
+        page ends early at a claim still in flight, so nothing is ever returned past
+        a claim that could yet be stored.
+        """
+        if not self.settings.feed:
+            raise StoreError(
+                f"{self.url}: the feed is off for this store (feed=false in its URL); "
+                "events saved with it off are not in the feed"
+            )
+        after = max(after, 0)
+        claim = after >> INDEX_BITS  # the claim of the position, whose later events are due
+        found: list[Record] = []
+        while len(found) < limit:
+            rows, complete = self._read_claims(claim, min(CLAIMS_PER_READ, limit - len(found) + 1))
+            events = [self._read_claimed(row) for row in rows]  # all in flight at once
+            for row, future in zip(rows, events, strict=True):
+                records = self._resolve(row, future)
+                if records is None:
+                    return found  # a claim in flight: nothing may pass it
+                found += [r for r in records if r.position > after]  # type: ignore[operator]
+                claim += 1
+                if len(found) >= limit:
+                    return found[:limit]
+            if not complete:
+                return found  # the newest claim (or one not visible yet) was reached
+        return found[:limit]
+
+    def _read_claims(self, first: int, limit: int) -> tuple[list[_ClaimRow], bool]:
+        """Up to ``limit`` consecutive claims from ``first`` within its bucket (they stop at
+        the first position not visible yet), and whether that many were there."""
+        bucket = first // self._bucket
+        limit = min(limit, (bucket + 1) * self._bucket - first)
+        statement = self._statements.select_claims.bind((bucket, first, limit))
+        statement.fetch_size = limit
+        try:
+            rows = self._session().execute(statement).current_rows
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        claims = []
+        for n, row in enumerate(rows):
+            if row[0] != first + n:
+                break  # a gap: claim first + n is made but not visible here yet
+            claims.append(_ClaimRow(*row))
+        return claims, len(claims) == limit
+
+    def _read_claimed(self, claim: _ClaimRow, serial: bool = False) -> Any:
+        """The request for the versions a claim names, sent (its future)."""
+        statement = self._statements.select_claimed.bind(
+            (claim.originator_id, claim.originator_version, claim.originator_version + claim.size)
+        )
+        if serial:
+            # Through Paxos: completes any write in progress on the partition first.
+            statement.consistency_level = ConsistencyLevel.name_to_value[
+                self.settings.serial_consistency
+            ]
+        try:
+            return self._session().execute_async(statement)
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+
+    def _resolve(self, claim: _ClaimRow, future: Any) -> list[Record] | None:
+        """A claim's records, [] for a void claim, or None while it may yet be stored."""
+        records = self._claimed(claim, future)
+        if records is not None:
+            return records
+        if claim.committed is False:
+            # Its writer knows its write never started (and claims anew to retry).
+            return []
+        if claim.committed is None and claim.now * 1000 - claim.written < self._fence_after:
+            return None  # young: its writer is most likely still at work
+        if claim.committed is None:
+            self._fence(claim)
+        # Fenced, or the events are stored and this read missed them: read through Paxos.
+        return self._claimed(claim, self._read_claimed(claim, serial=True))
+
+    def _claimed(self, claim: _ClaimRow, future: Any) -> list[Record] | None:
+        try:
+            rows = future.result()
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        first = claim.originator_version
+        stored = {v: (t, d, p) for v, t, d, p in rows}
+        if first not in stored:
+            return None
+        if stored[first][2] != claim.position:
+            return []  # another batch holds the version: this claim lost its race
+        base = claim.position << INDEX_BITS
+        return [
+            Record(claim.originator_id, v, t, d, base + v - first + 1)
+            for v, (t, d, p) in sorted(stored.items())
+            if p == claim.position
+        ]
+
+    @property
+    def _fence_after(self) -> float:
+        return self.settings.feed_fence_after * 1_000_000  # microseconds
+
+    def _fence(self, claim: _ClaimRow) -> None:
+        """Fence off an abandoned claim: a no-op record at its first version, with Paxos.
+
+        Paxos first completes any write of the claim's batch still in progress; then
+        either the batch is there (the insert is not applied) or the fence is, and the
+        batch's writer can never store it (its insert is not applied: ConcurrencyError).
+        """
+        row = (claim.originator_id, claim.originator_version, FENCE_TOPIC, b"", claim.position)
+        try:
+            self._session().execute(self._statements.insert_event, row)
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: cannot read the feed past position {claim.position}: its claim "
+                f"(aggregate {claim.originator_id} version {claim.originator_version}) is "
+                f"abandoned, and fencing it off failed: {_describe(exc)}"
+            ) from exc
+        log.info(
+            "%s: fenced off feed claim %d (aggregate %s version %d), abandoned for %.1f s",
+            self.url,
+            claim.position,
+            claim.originator_id,
+            claim.originator_version,
+            (claim.now * 1000 - claim.written) / 1e6,
+        )
 
     def _write_error(self, exc: Exception, batch: Sequence[Record]) -> StoreError:
         """The driver's error on a save, in cairn's terms: known not stored, or unknown."""
@@ -480,6 +876,36 @@ class CassandraRecorder(Recorder):
         except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot list the aggregates: {exc}") from exc
 
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        """Each aggregate's changes as one conditional batch (one Paxos round); if any
+        record changed meanwhile, that aggregate's changes one at a time."""
+        groups: dict[UUID, list[tuple[Record, Record]]] = {}
+        for old, new in changes:
+            groups.setdefault(old.originator_id, []).append((old, new))
+        statement = self._statements.rewrite_event
+        replaced = 0
+        try:
+            for group in groups.values():
+                rows = [
+                    (new.data, old.originator_id, old.originator_version, old.data)
+                    for old, new in group
+                ]
+                if len(rows) > 1:
+                    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+                    for row in rows:
+                        batch.add(statement, row)
+                    if self._session().execute(batch).was_applied:
+                        replaced += len(rows)
+                        continue
+                for row in rows:
+                    replaced += bool(self._session().execute(statement, row).was_applied)
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: {replaced} events rewritten, then: {_describe(exc)} "
+                "(a rewrite is a compare-and-set: run it again)"
+            ) from exc
+        return replaced
+
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
@@ -529,7 +955,51 @@ class _Statements:
     select_snapshot: Any
     select_ids: Any
     select_ids_after: Any
+    rewrite_event: Any
+    claim_head: Any
+    claim_row: Any
+    mark_claim: Any
+    select_head: Any
+    select_claims: Any
+    select_claimed: Any
 
+
+@dataclass
+class _Claim:
+    """One aggregate batch waiting for a feed position (or an error) from the claimer."""
+
+    originator_id: UUID
+    originator_version: int  # the batch's lowest
+    size: int  # the versions the batch spans (its number of events, when they follow on)
+    position: int | None = None
+    error: BaseException | None = None
+
+
+class _Claims:
+    """A process's claims in progress: concurrent saves queue here, and one of them at a
+    time (the leader) claims positions for all queued so far in one Paxos round, so that
+    threads of one process never compete with each other for the feed's head."""
+
+    def __init__(self, pid: int, next_position: int | None = None) -> None:
+        self.pid = pid
+        self.ready = threading.Condition()
+        self.queue: list[_Claim] = []
+        self.leading = False
+        self.next_position = next_position  # a guess of the head: Paxos checks it
+
+
+@dataclass(frozen=True)
+class _ClaimRow:
+    position: int
+    originator_id: UUID
+    originator_version: int
+    size: int
+    committed: bool | None
+    written: int  # the claim's Paxos timestamp, microseconds
+    now: int  # the reading coordinator's clock, milliseconds
+
+
+_NO_POSITION = "the events' position column"
 
 # Errors the driver raises from a request.
 _DRIVER_ERRORS = (DriverException, ErrorMessage, NoHostAvailable, ConnectionException)
@@ -647,6 +1117,19 @@ def _all_ours(existing: Mapping[int, tuple[int, str, bytes]], batch: Sequence[Re
     return all(
         existing.get(r.originator_version) == (r.originator_version, r.topic, r.data) for r in batch
     )
+
+
+def _span(batch: Sequence[Record]) -> int:
+    """The versions a batch spans: its number of events, when they follow on."""
+    versions = [r.originator_version for r in batch]
+    return max(versions) - min(versions) + 1
+
+
+def _column(result: Any, name: str) -> Any:
+    """A column of the row a conditional write that was not applied returns."""
+    names = list(result.column_names)
+    rows = result.current_rows
+    return rows[0][names.index(name)] if rows and name in names else None
 
 
 def _versions(batch: Sequence[Record]) -> str:

@@ -21,6 +21,7 @@ class MemoryRecorder(Recorder):
         self._snapshots: dict[UUID, dict[int, Record]] = {}
         self._feed: list[Record] = []  # the record at position p is at index p - 1
         self._feed_index: dict[tuple[UUID, int], int] = {}
+        self._data_keys: dict[UUID, bytes] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryRecorder:
@@ -88,6 +89,18 @@ class MemoryRecorder(Recorder):
                 self._feed[at] = Record(*key, old.topic, new.data, at + 1)
                 replaced += 1
         return replaced
+
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        with self._lock:
+            return self._data_keys.get(originator_id)
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        with self._lock:
+            return self._data_keys.setdefault(originator_id, wrapped)
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        with self._lock:
+            self._data_keys[originator_id] = b""
 
     def put_snapshot(self, record: Record) -> None:
         with self._lock:

@@ -39,10 +39,11 @@ from cairn.stores import Record, Recorder, query_params, redact
 SELECT_SCHEMA = "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)"
 SELECT_TABLES = (
     "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-    "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots')"
+    "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots', 'data_keys')"
 )
 # Two processes running CREATE ... IF NOT EXISTS at once can still collide in the
 # catalogs (UniqueViolation on pg_type): those creating one schema queue on this lock.
+TABLES = ("events", "snapshots", "data_keys")
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 CREATE_TABLES = (
@@ -59,6 +60,9 @@ CREATE_TABLES = (
         topic text NOT NULL,
         data bytea NOT NULL,
         PRIMARY KEY (originator_id, originator_version))""",
+    """CREATE TABLE IF NOT EXISTS {schema}.data_keys (
+        originator_id uuid PRIMARY KEY,
+        wrapped bytea NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS events_feed ON {schema}.events (position)",
     # One entry per aggregate (its first event), for listing aggregates.
     """CREATE INDEX IF NOT EXISTS events_aggregates ON {schema}.events (originator_id)
@@ -104,6 +108,15 @@ SELECT_STORED_VERSION = (
 REWRITE_EVENT = (
     "UPDATE {schema}.events SET data = %s WHERE originator_id = %s AND originator_version = %s "
     "AND data = %s"
+)
+SELECT_DATA_KEY = "SELECT wrapped FROM {schema}.data_keys WHERE originator_id = %s"
+INSERT_DATA_KEY = (
+    "INSERT INTO {schema}.data_keys (originator_id, wrapped) VALUES (%s, %s) "
+    "ON CONFLICT (originator_id) DO NOTHING"
+)
+FORGET_DATA_KEY = (
+    "INSERT INTO {schema}.data_keys (originator_id, wrapped) VALUES (%s, '') "
+    "ON CONFLICT (originator_id) DO UPDATE SET wrapped = ''"
 )
 UPSERT_SNAPSHOT = (
     "INSERT INTO {schema}.snapshots (originator_id, originator_version, topic, data) "
@@ -212,12 +225,12 @@ class PostgresRecorder(Recorder):
         """Create the schema and tables unless they exist; if ``create`` is off, say which is missing."""
         try:
             found = {name for (name,) in conn.execute(SELECT_TABLES, (self.schema,))}
-            if found == {"events", "snapshots"}:
+            if found == set(TABLES):
                 return
             row = conn.execute(SELECT_SCHEMA, (self.schema,)).fetchone()
             schema_exists = bool(row and row[0])
             if not create:
-                missing = " and ".join(t for t in ("events", "snapshots") if t not in found)
+                missing = ", ".join(t for t in TABLES if t not in found)
                 what = f"has no table {missing}" if schema_exists else "does not exist"
                 raise StoreError(
                     f"{self.url}: schema {self.schema!r} {what}, and create=false forbids creating it"
@@ -338,6 +351,22 @@ class PostgresRecorder(Recorder):
         with self._connection("nothing was rewritten") as conn, conn.transaction():
             return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
 
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        with self._connection("cannot read a data key") as conn:
+            row = conn.execute(self._sql.select_data_key, (originator_id,), binary=True).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        with self._connection("cannot store a data key") as conn:
+            conn.execute(self._sql.insert_data_key, (originator_id, wrapped))
+        stored = self.get_data_key(originator_id)
+        assert stored is not None
+        return stored
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        with self._connection("cannot forget a data key") as conn:
+            conn.execute(self._sql.forget_data_key, (originator_id,))
+
     def put_snapshot(self, record: Record) -> None:
         row = (record.originator_id, record.originator_version, record.topic, record.data)
         with self._connection(f"the snapshot of {record.originator_id} was not stored") as conn:
@@ -377,6 +406,9 @@ class _Statements:
         self.select_feed = render(SELECT_FEED)
         self.select_ids = render(SELECT_IDS)
         self.rewrite_event = render(REWRITE_EVENT)
+        self.select_data_key = render(SELECT_DATA_KEY)
+        self.insert_data_key = render(INSERT_DATA_KEY)
+        self.forget_data_key = render(FORGET_DATA_KEY)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
 

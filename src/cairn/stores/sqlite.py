@@ -31,6 +31,9 @@ SCHEMA = (
         topic TEXT NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (originator_id, originator_version)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS data_keys (
+        originator_id BLOB PRIMARY KEY,
+        wrapped BLOB NOT NULL) WITHOUT ROWID""",
     # One entry per aggregate (its first event), for listing aggregates.
     "CREATE INDEX IF NOT EXISTS events_aggregates ON events (originator_id) WHERE originator_version = 0",
 )
@@ -47,6 +50,9 @@ SELECT_STORED_VERSIONS = (
 REWRITE_EVENT = (
     "UPDATE events SET data = ? WHERE originator_id = ? AND originator_version = ? AND data = ?"
 )
+SELECT_DATA_KEY = "SELECT wrapped FROM data_keys WHERE originator_id = ?"
+INSERT_DATA_KEY = "INSERT OR IGNORE INTO data_keys (originator_id, wrapped) VALUES (?, ?)"
+FORGET_DATA_KEY = "INSERT OR REPLACE INTO data_keys (originator_id, wrapped) VALUES (?, x'')"
 UPSERT_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
 # Writers hold the file's write lock from BEGIN IMMEDIATE to COMMIT, so
 # positions (rowids) are taken in commit order: the feed needs no more than this.
@@ -201,6 +207,27 @@ class SQLiteRecorder(Recorder):
                 conn.execute("ROLLBACK")
             raise StoreError(f"{self.url}: nothing was rewritten: {_describe(exc)}") from exc
         return replaced
+
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        row = self._execute(
+            SELECT_DATA_KEY, (originator_id.bytes,), "cannot read a data key"
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        self._execute(INSERT_DATA_KEY, (originator_id.bytes, wrapped), "cannot store a data key")
+        stored = self.get_data_key(originator_id)
+        assert stored is not None
+        return stored
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        self._execute(FORGET_DATA_KEY, (originator_id.bytes,), "cannot forget a data key")
+
+    def _execute(self, sql: str, params: tuple[object, ...], failure: str) -> sqlite3.Cursor:
+        try:
+            return self._connection().execute(sql, params)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.url}: {failure}: {_describe(exc)}") from exc
 
     def put_snapshot(self, record: Record) -> None:
         row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)
