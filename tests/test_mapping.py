@@ -278,3 +278,50 @@ def test_snapshots_round_trip_and_none_means_discarded() -> None:
     assert mapper.to_snapshot(mapper.snapshot_to_record(snapshot)) == snapshot
     gone = Snapshot(uuid4(), 7, "m:Agg", None)
     assert mapper.to_snapshot(mapper.snapshot_to_record(gone)).state is None
+
+
+class Anything(Aggregate):
+    class Happened(Aggregate.Event):
+        payload: Any
+        note: str = ""
+
+
+ANY_MAPPER = Mapper(cipher=AESCipher(AESCipher.generate_key()), compress=True, always_encrypt=True)
+
+
+@given(payload=json_values, note=st.text())
+def test_generated_events_round_trip_through_encrypted_records(payload: Any, note: str) -> None:
+    event = Anything.create().trigger_event(Anything.Happened, payload=payload, note=note)
+    assert ANY_MAPPER.to_event(ANY_MAPPER.to_record(event)) == event
+
+
+@given(st.data())
+def test_any_flipped_bit_of_an_encrypted_record_is_reported_never_decoded(
+    data: st.DataObject,
+) -> None:
+    event = Anything.create().trigger_event(Anything.Happened, payload={"amount": Decimal("10.00")})
+    record = ANY_MAPPER.to_record(event)
+    position = data.draw(st.integers(0, len(record.data) - 1))
+    bit = data.draw(st.integers(0, 7))
+    flipped = bytearray(record.data)
+    flipped[position] ^= 1 << bit
+    with pytest.raises(IntegrityError, match=str(record.originator_id)):
+        ANY_MAPPER.to_event(dataclasses.replace(record, data=bytes(flipped)))
+
+
+@given(st.binary(max_size=300))
+def test_random_bytes_are_never_decoded_into_an_event(data: bytes) -> None:
+    record = Record(uuid4(), 1, f"{__name__}:Anything.Happened", data)
+    for mapper in (Mapper(), ANY_MAPPER):
+        try:
+            event = mapper.to_event(record)
+        except (IntegrityError, TopicError):
+            continue
+        # Only unencrypted bytes that happen to be a whole event's fields can decode.
+        assert mapper is not ANY_MAPPER and "payload" in vars(event)
+
+
+def test_a_record_lacking_a_field_is_reported() -> None:
+    record = Record(uuid4(), 1, f"{__name__}:Anything.Happened", b'\x00{"note": "x"}')
+    with pytest.raises(IntegrityError, match=r"lacks the field.*payload"):
+        Mapper().to_event(record)

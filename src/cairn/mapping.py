@@ -281,7 +281,7 @@ class Mapper:
         self.compress = compress
         self.always_encrypt = always_encrypt
         # Both directions of the topic lookup, cached: every record needs one.
-        self._event_classes: dict[str, tuple[type, dict[str, Any]]] = {}
+        self._event_classes: dict[str, tuple[type, dict[str, Any], frozenset[str]]] = {}
         self._topics: dict[type, str] = {}
 
     # ---- events
@@ -306,10 +306,13 @@ class Mapper:
 
     def to_event(self, record: Record) -> DomainEvent:
         """The event a record holds; :class:`IntegrityError` or :class:`TopicError` if it can't be."""
-        cls, defaults = self._event_classes.get(record.topic) or self._event_class(record)
+        cls, defaults, required = self._event_classes.get(record.topic) or self._event_class(record)
         fields = self._open(record, b"e", "event")
         if type(fields) is not dict:
             raise self._corrupt(record, "event", "payload is not a JSON object")
+        if not required <= fields.keys():
+            missing = ", ".join(sorted(required - fields.keys()))
+            raise self._corrupt(record, "event", f"it lacks the field(s) {missing}")
         if defaults:
             fields = {**defaults, **fields}
         fields["originator_id"] = record.originator_id
@@ -320,7 +323,7 @@ class Mapper:
         object.__setattr__(event, "__dict__", fields)
         return event
 
-    def _event_class(self, record: Record) -> tuple[type, dict[str, Any]]:
+    def _event_class(self, record: Record) -> tuple[type, dict[str, Any], frozenset[str]]:
         try:
             cls = resolve_topic(record.topic)
         except TopicError as exc:
@@ -330,13 +333,18 @@ class Mapper:
         if not (isinstance(cls, type) and issubclass(cls, DomainEvent)):
             raise TopicError(f"topic {record.topic!r} names {cls!r}, which is not a DomainEvent")
         # Fields added to an event class after records were stored take their defaults.
-        defaults = {
-            f.name: f.default
-            for f in dataclasses.fields(cls)
-            if f.default is not dataclasses.MISSING
-        }
-        self._event_classes[record.topic] = (cls, defaults)
-        return cls, defaults
+        fields = dataclasses.fields(cls)
+        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        # What every stored event of the class must carry (the record's columns give the rest).
+        required = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+            and f.name not in ("originator_id", "originator_version")
+        )
+        self._event_classes[record.topic] = (cls, defaults, required)
+        return cls, defaults, required
 
     # ---- snapshots
 
