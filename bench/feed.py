@@ -8,7 +8,18 @@ of its own for ``--seconds``. A follower reads the feed throughout (polling ever
 millisecond) and notes when each batch appears. "Feed off" is the same writers
 against the store without what the feed needs: on PostgreSQL, positions from a
 plain sequence (the naive feed, which can miss events); on Cassandra, no claim
-on the feed log. Prints a table and one JSON line.
+on the feed log (``feed=false``). "Feed on, no reader" is the feed's cost to writers
+alone (the follower shares the writers' process and its two cores otherwise).
+
+On Cassandra it also measures claims/s, the rate at which the feed's one hot
+partition hands out positions (``_claim`` alone, no events written): one thread
+(one Paxos round per claim), ``--writers`` threads of one process (their claims
+combined into one round), and ``--processes`` processes of ``--writers`` threads
+competing for the head. ``--no-claims`` skips it.
+
+    python bench/feed.py --url 'cassandra://127.0.0.1:9042/{unique}?replication_factor=1'
+
+Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -57,9 +68,10 @@ def discard(recorder: Recorder) -> None:
     if schema and hasattr(recorder, "_pool"):
         with recorder._pool.connection() as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    keyspace = getattr(recorder, "keyspace", None)
-    if keyspace and hasattr(recorder, "session"):
-        recorder.session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=60)
+    settings = getattr(recorder, "settings", None)
+    keyspace = getattr(settings, "keyspace", None)
+    if keyspace and hasattr(recorder, "_session"):
+        recorder._session().execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=60)
     recorder.close()
 
 
@@ -122,6 +134,49 @@ def run(
     return result
 
 
+def claim_for(url: str, threads: int, start: float, seconds: float) -> int:
+    """Claims made by ``threads`` threads of a fresh recorder from ``start`` (a wall-clock
+    time) for ``seconds``; run in a process of its own."""
+    recorder = open_store(url)
+    claim = recorder._claim  # type: ignore[attr-defined]
+    claim([Record(uuid.uuid4(), 0, "bench:E", b"")])  # connected, head found
+    counts = [0] * threads
+
+    def loop(n: int) -> None:
+        while time.time() < start:
+            time.sleep(0.001)
+        while time.time() < start + seconds:
+            claim([Record(uuid.uuid4(), 0, "bench:E", b"")])
+            counts[n] += 1
+
+    workers = [threading.Thread(target=loop, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    recorder.close()
+    return sum(counts)
+
+
+def claims(url: str, threads: int, processes: int, seconds: float) -> dict[str, float]:
+    """Claims/s of one thread, of ``threads`` threads in one process, and of
+    ``processes`` such processes at once (each claim a batch of one event)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    result = {}
+    for name, procs, per in (
+        ("1 thread", 1, 1),
+        (f"{threads} threads, 1 process", 1, threads),
+        (f"{threads} threads x {processes} processes", processes, threads),
+    ):
+        start = time.time() + 5  # every process connected by then
+        with context.Pool(procs) as pool:
+            made = pool.starmap(claim_for, [(url, per, start, seconds)] * procs)
+        result[name] = sum(made) / seconds
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -130,13 +185,24 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--processes", type=int, default=4, help="competing claimers")
+    parser.add_argument("--no-claims", action="store_true", help="skip the claims/s figures")
     args = parser.parse_args()
     on_store = open_store(fill(args.url))
     on = run(on_store, args.writers, args.batch, args.seconds, follow=True)
     discard(on_store)
+    quiet_store = open_store(fill(args.url))
+    quiet = run(quiet_store, args.writers, args.batch, args.seconds, follow=False)
+    discard(quiet_store)
     off_store = feed_off(fill(args.url))
     off = run(off_store, args.writers, args.batch, args.seconds, follow=False)
     discard(off_store)
+    out: dict[str, Any] = {"on": on, "on_no_reader": quiet, "off": off}
+    cassandra = args.url.startswith("cassandra")
+    if cassandra and not args.no_claims:
+        claims_url = fill(args.url)
+        out["claims_per_s"] = claims(claims_url, args.writers, args.processes, args.seconds)
+        discard(open_store(claims_url))
     print(
         f"store: {args.url.split(':', 1)[0]}, {args.writers} writers, {args.batch}-event batches, {args.seconds:.0f}s each"
     )
@@ -145,9 +211,13 @@ def main() -> None:
     print(
         f"| feed on | {on['events_per_s']:,.0f} | {on['lag_ms_median']:.1f} | {on['lag_ms_p99']:.1f} |"
     )
+    print(f"| feed on, no reader | {quiet['events_per_s']:,.0f} | - | - |")
     print(f"| feed off | {off['events_per_s']:,.0f} | - | - |")
     print(f"| on / off | {on['events_per_s'] / off['events_per_s']:.2f} | | |")
-    print(json.dumps({"on": on, "off": off}))
+    print(f"| on, no reader / off | {quiet['events_per_s'] / off['events_per_s']:.2f} | | |")
+    for name, rate in out.get("claims_per_s", {}).items():
+        print(f"claims/s, {name}: {rate:,.0f}")
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ from cassandra.cluster import Cluster, NoHostAvailable
 from cassandra.connection import ConnectionShutdown
 from cassandra.protocol import ErrorMessage
 
-from cairn import Application, ConcurrencyError
+from cairn import AESCipher, Application, ConcurrencyError
+from cairn.crypto import KeyRing
 from cairn.errors import OutcomeUnknown, StoreError
+from cairn.mapping import Mapper
 from cairn.stores import Record, open_store
 from cairn.stores.cassandra import FENCE_TOPIC, WRITE_PROFILE, CassandraRecorder, parse_url
 from tests.racer import Counter
@@ -125,6 +127,9 @@ def test_a_url_turns_options_into_settings() -> None:
     assert settings.create is False
     assert (settings.connect_timeout, settings.request_timeout) == (2.5, 30.0)
     assert settings.max_batch_size == 65536
+    assert (settings.feed, settings.feed_fence_after) == (True, 5.0)
+    settings = parse_url("cassandra://h1/ks?feed=false&feed_fence_after=0.5")
+    assert (settings.feed, settings.feed_fence_after) == (False, 0.5)
 
 
 def test_credentials_are_read_from_the_url_and_hidden_in_messages() -> None:
@@ -153,6 +158,8 @@ def test_credentials_are_read_from_the_url_and_hidden_in_messages() -> None:
         ("cassandra://h1/ks?serial_consistency=quorum", "serial_consistency"),
         ("cassandra://h1/ks?create=maybe", "create"),
         ("cassandra://h1/ks?connect_timeout=-1", "connect_timeout"),
+        ("cassandra://h1/ks?feed=sometimes", "feed"),
+        ("cassandra://h1/ks?feed_fence_after=0", "feed_fence_after"),
     ],
 )
 def test_a_bad_url_is_refused_naming_what_is_wrong(url: str, named: str) -> None:
@@ -510,7 +517,8 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
     from cairn.domain import Fenced
 
     url = with_option(fresh_url, "feed_fence_after=1")
-    with Application(store=url) as app:
+    old, new = AESCipher(AESCipher.generate_key()), AESCipher(AESCipher.generate_key())
+    with Application(store=url, cipher=old, always_encrypt=True) as app:
         recorder = app.recorder
         assert isinstance(recorder, CassandraRecorder)
         counter = Counter.create()
@@ -538,6 +546,8 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
 
         with pytest.raises(ConcurrencyError, match="fenced off by a feed reader"):
             write_claimed(recorder, batch, claimed)
+        with pytest.raises(ConcurrencyError, match="already stored"):
+            recorder.append(batch)  # as any stale writer would, with a claim of its own
         assert versions_of(recorder, counter.id) == [0, 1, 2]
 
         replayed = app.repository[counter.id]
@@ -551,6 +561,11 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
         report = tools.verify(recorder, app.mapper)
         assert report.problems == [] and report.events == 5
         assert keys(whole_feed(recorder))[-1] == (counter.id, 3)
+        rotated = tools.rotate_key(recorder, Mapper(cipher=KeyRing(new, old)))
+        assert (rotated.events, rotated.current) == (4, 1)  # the fence has nothing to encrypt
+    with Application(store=url, cipher=new, always_encrypt=True) as app:
+        assert app.repository[counter.id].count == 2
+        assert tools.verify(app.recorder, app.mapper).problems == []
 
 
 def test_a_fence_on_a_new_aggregate_leaves_it_not_found(fresh_url: str) -> None:
@@ -712,7 +727,7 @@ def test_a_keyspace_made_before_the_feed_gains_it(fresh_url: str) -> None:
             "topic text, data blob, PRIMARY KEY ((originator_id), originator_version))"
         )
     cluster.shutdown()
-    with pytest.raises(StoreError, match="feed does not exist and create=false"):
+    with pytest.raises(StoreError, match="does not exist and create=false"):
         CassandraRecorder.from_url(with_option(fresh_url, "create=false"))
     recorder = CassandraRecorder.from_url(fresh_url)
     a = uuid4()

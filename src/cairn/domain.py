@@ -78,6 +78,30 @@ class DomainEvent:
         dataclasses.dataclass(frozen=True, kw_only=True)(cls)
 
 
+class Fenced(DomainEvent):
+    """A writer's batch at this version was abandoned and fenced off by a feed reader;
+    applying it only advances the version.
+
+    A fence holds no data, so its time is unknown (``timestamp`` is the Unix epoch)
+    and the aggregate's ``modified_on`` is left as it was. A fence at version 0 is a
+    creation that never happened: there is no aggregate.
+    """
+
+    timestamp: datetime = datetime.fromtimestamp(0, UTC)
+
+    def mutate(self, aggregate: Any) -> Any:
+        if aggregate is None and self.originator_version == 0:
+            return None
+        version = None if aggregate is None else aggregate._version
+        if version != self.originator_version:
+            raise IntegrityError(
+                f"aggregate {self.originator_id}: a fence has version "
+                f"{self.originator_version}, but the aggregate is at version {version}"
+            )
+        aggregate._version = self.originator_version + 1
+        return aggregate
+
+
 class Applies(Protocol):
     """What an event needs of the aggregate it is applied to."""
 

@@ -23,9 +23,11 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from cairn.crypto import KEY_ID_SIZE, Cipher, DataKeys
-from cairn.domain import DomainEvent, Entity, resolve_topic, topic_of
+from cairn.domain import DomainEvent, Entity, Fenced, resolve_topic, topic_of
 from cairn.errors import EncodingError, IntegrityError, TopicError
 from cairn.stores import Record
+
+_FENCED = topic_of(Fenced)
 
 # --------------------------------------------------------------------------- transcoding
 
@@ -306,6 +308,11 @@ class Mapper:
 
     def to_event(self, record: Record) -> DomainEvent:
         """The event a record holds; :class:`IntegrityError` or :class:`TopicError` if it can't be."""
+        if record.topic == _FENCED:
+            # A feed reader's fence: no data to decode or decrypt (no key needed).
+            return Fenced(
+                originator_id=record.originator_id, originator_version=record.originator_version
+            )
         cls, defaults, required = self._event_classes.get(record.topic) or self._event_class(record)
         fields = self._open(record, b"e", "event")
         if type(fields) is not dict:

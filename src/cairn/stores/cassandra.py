@@ -15,7 +15,6 @@ URL: ``cassandra://[user:password@]host1[:port],host2[:port]/keyspace[?options]`
 - ``connect_timeout=SECONDS`` (default 5), ``request_timeout=SECONDS`` (default 10).
 - ``max_batch_size=BYTES``: refuse larger saves (default: what the server accepts
   in one write, ``native_transport_max_message_size`` and ``max_mutation_size``).
-
 - ``feed=false``: no feed. Saves skip the claim (one Paxos round fewer each)
   and ``read_feed`` raises a StoreError. Events saved with the feed off never
   appear in the feed, even if the keyspace is later used with it on.
@@ -40,8 +39,9 @@ or it holds nothing yet (the writer is in flight: wait). A claim still empty
 after ``feed_fence_after`` seconds is FENCED: the reader writes a no-op record
 (topic ``cairn.domain:Fenced``, no data) at that version with Paxos, so the
 abandoned writer can never store its batch there (it gets a ConcurrencyError),
-and the reader goes on. An event's position is its claim's shifted left 16 bits
-plus its index in the batch from 1, so a batch holds at most 65,535 events.
+and the reader goes on; the fence is in the feed, at the claim's position, like
+any stored record. An event's position is its claim's shifted left 16 bits plus
+its index in the batch from 1, so a batch holds at most 65,535 events.
 """
 
 from __future__ import annotations
@@ -96,10 +96,15 @@ CREATE_TABLES = (
         data blob,
         PRIMARY KEY ((originator_id), originator_version))
         WITH CLUSTERING ORDER BY (originator_version DESC)""",
+    # Crypto-shredding: each aggregate's data key, wrapped by the master key;
+    # b"" once forgotten. Written only with Paxos.
+    """CREATE TABLE IF NOT EXISTS {keyspace}.data_keys (
+        originator_id uuid PRIMARY KEY,
+        wrapped blob)""",
     # The feed's claims: one row per claimed position, FEED_BUCKET to a
     # partition; `head` is the bucket's next free position, advanced only by
-    # Paxos. `committed` is a hint written after the batch's events (true) or
-    # after a write known never to have happened (false); the events decide.
+    # Paxos. `abandoned` is a hint from a writer whose events write is known
+    # never to have begun; otherwise the events alone say what became of a claim.
     """CREATE TABLE IF NOT EXISTS {keyspace}.feed (
         bucket bigint,
         position bigint,
@@ -107,10 +112,10 @@ CREATE_TABLES = (
         originator_id uuid,
         originator_version bigint,
         size int,
-        committed boolean,
+        abandoned boolean,
         PRIMARY KEY ((bucket), position))""",
 )
-TABLES = ("events", "snapshots", "feed")
+TABLES = ("events", "snapshots", "data_keys", "feed")
 # Keyspaces made before the feed existed: their events table gains the column.
 ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
 # An event's position is its batch's claim; the fence uses the same statement.
@@ -127,12 +132,12 @@ CLAIM_ROW = (
     "VALUES (?, ?, ?, ?, ?)"
 )
 # A plain write, never read by Paxos: only a hint for readers.
-MARK_CLAIM = "UPDATE {keyspace}.feed SET committed = ? WHERE bucket = ? AND position = ?"
+ABANDON_CLAIM = "UPDATE {keyspace}.feed SET abandoned = true WHERE bucket = ? AND position = ?"
 SELECT_HEAD = "SELECT head FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
 # A claim's age is the coordinator's clock minus the claim's Paxos timestamp:
 # server clocks on both sides, never the client's.
 SELECT_CLAIMS = (
-    "SELECT position, originator_id, originator_version, size, committed, "
+    "SELECT position, originator_id, originator_version, size, abandoned, "
     "writetime(originator_id), toUnixTimestamp(currentTimestamp()) "
     "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
 )
@@ -149,6 +154,11 @@ INSERT_SNAPSHOT = (
     "INSERT INTO {keyspace}.snapshots (originator_id, originator_version, topic, data) "
     "VALUES (?, ?, ?, ?)"
 )
+SELECT_DATA_KEY = "SELECT wrapped FROM {keyspace}.data_keys WHERE originator_id = ?"
+INSERT_DATA_KEY = (
+    "INSERT INTO {keyspace}.data_keys (originator_id, wrapped) VALUES (?, ?) IF NOT EXISTS"
+)
+FORGET_DATA_KEY = "UPDATE {keyspace}.data_keys SET wrapped = 0x WHERE originator_id = ? IF EXISTS"
 # Key rotation's compare-and-set: with Paxos, as every other write of an event row.
 REWRITE_EVENT = (
     "UPDATE {keyspace}.events SET data = ? WHERE originator_id = ? AND originator_version = ? "
@@ -445,9 +455,12 @@ class CassandraRecorder(Recorder):
                 select_ids=session.prepare(SELECT_AGGREGATE_IDS.format(keyspace=ks)),
                 select_ids_after=session.prepare(SELECT_AGGREGATE_IDS_AFTER.format(keyspace=ks)),
                 rewrite_event=session.prepare(REWRITE_EVENT.format(keyspace=ks)),
+                select_data_key=session.prepare(SELECT_DATA_KEY.format(keyspace=ks)),
+                insert_data_key=session.prepare(INSERT_DATA_KEY.format(keyspace=ks)),
+                forget_data_key=session.prepare(FORGET_DATA_KEY.format(keyspace=ks)),
                 claim_head=session.prepare(CLAIM_HEAD.format(keyspace=ks)),
                 claim_row=session.prepare(CLAIM_ROW.format(keyspace=ks)),
-                mark_claim=session.prepare(MARK_CLAIM.format(keyspace=ks)),
+                abandon_claim=session.prepare(ABANDON_CLAIM.format(keyspace=ks)),
                 select_head=session.prepare(SELECT_HEAD.format(keyspace=ks)),
                 select_claims=session.prepare(SELECT_CLAIMS.format(keyspace=ks)),
                 select_claimed=session.prepare(SELECT_CLAIMED.format(keyspace=ks)),
@@ -531,11 +544,9 @@ class CassandraRecorder(Recorder):
             result = session.execute(statement, execution_profile=WRITE_PROFILE)
         except _DRIVER_ERRORS as exc:
             if position is not None and _not_stored(exc):
-                self._mark(position, committed=False)  # readers need not wait to void it
+                self._abandon(position)  # readers need not wait to void it
             raise self._write_error(exc, batch) from exc
         if result.was_applied:
-            if position is not None:
-                self._mark(position, committed=True)
             return
         existing = {row[0]: row for row in _stored_rows(result)}
         if _all_ours(existing, batch):
@@ -545,7 +556,8 @@ class CassandraRecorder(Recorder):
             return
         versions = sorted(v for v in existing if v in {r.originator_version for r in batch})
         version = versions[0] if versions else batch[0].originator_version
-        if existing.get(version, (0, ""))[1] == FENCE_TOPIC:
+        fenced = existing.get(version, (0, ""))[1] == FENCE_TOPIC
+        if fenced and _stored_position(result, version) == position:
             raise ConcurrencyError(
                 f"aggregate {batch[0].originator_id}: version {version} was fenced off by a "
                 f"feed reader, this save having taken longer than feed_fence_after "
@@ -683,12 +695,12 @@ class CassandraRecorder(Recorder):
                 low = middle
         return head_of(low) or low * self._bucket
 
-    def _mark(self, position: int, *, committed: bool) -> None:
-        """Note on a claim whether its events were stored: a hint that readers may use,
-        sent without waiting (a lost hint costs a reader one extra read, or a wait)."""
-        params = (committed, position // self._bucket, position)
+    def _abandon(self, position: int) -> None:
+        """Say on a claim that its events were never written, so that readers void it
+        at once instead of fencing it later. Sent without waiting: only a hint."""
+        params = (position // self._bucket, position)
         try:
-            future = self._session().execute_async(self._statements.mark_claim, params)
+            future = self._session().execute_async(self._statements.abandon_claim, params)
         except _DRIVER_ERRORS as exc:
             log.debug("%s: no hint on feed claim %d: %s", self.url, position, exc)
             return
@@ -767,14 +779,14 @@ class CassandraRecorder(Recorder):
         records = self._claimed(claim, future)
         if records is not None:
             return records
-        if claim.committed is False:
-            # Its writer knows its write never started (and claims anew to retry).
+        if claim.abandoned:
+            # Its writer knows its write never began (and claims anew to retry).
             return []
-        if claim.committed is None and claim.now * 1000 - claim.written < self._fence_after:
+        if claim.now * 1000 - claim.written < self._fence_after:
             return None  # young: its writer is most likely still at work
-        if claim.committed is None:
-            self._fence(claim)
-        # Fenced, or the events are stored and this read missed them: read through Paxos.
+        self._fence(claim)
+        # Fenced, or the batch is there (Paxos completed it first): read through Paxos,
+        # which sees what the fence saw even below QUORUM.
         return self._claimed(claim, self._read_claimed(claim, serial=True))
 
     def _claimed(self, claim: _ClaimRow, future: Any) -> list[Record] | None:
@@ -906,6 +918,42 @@ class CassandraRecorder(Recorder):
             ) from exc
         return replaced
 
+    # -- data keys (crypto-shredding)
+
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        try:
+            row = self._session().execute(self._statements.select_data_key, (originator_id,)).one()
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: cannot read the data key of {originator_id}: {exc}"
+            ) from exc
+        return None if row is None else bytes(row[0] or b"")
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        try:
+            result = self._session().execute(
+                self._statements.insert_data_key, (originator_id, wrapped)
+            )
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: cannot store the data key of {originator_id}: {exc}"
+            ) from exc
+        if result.was_applied:
+            return wrapped
+        return bytes(_column(result, "wrapped") or b"")  # another writer's (or a tombstone)
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        """A tombstone (``b""``), with Paxos so that no concurrent put can outlive it."""
+        session = self._session()
+        try:
+            inserted = session.execute(self._statements.insert_data_key, (originator_id, b""))
+            if not inserted.was_applied:
+                session.execute(self._statements.forget_data_key, (originator_id,))
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: cannot forget the data key of {originator_id}: {exc}"
+            ) from exc
+
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
@@ -956,9 +1004,12 @@ class _Statements:
     select_ids: Any
     select_ids_after: Any
     rewrite_event: Any
+    select_data_key: Any
+    insert_data_key: Any
+    forget_data_key: Any
     claim_head: Any
     claim_row: Any
-    mark_claim: Any
+    abandon_claim: Any
     select_head: Any
     select_claims: Any
     select_claimed: Any
@@ -994,7 +1045,7 @@ class _ClaimRow:
     originator_id: UUID
     originator_version: int
     size: int
-    committed: bool | None
+    abandoned: bool | None
     written: int  # the claim's Paxos timestamp, microseconds
     now: int  # the reading coordinator's clock, milliseconds
 
@@ -1111,6 +1162,15 @@ def _stored_rows(result: Any) -> list[tuple[int, str, bytes]]:
     names = list(result.column_names)
     at = [names.index(c) for c in ("originator_version", "topic", "data")]
     return [(row[at[0]], row[at[1]], row[at[2]]) for row in result.current_rows]
+
+
+def _stored_position(result: Any, version: int) -> int | None:
+    """The feed position of the row at ``version`` a conditional write found in its way."""
+    names = list(result.column_names)
+    if "position" not in names:
+        return None
+    at, position = names.index("originator_version"), names.index("position")
+    return next((row[position] for row in result.current_rows if row[at] == version), None)
 
 
 def _all_ours(existing: Mapping[int, tuple[int, str, bytes]], batch: Sequence[Record]) -> bool:
