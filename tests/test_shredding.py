@@ -95,9 +95,12 @@ def test_forget_needs_a_key_per_aggregate(fresh_store_url: str) -> None:
 def test_the_wrong_master_key_cannot_unwrap_data_keys(app: Application) -> None:
     aggregate = create_example_aggregate("x")
     aggregate.save()
-    with Application(
-        store=app.recorder, cipher=AESCipher(AESCipher.generate_key()), key_per_aggregate=True
-    ) as other, pytest.raises(IntegrityError, match="wrong key"):
+    with (
+        Application(
+            store=app.recorder, cipher=AESCipher(AESCipher.generate_key()), key_per_aggregate=True
+        ) as other,
+        pytest.raises(IntegrityError, match="wrong key"),
+    ):
         other.repository[aggregate.id]
 
 
