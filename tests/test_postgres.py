@@ -31,7 +31,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+from cairn import Application
 from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
+from cairn.examples.everything import ExampleAggregateRoot, create_example_aggregate
+from cairn.projections import PostgresViews, Projection, ProjectionRunner
 from cairn.stores import Record, open_store, redact
 from cairn.stores.postgres import MULTI_ROW_MAX, PostgresRecorder
 from tests.conftest import STORES
@@ -443,3 +446,68 @@ def first_use(url: str, start: str) -> None:
 
 if __name__ == "__main__":
     {"save-loop": save_loop, "first-use": first_use}[sys.argv[1]](*sys.argv[2:])
+
+
+class NameIndex(Projection[Any]):
+    """A read model in PostgreSQL: each example aggregate's current foo."""
+
+    name = "name_index"
+
+    def setup(self, tx: Any) -> None:
+        tx.execute("CREATE TABLE IF NOT EXISTS name_index (id uuid PRIMARY KEY, foo text)")
+
+    def process(self, tx: Any, event: Any) -> None:
+        if isinstance(event, ExampleAggregateRoot.Created):
+            tx.execute("INSERT INTO name_index VALUES (%s, %s)", (event.originator_id, event.foo))
+        elif isinstance(event, ExampleAggregateRoot.AttributeChanged):
+            tx.execute(
+                "UPDATE name_index SET foo = %s WHERE id = %s", (event.value, event.originator_id)
+            )
+
+
+class CrashingIndex(NameIndex):
+    def process(self, tx: Any, event: Any) -> None:
+        super().process(tx, event)
+        if isinstance(event, ExampleAggregateRoot.AttributeChanged):
+            raise RuntimeError("crash mid-page")
+
+
+def test_a_postgres_read_model_commits_with_its_position_exactly_once(
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str]
+) -> None:
+    schema = new_schema()
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    views_url = with_params(SERVER_URL, options=f"-csearch_path={schema}")
+    with Application(store=with_params(SERVER_URL, schema=schema)) as app:
+        aggregates = [create_example_aggregate(f"n{i}") for i in range(20)]
+        app.save(*aggregates)
+        for a in aggregates:
+            a.foo = a.foo + " changed"
+        app.save(*aggregates)
+        views = PostgresViews(views_url)
+        with pytest.raises(RuntimeError, match="crash"):
+            ProjectionRunner(app.feed, CrashingIndex(), views, page_size=100).run_once()
+        with views.transaction() as tx:
+            assert views.position(tx, "name_index") == 0  # the crashed page left nothing
+        # (its table too: set up in the same transaction, so rolled back with it)
+        assert views.connection().execute("SELECT to_regclass('name_index')").fetchone() == (None,)
+        runners = [
+            ProjectionRunner(app.feed, NameIndex(), PostgresViews(views_url), page_size=3)
+            for _ in range(3)
+        ]
+        failures: list[BaseException] = []
+
+        def run(runner: ProjectionRunner[Any]) -> None:
+            try:
+                runner.catch_up()
+            except BaseException as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in runners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rows = dict(views.connection().execute("SELECT id, foo FROM name_index").fetchall())
+    assert not failures, failures
+    assert rows == {a.id: a.foo for a in aggregates}

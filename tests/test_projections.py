@@ -79,11 +79,20 @@ def test_two_runners_of_one_projection_take_turns(app: Application, tmp_path: Pa
     ]
     aggregates = [create_example_aggregate(f"n{i}") for i in range(30)]
     app.save(*aggregates)
-    threads = [threading.Thread(target=runner.catch_up) for runner in runners]
+    failures: list[BaseException] = []
+
+    def run(runner: ProjectionRunner[Any]) -> None:
+        try:
+            runner.catch_up()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(runner,)) for runner in runners]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert not failures, failures
     assert {k: v for k, v in rows(runners[0].views).items()} == {  # type: ignore[arg-type]
         str(a.id): (a.foo, 0, 1, 0) for a in aggregates
     }

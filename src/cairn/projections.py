@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from cairn.application import Feed
 from cairn.domain import DomainEvent
 from cairn.errors import StoreError
+from cairn.stores import redact
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class ViewStore(ABC, Generic[T]):
 
     @abstractmethod
     def transaction(self) -> Any:
-        """A context manager: the transaction read-model changes and positions commit in."""
+        """A context manager: the transaction read-model changes and positions commit in
+        (one per page; read-model changes made through it commit or roll back with it)."""
 
     @abstractmethod
     def position(self, tx: T, name: str) -> int:
@@ -100,6 +102,60 @@ class SQLiteViews(ViewStore[sqlite3.Connection]):
         tx.execute(self.UPSERT, (name, position))
 
 
+class PostgresViews(ViewStore[Any]):
+    """Read models in a PostgreSQL database: the projection writes through the
+    ``psycopg.Connection`` it is given, inside the transaction its position commits in.
+
+    ``url`` is a ``postgresql://`` URL (libpq's, so ``PG*`` variables fill gaps).
+    """
+
+    TRACKING = "CREATE TABLE IF NOT EXISTS cairn_tracking (name text PRIMARY KEY, position bigint NOT NULL)"
+    SELECT = "SELECT position FROM cairn_tracking WHERE name = %s"
+    UPSERT = (
+        "INSERT INTO cairn_tracking (name, position) VALUES (%s, %s) "
+        "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position"
+    )
+    # Taken before the position is read and held until the page commits: a second
+    # runner of the same projection waits its turn (there may be no row to lock yet).
+    LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.url = url
+        self._local = threading.local()
+        with self.transaction() as conn:
+            conn.execute(self.TRACKING)
+
+    def connection(self) -> Any:
+        """This thread's connection (for reading the read model)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            try:
+                conn = self._psycopg.connect(self.url, autocommit=True)
+            except self._psycopg.Error as exc:
+                raise StoreError(
+                    f"cannot connect to the view store {redact(self.url)}: {exc}"
+                ) from exc
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        conn = self.connection()
+        with conn.transaction():
+            yield conn
+
+    def position(self, tx: Any, name: str) -> int:
+        tx.execute(self.LOCK, (f"cairn.projection.{name}",))
+        row = tx.execute(self.SELECT, (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_position(self, tx: Any, name: str, position: int) -> None:
+        tx.execute(self.UPSERT, (name, position))
+
+
 class ProjectionRunner(Generic[T]):
     """Follows a feed and keeps one projection's read model up to date, exactly once."""
 
@@ -116,15 +172,15 @@ class ProjectionRunner(Generic[T]):
         """Process one page of new events; the number processed (0 when caught up)."""
         name = self.projection.name
         with self.views.transaction() as tx:
+            after = self.views.position(tx, name)  # locks out other runners first
             if not self._set_up:
                 self.projection.setup(tx)
-                self._set_up = True
-            after = self.views.position(tx, name)
             page = self.feed.read(after, self.page_size)
             for _, event in page:
                 self.projection.process(tx, event)
             if page:
                 self.views.set_position(tx, name, page[-1][0])
+        self._set_up = True  # only once committed: a rolled-back setup is set up again
         return len(page)
 
     def catch_up(self, progress: Callable[[int], None] | None = None) -> int:
