@@ -78,17 +78,19 @@ def outage(
         app.save(counter)
         loop = SaveLoop(app, counter.id)
         loop.start()
-        time.sleep(2)
-        before = loop.outcomes["acknowledged"]
-        take_down()
-        time.sleep(3)
-        bring_back()
-        deadline = time.monotonic() + 120
-        resumed_at = loop.outcomes["acknowledged"]
-        while loop.outcomes["acknowledged"] < resumed_at + 20 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        loop.stop.set()
-        loop.join(timeout=120)
+        try:
+            time.sleep(2)
+            before = loop.outcomes["acknowledged"]
+            take_down()
+            time.sleep(3)
+            bring_back()
+            deadline = time.monotonic() + 120
+            resumed_at = loop.outcomes["acknowledged"]
+            while loop.outcomes["acknowledged"] < resumed_at + 20 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            loop.stop.set()
+            loop.join(timeout=120)
         events = list(app.events.get(counter.id))
     stored = {e.originator_version for e in events}
     batches: Tally[int] = Tally(e.batch for e in events[1:])  # type: ignore[attr-defined]
@@ -130,10 +132,20 @@ def test_postgres_restarted_mid_run_the_pool_recovers(engine: str, tmp_path: Pat
 
 @pytest.mark.parametrize("engine", sorted(ENGINES & {"cassandra"}))
 def test_cassandra_node_killed_and_restarted_while_saving(engine: str, tmp_path: Path) -> None:
-    pid_file = ROOT / ".cassandra" / "cassandra.pid"
+    pid_file = Path(os.environ.get("CAIRN_CASSANDRA_HOME", ROOT / ".cassandra")) / "cassandra.pid"
 
     def kill() -> None:
-        os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        # The node this checkout started, else the local node another checkout started
+        # (scripts/cassandra-node then starts one of this checkout's in its place).
+        if pid_file.exists():
+            pids = [int(pid_file.read_text().split()[0])]
+        else:
+            found = subprocess.run(["pgrep", "-f", "org.apache.cassandra.service.CassandraDaemon"],
+                                   capture_output=True, text=True)  # fmt: skip
+            pids = [int(p) for p in found.stdout.split()]
+        assert pids, "no local Cassandra node to kill"
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
 
     result = outage(url_of(engine, tmp_path), kill, lambda: run_script("cassandra-node", "start"))
     assert result["before"] > 0 and result["resumed"] >= 20, result
