@@ -132,22 +132,28 @@ def test_postgres_restarted_mid_run_the_pool_recovers(engine: str, tmp_path: Pat
 
 @pytest.mark.parametrize("engine", sorted(ENGINES & {"cassandra"}))
 def test_cassandra_node_killed_and_restarted_while_saving(engine: str, tmp_path: Path) -> None:
-    pid_file = Path(os.environ.get("CAIRN_CASSANDRA_HOME", ROOT / ".cassandra")) / "cassandra.pid"
+    homes: list[str] = []
 
     def kill() -> None:
-        # The node this checkout started, else the local node another checkout started
-        # (scripts/cassandra-node then starts one of this checkout's in its place).
-        if pid_file.exists():
-            pids = [int(pid_file.read_text().split()[0])]
-        else:
-            found = subprocess.run(["pgrep", "-f", "org.apache.cassandra.service.CassandraDaemon"],
-                                   capture_output=True, text=True)  # fmt: skip
-            pids = [int(p) for p in found.stdout.split()]
+        # The local node, whichever checkout started it: noted first is its home (the
+        # parent of its storage folder), so that it restarts on the same data.
+        found = subprocess.run(["pgrep", "-f", "org.apache.cassandra.service.CassandraDaemon"],
+                               capture_output=True, text=True)  # fmt: skip
+        pids = [int(p) for p in found.stdout.split()]
         assert pids, "no local Cassandra node to kill"
         for pid in pids:
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            storage = next(a for a in arguments if a.startswith(b"-Dcassandra.storagedir="))
+            homes.append(str(Path(storage.split(b"=", 1)[1].decode()).parent))
             os.kill(pid, signal.SIGKILL)
 
-    result = outage(url_of(engine, tmp_path), kill, lambda: run_script("cassandra-node", "start"))
+    def restart() -> None:
+        env = {**os.environ, "CAIRN_CASSANDRA_HOME": homes[0]}
+        subprocess.run(
+            [str(ROOT / "scripts" / "cassandra-node"), "start"], env=env, check=True, timeout=300
+        )
+
+    result = outage(url_of(engine, tmp_path), kill, restart)
     assert result["before"] > 0 and result["resumed"] >= 20, result
     assert result["lost"] == [] and result["half"] == [], result
     errors = " ".join(result["errors"])
