@@ -10,8 +10,9 @@ reached is an error, never a skip.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if skipped:
         print(f"\nCAIRN_FORBID_SKIPS=1: {len(skipped)} test(s) skipped, which counts as a failure")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def concurrently(*calls: Callable[[], object]) -> None:
+    """Run the calls in threads at once, wait for all, and re-raise the first failure."""
+    failures: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]

@@ -14,11 +14,28 @@ line per refused batch, ``conflict AGGREGATE_ID``. ``acknowledged(output)`` pars
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 import sys
+from pathlib import Path
 from uuid import UUID
 
 from cairn import Aggregate, Application, ConcurrencyError
+
+ROOT = Path(__file__).resolve().parent.parent
+# What a child process needs to import cairn (from src/) and these tests.
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+
+
+def spawn(*args: object) -> subprocess.Popen[str]:
+    """Start a racer process: ``spawn("one", url, id, writer, batches, size)`` or
+    ``spawn("many", url, writer, batches, "id,id,...")``; read its output with
+    :func:`acknowledged`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.racer", *map(str, args)],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
 
 
 class Counter(Aggregate):

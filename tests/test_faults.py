@@ -3,7 +3,6 @@ is lost, nothing is half-written, and the store still verifies."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -21,10 +20,8 @@ from cairn.mapping import Mapper
 from cairn.stores import open_store
 from cairn.tools import verify
 from tests import racer
-from tests.racer import Counter
+from tests.racer import ENV, Counter
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
 TALLY: list[str] = []  # rows of the fault table, printed at the end of the session
 
 
@@ -45,10 +42,7 @@ def test_a_writer_killed_at_random_moments_leaves_only_whole_batches(
         app.save(counter)
     acknowledged: list[int] = []
     for run in range(kills):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.racer", "one", url, str(counter.id), f"run{run}", "1000000", str(size)],
-            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        proc = racer.spawn("one", url, counter.id, f"run{run}", 1_000_000, size)
         time.sleep(random.uniform(0.8, 2.5))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()

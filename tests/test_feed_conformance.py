@@ -9,15 +9,12 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -26,8 +23,6 @@ from cairn import Application, ConcurrencyError
 from cairn.stores import Record, Recorder, open_store
 from tests import racer
 from tests.racer import Counter
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def records(originator_id: UUID, versions: range) -> list[Record]:
@@ -147,13 +142,9 @@ def test_writers_racing_and_one_killed_while_a_reader_follows(durable_store_url:
         counters = [Counter.create() for _ in range(6)]
         app.save(*counters)
     ids = ",".join(str(c.id) for c in counters)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
 
     def writer(name: str, batches: int) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tests.racer", "many", url, name, str(batches), ids],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        return racer.spawn("many", url, name, batches, ids)
 
     reader = open_store(url)
     followed: list[Record] = []

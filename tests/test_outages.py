@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter as Tally
@@ -24,10 +23,8 @@ import pytest
 from cairn import Application, ConcurrencyError, OutcomeUnknown, StoreError
 from tests import racer
 from tests.conftest import STORES, fill, scheme
-from tests.racer import Counter
+from tests.racer import ROOT, Counter
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
 TALLY: list[str] = []
 
 
@@ -173,22 +170,8 @@ def test_load_many_processes_same_and_different_aggregates(engine: str, tmp_path
         own = [[Counter.create() for _ in range(2)] for _ in range(writers)]
         app.save(*shared, *[c for mine in own for c in mine])
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.racer",
-                "many",
-                url,
-                f"load{n}",
-                "1000000",
-                ",".join(str(c.id) for c in [*shared, *own[n]]),
-            ],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        racer.spawn(
+            "many", url, f"load{n}", 1_000_000, ",".join(str(c.id) for c in [*shared, *own[n]])
         )
         for n in range(writers)
     ]

@@ -37,7 +37,7 @@ from cairn.examples.everything import ExampleAggregateRoot, create_example_aggre
 from cairn.projections import PostgresViews, Projection, ProjectionRunner
 from cairn.stores import Record, open_store, redact
 from cairn.stores.postgres import MULTI_ROW_MAX, PostgresRecorder
-from tests.conftest import STORES
+from tests.conftest import STORES, concurrently
 
 pytestmark = pytest.mark.postgres
 
@@ -495,19 +495,6 @@ def test_a_postgres_read_model_commits_with_its_position_exactly_once(
             ProjectionRunner(app.feed, NameIndex(), PostgresViews(views_url), page_size=3)
             for _ in range(3)
         ]
-        failures: list[BaseException] = []
-
-        def run(runner: ProjectionRunner[Any]) -> None:
-            try:
-                runner.catch_up()
-            except BaseException as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=run, args=(r,)) for r in runners]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        concurrently(*(runner.catch_up for runner in runners))
         rows = dict(views.connection().execute("SELECT id, foo FROM name_index").fetchall())
-    assert not failures, failures
     assert rows == {a.id: a.foo for a in aggregates}

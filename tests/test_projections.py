@@ -11,6 +11,7 @@ import pytest
 from cairn import AESCipher, Application
 from cairn.examples.everything import ExampleIndex, create_example_aggregate
 from cairn.projections import ProjectionRunner, SQLiteViews
+from tests.conftest import concurrently
 
 
 def rows(views: SQLiteViews) -> dict[str, tuple[Any, ...]]:
@@ -79,20 +80,7 @@ def test_two_runners_of_one_projection_take_turns(app: Application, tmp_path: Pa
     ]
     aggregates = [create_example_aggregate(f"n{i}") for i in range(30)]
     app.save(*aggregates)
-    failures: list[BaseException] = []
-
-    def run(runner: ProjectionRunner[Any]) -> None:
-        try:
-            runner.catch_up()
-        except BaseException as exc:
-            failures.append(exc)
-
-    threads = [threading.Thread(target=run, args=(runner,)) for runner in runners]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not failures, failures
+    concurrently(*(runner.catch_up for runner in runners))
     assert {k: v for k, v in rows(runners[0].views).items()} == {  # type: ignore[arg-type]
         str(a.id): (a.foo, 0, 1, 0) for a in aggregates
     }

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -15,8 +11,6 @@ from cairn import Application, ConcurrencyError
 from cairn.stores import Record, Recorder
 from tests import racer
 from tests.racer import Counter
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def records(originator_id: UUID, versions: range, topic: str = "t:E") -> list[Record]:
@@ -166,27 +160,8 @@ def test_racing_processes_one_whole_batch_per_version(durable_store_url: str) ->
         counter = Counter.create()
         app.save(counter)
     writers, batches, size = 3, 8, 3
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.racer",
-                "one",
-                store_url,
-                str(counter.id),
-                f"w{n}",
-                str(batches),
-                str(size),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(writers)
+        racer.spawn("one", store_url, counter.id, f"w{n}", batches, size) for n in range(writers)
     ]
     acknowledged = {}
     for n, proc in enumerate(procs):
