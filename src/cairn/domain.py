@@ -102,13 +102,6 @@ class Fenced(DomainEvent):
         return aggregate
 
 
-class Applies(Protocol):
-    """What an event needs of the aggregate it is applied to."""
-
-    _version: int
-    _modified_on: datetime
-
-
 # --------------------------------------------------------------------------- entities
 
 
