@@ -728,6 +728,14 @@ class CassandraRecorder(Recorder):
         found: list[Record] = []
         while len(found) < limit:
             rows, complete = self._read_claims(claim, min(CLAIMS_PER_READ, limit - len(found) + 1))
+            # Fetch only the claims whose events can fill the page: memory stays bounded
+            # by the page, however large the batches.
+            wanted, events_due = 0, 0
+            while wanted < len(rows) and events_due < limit - len(found):
+                events_due += rows[wanted].size
+                wanted += 1
+            if wanted < len(rows):
+                rows, complete = rows[:wanted], True
             events = [self._read_claimed(row) for row in rows]  # all in flight at once
             for row, future in zip(rows, events, strict=True):
                 records = self._resolve(row, future)
@@ -757,6 +765,7 @@ class CassandraRecorder(Recorder):
             if row[0] != first + n:
                 break  # a gap: claim first + n is made but not visible here yet
             claims.append(_ClaimRow(*row))
+        rows.clear()  # let the response go now (see select_page)
         return claims, len(claims) == limit
 
     def _read_claimed(self, claim: _ClaimRow, serial: bool = False) -> Any:
@@ -795,7 +804,12 @@ class CassandraRecorder(Recorder):
         except _DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
         first = claim.originator_version
-        stored = {v: (t, d, p) for v, t, d, p in rows}
+        stored = {v: (t, d, p) for v, t, d, p in rows.current_rows}
+        # The future and its (cancelled) timeout timer refer to each other: a cycle
+        # only the cyclic garbage collector frees, rarely, so that memory would grow
+        # with the feed read. Breaking it lets each claim's request go at once.
+        rows.current_rows.clear()
+        future._timer = None
         if first not in stored:
             return None
         if stored[first][2] != claim.position:
