@@ -116,121 +116,132 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
 
-    def command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        run: Any,
+        help: str,
+        description: str,
+        *,
+        store: bool = True,
+        aggregate: bool = False,
+        as_json: bool = False,
+        quiet: bool = False,
+    ) -> argparse.ArgumentParser:
+        """A subcommand with the arguments most commands share."""
         sub = commands.add_parser(name, help=help, description=description)
+        if store:
+            sub.add_argument("store", metavar="STORE_URL")
+        if aggregate:
+            sub.add_argument("id", metavar="ID", type=UUID)
+        if as_json:
+            sub.add_argument("--json", action="store_true", help="print JSON")
+        if quiet:
+            sub.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        sub.set_defaults(run=run)
         return sub
 
     demo = command(
         "demo",
+        run_demo,
         "run the seed's 'everything in one app' scenario and show each step",
         "Runs the seed's scenario (encryption, a root entity with child entities, optimistic "
         "concurrency, snapshots every second event, state at an earlier version) on a fresh "
         "store, and shows what happens at each step.",
+        store=False,
     )
     demo.add_argument(
         "--store",
         default="sqlite:///cairn-demo.db",
         help="store URL (default: %(default)s, a file in the working folder, made afresh)",
     )
-    demo.set_defaults(run=run_demo)
-
-    key = command("key", "print a new random AES key", "Prints a new 256-bit key for $CAIRN_KEY.")
+    key = command(
+        "key",
+        run_key,
+        "print a new random AES key",
+        "Prints a new 256-bit key for $CAIRN_KEY.",
+        store=False,
+    )
     key.add_argument("--bytes", type=int, default=32, choices=(16, 24, 32), help="key size")
-    key.set_defaults(run=run_key)
-
     aggregates = command(
         "aggregates",
+        run_aggregates,
         "list the aggregates in a store",
         "Lists each aggregate's id, type and version.",
+        as_json=True,
     )
-    aggregates.add_argument("store", metavar="STORE_URL")
     aggregates.add_argument("--limit", type=int, help="list at most this many")
-    aggregates.add_argument("--json", action="store_true", help="print JSON")
-    aggregates.set_defaults(run=run_aggregates)
-
     events = command(
         "events",
+        run_events,
         "show the events of one aggregate",
         f"Shows an aggregate's events, decoded (decrypted with ${KEY_ENV} when they are "
         "encrypted), or as stored when they cannot be decoded.",
+        aggregate=True,
+        as_json=True,
     )
-    events.add_argument("store", metavar="STORE_URL")
-    events.add_argument("id", metavar="ID", type=UUID)
     events.add_argument("--lte", type=int, metavar="N", help="only events up to version N")
-    events.add_argument("--json", action="store_true", help="print JSON")
-    events.set_defaults(run=run_events)
-
-    snapshots = command(
+    command(
         "snapshots",
+        run_snapshots,
         "show the snapshots of one aggregate",
         "Shows an aggregate's snapshots, newest first.",
+        aggregate=True,
+        as_json=True,
     )
-    snapshots.add_argument("store", metavar="STORE_URL")
-    snapshots.add_argument("id", metavar="ID", type=UUID)
-    snapshots.add_argument("--json", action="store_true", help="print JSON")
-    snapshots.set_defaults(run=run_snapshots)
-
     snapshot = command(
         "snapshot",
+        run_snapshot,
         "(re)build snapshots of every aggregate",
         "Replays every aggregate once and stores a snapshot after every N-th event.",
+        quiet=True,
     )
-    snapshot.add_argument("store", metavar="STORE_URL")
     snapshot.add_argument("--every", type=int, required=True, metavar="N")
-    snapshot.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    snapshot.set_defaults(run=run_snapshot)
-
-    verify = command(
+    command(
         "verify",
+        run_verify,
         "check every record of a store (changes nothing)",
         "Reads every event and each aggregate's newest snapshot: checks that each decrypts "
         f"(with ${KEY_ENV}) and decodes, and that each aggregate's versions have no gap. "
         "Exits 1 if it finds a problem.",
+        as_json=True,
+        quiet=True,
     )
-    verify.add_argument("store", metavar="STORE_URL")
-    verify.add_argument("--json", action="store_true", help="print JSON")
-    verify.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    verify.set_defaults(run=run_verify)
-
-    rotate = command(
+    command(
         "rotate-key",
+        run_rotate_key,
         "re-encrypt every record with a new key (resumable)",
         f"Re-encrypts every event and snapshot with the key in ${KEY_ENV}, decrypting each "
         f"with whichever key of ${OLD_KEYS_ENV} (comma-separated) encrypted it. Records "
         "already under the new key are left alone, so it resumes after an interruption. "
-        f"Meanwhile applications keep reading with KeyRing(new, *old).",
+        "Meanwhile applications keep reading with KeyRing(new, *old).",
+        as_json=True,
+        quiet=True,
     )
-    rotate.add_argument("store", metavar="STORE_URL")
-    rotate.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    rotate.add_argument("--json", action="store_true", help="print JSON")
-    rotate.set_defaults(run=run_rotate_key)
-
     forget = command(
         "forget",
+        run_forget,
         "crypto-shred one aggregate (destroys its data key)",
         "Destroys the data key of one aggregate of a store written with key_per_aggregate=True: "
         "its events and snapshots can then be read by no one, the master key included; the "
         "rest of the store, the feed and the versions stay. This cannot be undone, so it does "
         "nothing without --yes.",
+        aggregate=True,
     )
-    forget.add_argument("store", metavar="STORE_URL")
-    forget.add_argument("id", metavar="ID", type=UUID)
     forget.add_argument("--yes", action="store_true", help="really destroy the key")
-    forget.set_defaults(run=run_forget)
-
     copy = command(
         "copy",
+        run_copy,
         "copy a whole store to another (resumable, verified)",
         "Copies every event, in feed order, and each aggregate's newest snapshot, from one "
         "store to another (e.g. SQLite to Cassandra); records stay encrypted as they are. "
         "Run it again after an interruption: it resumes where it stopped. Verifies the "
         "copy at the end.",
+        store=False,
+        as_json=True,
+        quiet=True,
     )
     copy.add_argument("source", metavar="SRC_URL")
     copy.add_argument("target", metavar="DST_URL")
-    copy.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    copy.add_argument("--json", action="store_true", help="print JSON")
-    copy.set_defaults(run=run_copy)
     return parser
 
 
