@@ -138,22 +138,21 @@ def w3_replay(app: Application, n_events: int, setup_batch: int, repeats: int) -
 
     # Without a snapshot: cairn's repository always looks for one first and
     # finds none; that lookup is part of what users get, so it is timed.
-    no_snap = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        b = app.repository.get(agg_id)
-        no_snap.append((time.perf_counter() - t) * 1000.0)
-        check(b)
+    def timed_gets() -> list[float]:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            b = app.repository.get(agg_id)
+            times.append((time.perf_counter() - t) * 1000.0)
+            check(b)
+        return times
+
+    no_snap = timed_gets()
 
     t = time.perf_counter()
     app.repository.take_snapshot(agg_id)
     take_ms = (time.perf_counter() - t) * 1000.0
-    with_snap = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        b = app.repository.get(agg_id)
-        with_snap.append((time.perf_counter() - t) * 1000.0)
-        check(b)
+    with_snap = timed_gets()
 
     return {
         "events": n_events,

@@ -164,8 +164,7 @@ class Repository(Generic[A]):
         aggregate = self._rebuild(originator_id, lte)
         if aggregate is None:
             raise AggregateNotFound(f"aggregate {originator_id} has no events to snapshot")
-        state = None if aggregate._is_discarded else state_of(aggregate)
-        snapshot = Snapshot(originator_id, aggregate._version - 1, topic_of(type(aggregate)), state)
+        snapshot = snapshot_of(aggregate)
         self.snapshots.put_snapshot(snapshot)
         return snapshot
 
@@ -189,6 +188,12 @@ def state_of(aggregate: Aggregate) -> dict[str, Any]:
     """The aggregate's attributes, as a snapshot stores them (no pending events)."""
     transient = aggregate._transient
     return {k: v for k, v in vars(aggregate).items() if k not in transient}
+
+
+def snapshot_of(aggregate: Aggregate) -> Snapshot:
+    """A snapshot of the aggregate after its last applied event (state None once discarded)."""
+    state = None if aggregate._is_discarded else state_of(aggregate)
+    return Snapshot(aggregate._id, aggregate._version - 1, topic_of(type(aggregate)), state)
 
 
 def aggregate_from_snapshot(snapshot: Snapshot) -> Any:

@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from cairn.application import Application, state_of
+from cairn.application import Application, snapshot_of
 from cairn.domain import Fenced, topic_of
 from cairn.errors import AggregateForgotten, CairnError
-from cairn.mapping import ENCRYPTED, Mapper, Snapshot
+from cairn.mapping import ENCRYPTED, Mapper
 from cairn.stores import Record, Recorder
 
 Progress = Callable[[int, "int | None"], None]
@@ -277,11 +277,7 @@ def rebuild_snapshots(app: Application, every: int, progress: Progress = _no_pro
             if aggregate is None:  # a creation fenced off by a feed reader: no aggregate
                 break
             if (event.originator_version + 1) % every == 0:
-                state = None if aggregate._is_discarded else state_of(aggregate)
-                snapshot = Snapshot(
-                    originator_id, event.originator_version, topic_of(type(aggregate)), state
-                )
-                app.snapshots.put_snapshot(snapshot)
+                app.snapshots.put_snapshot(snapshot_of(aggregate))
                 taken += 1
         progress(n, None)
     return taken
