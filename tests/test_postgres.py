@@ -420,6 +420,40 @@ def batch_of(originator_id: UUID, batch: int) -> list[Record]:
     return records(originator_id, range(batch * BATCH, (batch + 1) * BATCH), batch)
 
 
+# --------------------------------------------------------------------------- the feed
+
+
+def test_a_feed_page_reads_only_its_own_rows_before_the_table_is_analyzed(
+    new_schema: Callable[[], str], admin: psycopg.Connection[Any]
+) -> None:
+    """A new table has no statistics until autovacuum's first ANALYZE; the feed's
+    query must still be an index scan that stops after the page, not a scan and
+    sort of every row after the reader's position (which made a first read of the
+    feed quadratic)."""
+    schema = new_schema()
+    recorder = PostgresRecorder.from_url(with_params(SERVER_URL, schema=schema))
+    try:
+        admin.execute(f'ALTER TABLE "{schema}".events SET (autovacuum_enabled = false)')
+        for _ in range(20):
+            recorder.append(records(uuid4(), range(100)))
+        explain = b"EXPLAIN (ANALYZE, FORMAT JSON) " + recorder._sql.select_feed
+        plan = admin.execute(explain, (0, 100)).fetchone()[0][0]["Plan"]  # type: ignore[index]
+        # The nodes that read the table itself (the index scan, or a heap scan).
+        scanned = sum(node["Actual Rows"] for node in _plan_nodes(plan) if "Relation Name" in node)
+        assert scanned <= 100, f"a page of 100 read {scanned} rows: {plan}"
+        assert [r.position for r in recorder.read_feed(0, 100)] == [
+            r.position for r in recorder.read_feed(0, 2000)[:100]
+        ]
+    finally:
+        recorder.close()
+
+
+def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from _plan_nodes(child)
+
+
 # --------------------------------------------------------------------------- clients
 
 

@@ -12,8 +12,7 @@ import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from cairn.errors import StoreError
@@ -31,12 +30,12 @@ ENGINES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One stored event or snapshot: readable keys, opaque ``data``.
 
     ``position`` is the event's place in the store's feed, when it was read
-    from the feed (None otherwise).
+    from the feed (None otherwise). A named tuple, not a dataclass: every row
+    read builds one, and a tuple is built in less than half the time.
     """
 
     originator_id: UUID
