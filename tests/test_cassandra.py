@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import UUID, uuid4
 
 import pytest
@@ -31,6 +32,7 @@ from cassandra import (
 from cassandra.cluster import Cluster, NoHostAvailable
 from cassandra.connection import ConnectionShutdown
 from cassandra.protocol import ErrorMessage
+from cassandra.query import BatchStatement
 
 from cairn import AESCipher, Application, ConcurrencyError
 from cairn.crypto import KeyRing
@@ -249,20 +251,44 @@ def test_a_save_larger_than_batch_size_fail_threshold_is_stored_whole(
     assert versions_of(recorder, a) == list(range(10))
 
 
-def test_a_save_of_several_aggregates_stops_at_a_conflict_and_names_those_stored(
+def test_a_save_of_several_aggregates_writes_them_all_and_names_those_stored(
     recorder: CassandraRecorder,
 ) -> None:
+    """Each aggregate's batch is its own conditional write, all sent at once: a
+    conflict on one refuses that one alone, and the error lists the others, stored."""
     a, b, c = uuid4(), uuid4(), uuid4()
     recorder.append(records(a, range(2)))
     with pytest.raises(ConcurrencyError) as refused:
         recorder.append([*records(b, range(3)), *records(a, range(1, 3)), *records(c, range(2))])
-    assert refused.value.stored == (b,)
+    assert refused.value.stored == (b, c)
     message = str(refused.value)
     assert f"aggregate {a}: version 1 is already stored" in message
-    assert f"stored before this one: {b}" in message and f"not attempted: {c}" in message
+    assert f"stored: {b}, {c}; {a}: ConcurrencyError." in message
     assert versions_of(recorder, b) == [0, 1, 2]
     assert versions_of(recorder, a) == [0, 1]
-    assert versions_of(recorder, c) == []
+    assert versions_of(recorder, c) == [0, 1]
+
+
+def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_round(
+    fresh_url: str,
+) -> None:
+    recorder = CassandraRecorder.from_url(fresh_url)
+    ids = [uuid4() for _ in range(20)]
+    session = recorder._session()
+    rounds = 0
+    execute = session.execute
+
+    def counting(statement: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal rounds
+        rounds += isinstance(statement, BatchStatement)  # a claim: head and rows, one batch
+        return execute(statement, *args, **kwargs)
+
+    session.execute = counting
+    recorder.append([r for a in ids for r in records(a, range(3))])
+    assert rounds == 1
+    feed = whole_feed(recorder)
+    assert [r.originator_id for r in feed[::3]] == ids and len(feed) == 60
+    recorder.close()
 
 
 def test_an_application_save_of_several_aggregates_keeps_the_pending_events_of_those_not_stored(
@@ -278,10 +304,10 @@ def test_an_application_save_of_several_aggregates_keeps_the_pending_events_of_t
         stale.increment("w", 1, 0)
         with pytest.raises(ConcurrencyError) as refused:
             app.save(first, stale, last)
-        assert refused.value.stored == (first.id,)
-        assert first.collect_events() == ()
-        assert len(stale.collect_events()) == 1 and len(last.collect_events()) == 1
-        assert first.id in app.repository and last.id not in app.repository
+        assert refused.value.stored == (first.id, last.id)
+        assert first.collect_events() == () and last.collect_events() == ()
+        assert len(stale.collect_events()) == 1
+        assert first.id in app.repository and last.id in app.repository
 
 
 # -- outcomes: stored, not stored, or unknown
@@ -355,13 +381,14 @@ def test_a_save_whose_feed_claim_fails_is_not_stored_whatever_the_error(
 def failing_after_the_claim(
     recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    """Every request of the recorder raises ``error`` once a save has claimed its position."""
+    """Every write of the recorder fails with ``error`` once a save has claimed its
+    positions, as the driver reports it: from the request's future."""
     claim = recorder._claim
 
-    def claimed(batch: list[Record]) -> int:
-        position = claim(batch)
-        monkeypatch.setattr(recorder._session(), "execute", _raising(error))
-        return position
+    def claimed(batches: list[list[Record]]) -> list[int]:
+        positions = claim(batches)
+        monkeypatch.setattr(recorder._session(), "execute_async", _failing(recorder, error))
+        return positions
 
     monkeypatch.setattr(recorder, "_claim", claimed)
 
@@ -380,6 +407,23 @@ def test_a_client_timeout_leaves_the_batch_whole_or_absent_and_says_so(url: str)
     recorder.append(batch)
     assert list(recorder.select(a)) == batch
     recorder.close()
+
+
+def _failing(recorder: CassandraRecorder, error: Exception) -> object:
+    """The session's execute_async, failing every write but the hint on an abandoned claim."""
+    session = recorder._session()
+    original = session.execute_async
+
+    class Failed:
+        def result(self) -> None:
+            raise error
+
+    def execute_async(statement: object, *args: object, **kwargs: object) -> object:
+        if statement is recorder._statements.abandon_claim:
+            return original(statement, *args, **kwargs)
+        return Failed()
+
+    return execute_async
 
 
 def _raising(error: Exception) -> object:
@@ -487,13 +531,13 @@ def keys(feed: list[Record]) -> list[tuple[UUID, int]]:
 
 def claim_and_die(recorder: CassandraRecorder, batch: list[Record]) -> int:
     """The first step of a save alone, as a writer does that dies right after it."""
-    return recorder._claim(batch)
+    return recorder._claim([batch])[0]
 
 
 def write_claimed(recorder: CassandraRecorder, batch: list[Record], position: int) -> None:
     """The rest of that save, late: the events as the writer would have written them."""
     original = recorder._claim
-    recorder._claim = lambda _: position  # type: ignore[method-assign]
+    recorder._claim = lambda _: [position]  # type: ignore[method-assign, assignment]
     try:
         recorder.append(batch)
     finally:

@@ -264,8 +264,7 @@ def test_fields_added_later_take_their_defaults() -> None:
     event = Account.create().trigger_event(Account.Opened, balance=Money(Decimal(1), "EUR"))
     record = mapper.to_record(event)
     # A record written before 'tags' existed:
-    old = record._replace(data=record.data.replace(b',"tags":{"#":"tuple","v":[]}', b"")
-    )
+    old = record._replace(data=record.data.replace(b',"tags":{"#":"tuple","v":[]}', b""))
     assert b"tags" not in old.data
     assert mapper.to_event(old) == event
 

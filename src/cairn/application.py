@@ -279,8 +279,9 @@ class Application:
         """Store the pending events of these aggregates as one atomic batch.
 
         On SQLite, PostgreSQL and memory it is all or none. On Cassandra each
-        aggregate's batch is atomic on its own; a :class:`ConcurrencyError`
-        then lists in ``stored`` the aggregates that were stored.
+        aggregate's batch is atomic on its own, and all are written at once; a
+        :class:`ConcurrencyError` then lists in ``stored`` the aggregates that
+        were stored.
         """
         pending = [(a, a.collect_events()) for a in aggregates]
         events = [e for _, batch in pending for e in batch]

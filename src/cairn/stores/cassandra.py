@@ -24,9 +24,11 @@ URL: ``cassandra://[user:password@]host1[:port],host2[:port]/keyspace[?options]`
 A save of one aggregate is one ``INSERT ... IF NOT EXISTS`` per event in a
 single conditional batch on the aggregate's partition: Paxos applies it whole
 or not at all. A save of several aggregates is one such batch per aggregate,
-in order; each is atomic on its own (Cassandra has no multi-partition
-transactions), and a :class:`~cairn.ConcurrencyError` lists in ``stored`` the
-aggregates stored before the conflict.
+all sent at once after one Paxos round has claimed their feed positions; each
+is atomic on its own (Cassandra has no multi-partition transactions), and a
+:class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates stored
+all the same. An error's class is the least certain outcome among the
+aggregates (OutcomeUnknown, then StoreError), and its message names each.
 
 The feed (``docs/feed.md`` has the whole argument): before its events, each
 aggregate's batch CLAIMS the next position of the ``feed`` table, a log whose
@@ -485,18 +487,29 @@ class CassandraRecorder(Recorder):
     # -- events
 
     def append(self, records: Sequence[Record]) -> None:
+        """Store each aggregate's batch as one conditional write: all of them sent at
+        once (after one Paxos round claims their feed positions), each whole or not
+        at all. A refusal names the aggregates that were stored all the same."""
         batches = _by_aggregate(records)
         for batch in batches:  # check every batch before writing any
             self._check(batch)
-        stored: list[UUID] = []
-        for batch in batches:
+        positions = self._claim(batches) if self.settings.feed else [None] * len(batches)
+        session = self._session()
+        sent = []
+        for batch, position in zip(batches, positions, strict=True):
+            statement = self._statement(batch, UNSET_VALUE if position is None else position)
             try:
-                self._append_one(batch)
-            except ConcurrencyError as exc:
-                raise ConcurrencyError(_after(stored, batches, str(exc)), stored) from None
-            except StoreError as exc:  # OutcomeUnknown too: keep the class, add what was stored
-                raise type(exc)(_after(stored, batches, str(exc))) from exc.__cause__
-            stored.append(batch[0].originator_id)
+                sent.append(session.execute_async(statement, execution_profile=WRITE_PROFILE))
+            except _DRIVER_ERRORS as exc:  # refused before it left: not stored
+                sent.append(exc)
+        errors = [
+            self._outcome(batch, position, future)
+            for batch, position, future in zip(batches, positions, sent, strict=True)
+        ]
+        failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
+        if failed:
+            refusal = _refusal(batches, failed)
+            raise refusal from refusal.__cause__ or failed[0][1].__cause__
 
     def _check(self, batch: Sequence[Record]) -> None:
         """Refuse, before anything is sent, a batch that repeats a version or is too large."""
@@ -532,40 +545,41 @@ class CassandraRecorder(Recorder):
             f"{' and '.join(SIZE_SETTINGS)} in cassandra.yaml, or save fewer events at a time"
         )
 
-    def _append_one(self, batch: Sequence[Record]) -> None:
-        """Store one aggregate's records as one conditional write (after claiming their
-        feed position), or raise."""
-        session = self._session()
-        # Claimed first, so that a claim is older than its events: a reader that
-        # finds a claim's events missing knows they are in flight, or never coming.
-        position = self._claim(batch) if self.settings.feed else None
-        statement = self._statement(batch, UNSET_VALUE if position is None else position)
+    def _outcome(
+        self, batch: Sequence[Record], position: int | None, sent: Any
+    ) -> ConcurrencyError | StoreError | None:
+        """None if the batch's conditional write stored it, else the error that says
+        what became of it: refused (ConcurrencyError), not stored, or unknown."""
         try:
-            result = session.execute(statement, execution_profile=WRITE_PROFILE)
+            if isinstance(sent, Exception):
+                raise sent
+            result = sent.result()
         except _DRIVER_ERRORS as exc:
             if position is not None and _not_stored(exc):
                 self._abandon(position)  # readers need not wait to void it
-            raise self._write_error(exc, batch) from exc
+            error = self._write_error(exc, batch)
+            error.__cause__ = exc
+            return error
         if result.was_applied:
-            return
+            return None
         existing = {row[0]: row for row in _stored_rows(result)}
         if _all_ours(existing, batch):
             # Our own write, completed by a later Paxos round that then found its
             # condition false (or stored by a save repeated after OutcomeUnknown):
             # it is stored, whole, at the position it was first written with.
-            return
+            return None
         versions = sorted(v for v in existing if v in {r.originator_version for r in batch})
         version = versions[0] if versions else batch[0].originator_version
         fenced = existing.get(version, (0, ""))[1] == FENCE_TOPIC
         if fenced and _stored_position(result, version) == position:
-            raise ConcurrencyError(
+            return ConcurrencyError(
                 f"aggregate {batch[0].originator_id}: version {version} was fenced off by a "
                 f"feed reader, this save having taken longer than feed_fence_after "
                 f"({self.settings.feed_fence_after:g} s) since it claimed its feed position; "
                 f"nothing of the batch of {_versions(batch)} was stored. Reload the aggregate "
                 "and try again."
             )
-        raise ConcurrencyError(
+        return ConcurrencyError(
             f"aggregate {batch[0].originator_id}: version {version} is already stored "
             f"(stale writer?); nothing of the batch of {_versions(batch)} was stored"
         )
@@ -584,27 +598,28 @@ class CassandraRecorder(Recorder):
 
     # -- the feed: claims
 
-    def _claim(self, batch: Sequence[Record]) -> int:
-        """The feed position claimed for this batch (combined with the claims of other
-        threads' saves in flight), or StoreError: the batch was not stored."""
-        request = _Claim(
-            batch[0].originator_id, min(r.originator_version for r in batch), _span(batch)
-        )
+    def _claim(self, batches: Sequence[Sequence[Record]]) -> list[int]:
+        """The feed positions claimed for these batches (combined with the claims of
+        other threads' saves in flight), or StoreError: none of them was stored."""
+        requests = [
+            _Claim(b[0].originator_id, min(r.originator_version for r in b), _span(b))
+            for b in batches
+        ]
         claims = self._claims
         with claims.ready:
-            claims.queue.append(request)
+            claims.queue.extend(requests)
         while True:
             with claims.ready:
-                while claims.leading and request.position is None and request.error is None:
+                while claims.leading and _waiting(requests):
                     claims.ready.wait()
-                if request.position is not None:
-                    return request.position
-                if request.error is not None:
+                failure = next((r.error for r in requests if r.error is not None), None)
+                if failure is not None:
                     raise StoreError(
-                        f"{self.url}: aggregate {batch[0].originator_id}: the batch of "
-                        f"{_versions(batch)} was not stored: {request.error}"
-                    ) from request.error.__cause__
-                # Nobody leads and ours is still queued: lead (it may not be in this group).
+                        f"{self.url}: {_what(batches)} was not stored: {failure}"
+                    ) from failure.__cause__
+                if not _waiting(requests):
+                    return [r.position for r in requests]  # type: ignore[misc]
+                # Nobody leads and ours are still queued: lead (they may not all be in this group).
                 claims.leading = True
                 group = claims.queue[:CLAIMS_PER_WRITE]
                 del claims.queue[: len(group)]
@@ -1160,15 +1175,44 @@ def _by_aggregate(records: Iterable[Record]) -> list[list[Record]]:
     return list(groups.values())
 
 
-def _after(stored: Sequence[UUID], batches: Sequence[Sequence[Record]], message: str) -> str:
-    """A save's error message, saying which of the save's aggregates were stored."""
+def _waiting(requests: Sequence[_Claim]) -> bool:
+    """Whether some of these claims have neither a position nor an error yet."""
+    return any(r.position is None and r.error is None for r in requests)
+
+
+def _what(batches: Sequence[Sequence[Record]]) -> str:
+    """A save in words: its one aggregate's batch, or how many aggregates it had."""
     if len(batches) == 1:
-        return message
-    later = [str(b[0].originator_id) for b in batches[len(stored) + 1 :]]
-    return (
-        f"{message} This save had {len(batches)} aggregates; stored before this one: "
-        f"{', '.join(map(str, stored)) or 'none'}; not attempted: {', '.join(later) or 'none'}."
+        return f"aggregate {batches[0][0].originator_id}: the batch of {_versions(batches[0])}"
+    ids = ", ".join(str(b[0].originator_id) for b in batches)
+    return f"the save of {len(batches)} aggregates ({ids})"
+
+
+def _refusal(
+    batches: Sequence[Sequence[Record]],
+    failed: Sequence[tuple[Sequence[Record], ConcurrencyError | StoreError]],
+) -> ConcurrencyError | StoreError:
+    """One error for a save some of whose batches were not stored (or may not be).
+
+    Its class is the least certain outcome among them: OutcomeUnknown, else a
+    StoreError, else ConcurrencyError, which then lists the aggregates stored."""
+    first = failed[0][1]
+    if len(batches) == 1:
+        return first
+    errors = [e for _, e in failed]
+    not_stored = {b[0].originator_id for b, _ in failed}
+    stored = [b[0].originator_id for b in batches if b[0].originator_id not in not_stored]
+    message = (
+        f"{first} This save had {len(batches)} aggregates, written at once; "
+        f"stored: {', '.join(map(str, stored)) or 'none'}; "
+        + "; ".join(f"{b[0].originator_id}: {type(e).__name__}" for b, e in failed)
+        + "."
     )
+    if any(isinstance(e, OutcomeUnknown) for e in errors):
+        return OutcomeUnknown(message)
+    if not all(isinstance(e, ConcurrencyError) for e in errors):
+        return StoreError(message)
+    return ConcurrencyError(message, stored)
 
 
 def _stored_rows(result: Any) -> list[tuple[int, str, bytes]]:
