@@ -493,6 +493,8 @@ class CassandraRecorder(Recorder):
         batches = _by_aggregate(records)
         for batch in batches:  # check every batch before writing any
             self._check(batch)
+        # Claimed first, so that a claim is older than its events: a reader that
+        # finds a claim's events missing knows they are in flight, or never coming.
         positions = self._claim(batches) if self.settings.feed else [None] * len(batches)
         session = self._session()
         sent = []
