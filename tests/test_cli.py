@@ -26,12 +26,14 @@ KEY = "0123456789abcdef"
 
 
 def cairn(
-    *args: str, key: str | None = None, check: bool = True
+    *args: str, key: str | None = None, old_keys: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "CAIRN_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_KEY", "CAIRN_OLD_KEYS")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
     if key:
         env["CAIRN_KEY"] = key
+    if old_keys:
+        env["CAIRN_OLD_KEYS"] = old_keys
     result = subprocess.run(
         [sys.executable, "-m", "cairn.cli", *args],
         env=env,
@@ -205,6 +207,23 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     final = json.loads(cairn("verify", durable_store_url, "--json", key=new).stdout)
     assert final["problems"] == [] and final["events"] == 3000 and final["snapshots"] == 1000
     still_old = cairn("verify", durable_store_url, key=old, check=False)
+    assert still_old.returncode == 1 and "wrong key" in still_old.stdout
+
+
+def test_rotate_key_rewraps_the_data_keys_of_a_store_with_a_key_per_aggregate(
+    durable_store_url: str,
+) -> None:
+    new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    with Application(store=durable_store_url, cipher=AESCipher(KEY), key_per_aggregate=True) as app:
+        kept, secret = create_example_aggregate("kept"), create_example_aggregate("secret")
+        app.save(kept, secret)
+        app.forget(secret.id)
+    rotated = cairn("rotate-key", durable_store_url, "--json", key=new, old_keys=KEY)
+    report = json.loads(rotated.stdout)
+    assert (report["data_keys"], report["forgotten"], report["events"]) == (1, 1, 0)
+    verified = json.loads(cairn("verify", durable_store_url, "--json", key=new).stdout)
+    assert verified["problems"] == [] and verified["forgotten_ids"] == [str(secret.id)]
+    still_old = cairn("verify", durable_store_url, key=KEY, check=False)
     assert still_old.returncode == 1 and "wrong key" in still_old.stdout
 
 

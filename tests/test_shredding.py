@@ -7,12 +7,12 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, AggregateForgotten, Application, IntegrityError
-from cairn.crypto import KEY_ID_SIZE
+from cairn import AESCipher, AggregateForgotten, Application, IntegrityError, KeyRing
+from cairn.crypto import KEY_ID_SIZE, DataKeys
 from cairn.examples.everything import create_example_aggregate
 from cairn.mapping import Mapper
 from cairn.stores import Recorder
-from cairn.tools import verify
+from cairn.tools import rotate_key, verify
 
 MASTER = AESCipher(AESCipher.generate_key())
 
@@ -112,3 +112,61 @@ def test_data_keys_are_stored_once_and_forgotten_for_good(recorder: Recorder) ->
     recorder.forget_data_key(a)
     assert recorder.get_data_key(a) == b""
     assert recorder.put_data_key(a, b"third") == b""  # never made anew
+
+
+def test_a_data_key_is_replaced_only_while_it_is_unchanged(recorder: Recorder) -> None:
+    a, never = uuid4(), uuid4()
+    recorder.put_data_key(a, b"first")
+    assert recorder.replace_data_key(a, b"first", b"second")
+    assert recorder.get_data_key(a) == b"second"
+    assert not recorder.replace_data_key(a, b"first", b"third")  # a stale re-wrap
+    assert recorder.get_data_key(a) == b"second"
+    recorder.forget_data_key(a)
+    assert not recorder.replace_data_key(a, b"second", b"fourth")  # forgotten stays forgotten
+    assert not recorder.replace_data_key(a, b"", b"fifth")
+    assert recorder.get_data_key(a) == b""
+    assert not recorder.replace_data_key(never, b"first", b"x")
+    assert recorder.get_data_key(never) is None
+
+
+def test_rotating_the_master_key_rewraps_data_keys_and_leaves_their_records(
+    recorder: Recorder,
+) -> None:
+    old, new = MASTER, AESCipher(AESCipher.generate_key())
+    with Application(store=recorder, cipher=old) as app:
+        legacy = create_example_aggregate("from before key_per_aggregate")
+        app.save(legacy)
+    with Application(store=recorder, cipher=old, key_per_aggregate=True) as app:
+        one, two, gone = (create_example_aggregate(name) for name in ("one", "two", "gone"))
+        for aggregate in (one, two, gone):
+            aggregate.foo = f"{aggregate.foo}, changed"
+        app.save(one, two, gone)
+        app.repository.take_snapshot(one.id)
+        app.forget(gone.id)
+    before = {a.id: stored_bytes(recorder, a.id) for a in (one, two)}
+
+    ring = KeyRing(new, old)
+    report = rotate_key(recorder, Mapper(cipher=ring, data_keys=DataKeys(ring, recorder)))
+    assert (report.aggregates, report.data_keys, report.forgotten) == (4, 2, 1)
+    assert report.events == 1  # the legacy aggregate's, under the master key itself
+    assert {a.id: stored_bytes(recorder, a.id) for a in (one, two)} == before  # untouched
+    for aggregate in (one, two):
+        wrapped = recorder.get_data_key(aggregate.id)
+        assert wrapped and wrapped[:KEY_ID_SIZE] == new.key_id
+    assert recorder.get_data_key(gone.id) == b""
+    again = rotate_key(recorder, Mapper(cipher=ring, data_keys=DataKeys(ring, recorder)))
+    assert (again.data_keys, again.events, again.snapshots) == (0, 0, 0)
+
+    with Application(store=recorder, cipher=new, key_per_aggregate=True) as app:
+        assert app.repository[one.id].foo == "one, changed"
+        assert app.repository[two.id].foo == "two, changed"
+        assert app.repository[legacy.id].foo == "from before key_per_aggregate"
+        with pytest.raises(AggregateForgotten):
+            app.repository[gone.id]
+        checked = verify(recorder, app.mapper)
+        assert checked.problems == [] and checked.forgotten_ids == {gone.id}
+    with (
+        Application(store=recorder, cipher=old, key_per_aggregate=True) as app,
+        pytest.raises(IntegrityError, match="wrong key"),
+    ):
+        app.repository[one.id]

@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"Re-encrypts every event and snapshot with the key in ${KEY_ENV}, decrypting each "
         f"with whichever key of ${OLD_KEYS_ENV} (comma-separated) encrypted it. Records "
         "already under the new key are left alone, so it resumes after an interruption. "
+        "Aggregates with a key of their own (key_per_aggregate) have that key re-wrapped "
+        "instead, their records left as they are. "
         "Meanwhile applications keep reading with KeyRing(new, *old).",
         as_json=True,
         quiet=True,
@@ -384,14 +386,16 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     progress = Progress("re-encrypting records", args.quiet)
     recorder = open_store(args.store)
     try:
-        report = tools.rotate_key(recorder, Mapper(cipher=cipher), progress)
+        mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder))
+        report = tools.rotate_key(recorder, mapper, progress)
     finally:
         recorder.close()
     progress.done(f"{report.events:,} events re-encrypted")
     summary = (
         f"{redact(args.store)}: re-encrypted {report.events:,} events and {report.snapshots:,} "
-        f"snapshots of {report.aggregates:,} aggregates; {report.current:,} events were already "
-        "under the new key"
+        f"snapshots of {report.aggregates:,} aggregates, re-wrapped {report.data_keys:,} "
+        f"aggregates' own keys; {report.current:,} events were already under the new key or "
+        f"under their aggregate's key; {report.forgotten:,} aggregates were forgotten"
     )
     emit(args, vars(report), [summary])
     return EXIT_OK

@@ -123,6 +123,9 @@ class KeyStore(Protocol):
     def forget_data_key(self, originator_id: UUID) -> None:
         """Replace the wrapped key by a tombstone (``b""``)."""
 
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        """Store ``new`` if ``old`` is still there; whether it was replaced."""
+
 
 class DataKeys:
     """Envelope encryption for crypto-shredding: each aggregate's records are encrypted
@@ -175,6 +178,26 @@ class DataKeys:
         self.store.forget_data_key(originator_id)
         with self._lock:
             self._cache.pop(originator_id, None)
+
+    def rewrap(self, originator_id: UUID) -> str:
+        """Wrap the aggregate's data key with the master's current key, if an older key
+        of the ring wraps it: ``"rewrapped"``, ``"current"``, ``"forgotten"`` or
+        ``"none"`` (the aggregate has no key of its own). The records under the data key
+        stay as they are: that is what rotating a master key costs with data keys."""
+        while True:
+            wrapped = self.store.get_data_key(originator_id)
+            if wrapped is None:
+                return "none"
+            if wrapped == b"":
+                return "forgotten"
+            if wrapped[:KEY_ID_SIZE] == self.master.key_id:
+                return "current"
+            ad = _wrapping(originator_id)
+            rewrapped = self.master.encrypt(self.master.decrypt(wrapped, ad), ad)
+            # Compare-and-set: a key forgotten (or re-wrapped) meanwhile is never
+            # overwritten; look again at what is there now.
+            if self.store.replace_data_key(originator_id, wrapped, rewrapped):
+                return "rewrapped"
 
 
 _UNKNOWN = AESCipher(bytes(16))  # a marker: not in the cache

@@ -444,12 +444,12 @@ class Mapper:
         The payload itself is not decoded: only decrypted (with whichever key of
         the key ring encrypted it) and encrypted again, bound to the same record.
         A plain record is encrypted, so this also encrypts a store that was not.
+        With ``data_keys``, a record under its aggregate's own key is left alone
+        (None): rotating the master key re-wraps that key instead
+        (:meth:`~cairn.crypto.DataKeys.rewrap`).
         """
-        if self.cipher is None or self.data_keys is not None:
-            raise ValueError(
-                "resealing needs a cipher, and no key per aggregate (with data keys, rotating "
-                "the master key means re-wrapping them, which cairn does not do yet)"
-            )
+        if self.cipher is None:
+            raise ValueError("resealing needs a cipher, e.g. Mapper(cipher=KeyRing(new, old))")
         kind, what = (b"s", "snapshot") if snapshot else (b"e", "event")
         data = record.data
         if not data:
@@ -458,7 +458,8 @@ class Mapper:
         if flags & ~_KNOWN_FLAGS:
             raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
         if flags & ENCRYPTED:
-            if payload[:KEY_ID_SIZE] == self.cipher.key_id:
+            key_id = payload[:KEY_ID_SIZE]
+            if key_id == self.cipher.key_id or key_id == self._own_key_id(record.originator_id):
                 return None
             payload = self._decrypt(record, payload, kind, what)
         header = _HEADERS[flags | ENCRYPTED]
@@ -467,6 +468,10 @@ class Mapper:
         )
         sealed = header + self.cipher.encrypt(payload, ad)
         return Record(record.originator_id, record.originator_version, record.topic, sealed)
+
+    def _own_key_id(self, originator_id: UUID) -> bytes | None:
+        own = self.data_keys.cipher(originator_id, create=False) if self.data_keys else None
+        return None if own is None else own.key_id
 
     @staticmethod
     def _corrupt(record: Record, what: str, reason: str) -> IntegrityError:

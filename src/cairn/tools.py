@@ -220,7 +220,9 @@ class RotateReport:
     aggregates: int = 0
     events: int = 0  # re-encrypted with the new key
     snapshots: int = 0
-    current: int = 0  # already under the new key (a resumed rotation)
+    current: int = 0  # already under the new key (a resumed rotation), or under a data key
+    data_keys: int = 0  # aggregates' own keys re-wrapped with the new key
+    forgotten: int = 0  # aggregates whose data key was destroyed: nothing to rotate
 
 
 def rotate_key(
@@ -233,10 +235,20 @@ def rotate_key(
     place, bound to the same aggregate, version and topic; records already
     under the new key are left alone, so an interrupted rotation resumes where
     it stopped. Applications with the same key ring read throughout.
+
+    With ``mapper.data_keys`` (a store written with ``key_per_aggregate``), an
+    aggregate's own key is re-wrapped with the new key and its records, under
+    that key, stay as they are; aggregates without one are re-encrypted.
     """
     report = RotateReport()
     for originator_id in iter_aggregate_ids(recorder):
         report.aggregates += 1
+        if mapper.data_keys is not None:
+            outcome = mapper.data_keys.rewrap(originator_id)
+            if outcome == "forgotten":
+                report.forgotten += 1
+                continue
+            report.data_keys += outcome == "rewrapped"
         changes = []
         for record in recorder.select(originator_id):
             # A feed reader's fence (Cassandra) holds no data: nothing to encrypt.

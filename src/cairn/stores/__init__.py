@@ -136,6 +136,12 @@ class Recorder(ABC):
         """Replace the aggregate's wrapped data key by a tombstone, for good."""
         raise NotImplementedError(f"{type(self).__name__} cannot keep data keys")
 
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        """Store ``new`` as the aggregate's wrapped data key if ``old`` is still stored
+        (so that a key forgotten meanwhile stays forgotten); whether it was replaced.
+        Only re-wrapping under a new master key replaces a data key."""
+        raise NotImplementedError(f"{type(self).__name__} cannot keep data keys")
+
     def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
         """At most ``limit`` event records of the feed after ``after``, in feed order.
 

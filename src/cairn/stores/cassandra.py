@@ -161,6 +161,9 @@ INSERT_DATA_KEY = (
     "INSERT INTO {keyspace}.data_keys (originator_id, wrapped) VALUES (?, ?) IF NOT EXISTS"
 )
 FORGET_DATA_KEY = "UPDATE {keyspace}.data_keys SET wrapped = 0x WHERE originator_id = ? IF EXISTS"
+REPLACE_DATA_KEY = (
+    "UPDATE {keyspace}.data_keys SET wrapped = ? WHERE originator_id = ? IF wrapped = ?"
+)
 # Key rotation's compare-and-set: with Paxos, as every other write of an event row.
 REWRITE_EVENT = (
     "UPDATE {keyspace}.events SET data = ? WHERE originator_id = ? AND originator_version = ? "
@@ -460,6 +463,7 @@ class CassandraRecorder(Recorder):
                 select_data_key=session.prepare(SELECT_DATA_KEY.format(keyspace=ks)),
                 insert_data_key=session.prepare(INSERT_DATA_KEY.format(keyspace=ks)),
                 forget_data_key=session.prepare(FORGET_DATA_KEY.format(keyspace=ks)),
+                replace_data_key=session.prepare(REPLACE_DATA_KEY.format(keyspace=ks)),
                 claim_head=session.prepare(CLAIM_HEAD.format(keyspace=ks)),
                 claim_row=session.prepare(CLAIM_ROW.format(keyspace=ks)),
                 abandon_claim=session.prepare(ABANDON_CLAIM.format(keyspace=ks)),
@@ -985,6 +989,18 @@ class CassandraRecorder(Recorder):
                 f"{self.url}: cannot forget the data key of {originator_id}: {exc}"
             ) from exc
 
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        if not old:  # a tombstone is never replaced
+            return False
+        params = (new, originator_id, old)
+        try:
+            result = self._session().execute(self._statements.replace_data_key, params)
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: cannot replace the data key of {originator_id}: {exc}"
+            ) from exc
+        return bool(result.was_applied)
+
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
@@ -1038,6 +1054,7 @@ class _Statements:
     select_data_key: Any
     insert_data_key: Any
     forget_data_key: Any
+    replace_data_key: Any
     claim_head: Any
     claim_row: Any
     abandon_claim: Any

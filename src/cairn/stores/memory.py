@@ -102,6 +102,13 @@ class MemoryRecorder(Recorder):
         with self._lock:
             self._data_keys[originator_id] = b""
 
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        with self._lock:
+            if not old or self._data_keys.get(originator_id) != old:
+                return False
+            self._data_keys[originator_id] = new
+            return True
+
     def put_snapshot(self, record: Record) -> None:
         with self._lock:
             self._snapshots.setdefault(record.originator_id, {})[record.originator_version] = record

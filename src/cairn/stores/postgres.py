@@ -125,6 +125,9 @@ FORGET_DATA_KEY = (
     "INSERT INTO {schema}.data_keys (originator_id, wrapped) VALUES (%s, '') "
     "ON CONFLICT (originator_id) DO UPDATE SET wrapped = ''"
 )
+REPLACE_DATA_KEY = (
+    "UPDATE {schema}.data_keys SET wrapped = %s WHERE originator_id = %s AND wrapped = %s"
+)
 UPSERT_SNAPSHOT = (
     "INSERT INTO {schema}.snapshots (originator_id, originator_version, topic, data) "
     "VALUES (%s, %s, %s, %s) ON CONFLICT (originator_id, originator_version) "
@@ -374,6 +377,13 @@ class PostgresRecorder(Recorder):
         with self._connection("cannot forget a data key") as conn:
             conn.execute(self._sql.forget_data_key, (originator_id,))
 
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        if not old:  # a tombstone is never replaced
+            return False
+        with self._connection("cannot replace a data key") as conn:
+            cursor = conn.execute(self._sql.replace_data_key, (new, originator_id, old))
+            return cursor.rowcount == 1
+
     def put_snapshot(self, record: Record) -> None:
         row = (record.originator_id, record.originator_version, record.topic, record.data)
         with self._connection(f"the snapshot of {record.originator_id} was not stored") as conn:
@@ -416,6 +426,7 @@ class _Statements:
         self.select_data_key = render(SELECT_DATA_KEY)
         self.insert_data_key = render(INSERT_DATA_KEY)
         self.forget_data_key = render(FORGET_DATA_KEY)
+        self.replace_data_key = render(REPLACE_DATA_KEY)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
 

@@ -53,6 +53,7 @@ REWRITE_EVENT = (
 SELECT_DATA_KEY = "SELECT wrapped FROM data_keys WHERE originator_id = ?"
 INSERT_DATA_KEY = "INSERT OR IGNORE INTO data_keys (originator_id, wrapped) VALUES (?, ?)"
 FORGET_DATA_KEY = "INSERT OR REPLACE INTO data_keys (originator_id, wrapped) VALUES (?, x'')"
+REPLACE_DATA_KEY = "UPDATE data_keys SET wrapped = ? WHERE originator_id = ? AND wrapped = ?"
 UPSERT_SNAPSHOT = "INSERT OR REPLACE INTO snapshots (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
 # Writers hold the file's write lock from BEGIN IMMEDIATE to COMMIT, so
 # positions (rowids) are taken in commit order: the feed needs no more than this.
@@ -222,6 +223,12 @@ class SQLiteRecorder(Recorder):
 
     def forget_data_key(self, originator_id: UUID) -> None:
         self._execute(FORGET_DATA_KEY, (originator_id.bytes,), "cannot forget a data key")
+
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        if not old:  # a tombstone is never replaced
+            return False
+        params = (new, originator_id.bytes, old)
+        return self._execute(REPLACE_DATA_KEY, params, "cannot replace a data key").rowcount == 1
 
     def _execute(self, sql: str, params: tuple[object, ...], failure: str) -> sqlite3.Cursor:
         try:
