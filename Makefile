@@ -39,4 +39,4 @@ test: $(VENV)/.installed lint services
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_ACCEPTANCE_STORES='$(CAIRN_TEST_STORES)' \
 		$(PY) -m pytest tests $(wildcard $(ACCEPTANCE))
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_OUTAGE_TESTS=1 \
-		$(PY) -m pytest -s tests/test_outages.py
+		$(PY) -m pytest -s tests/test_outages.py tests/test_cluster.py

@@ -106,13 +106,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 # Each engine's own tests run when that engine is among the stores under test.
-ENGINE_TESTS = {"postgresql": "test_postgres.py", "cassandra": "test_cassandra.py"}
+ENGINE_TESTS = {
+    "postgresql": ["test_postgres.py"],
+    "cassandra": ["test_cassandra.py", "test_cluster.py"],
+}
 collect_ignore = [
-    module for engine, module in ENGINE_TESTS.items() if engine not in {scheme(u) for u in STORES}
+    module
+    for engine, modules in ENGINE_TESTS.items()
+    if engine not in {scheme(u) for u in STORES}
+    for module in modules
 ]
-# Outage tests restart the servers the other tests use: they run in a pytest run of their own.
+# Outage tests restart (or kill) servers: they run in a pytest run of their own.
 if os.environ.get("CAIRN_OUTAGE_TESTS") != "1":
-    collect_ignore.append("test_outages.py")
+    collect_ignore += ["test_outages.py", "test_cluster.py"]
 
 
 def engine_url(engine: str) -> str:

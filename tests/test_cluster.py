@@ -1,0 +1,118 @@
+"""A three-node Cassandra cluster: a save loop at QUORUM survives the loss of a node.
+
+The module starts its own cluster with ``scripts/cassandra-node`` on 127.0.0.2,
+127.0.0.3 and 127.0.0.4 (homes under ``.cassandra-cluster/``, 512 MiB of heap
+each) and stops it at the end. Killing nodes, it runs with the outage tests,
+after the main suite (``make test`` does both; ``CAIRN_OUTAGE_TESTS=1 pytest
+tests/test_cluster.py`` runs it alone).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator
+from uuid import uuid4
+
+import pytest
+
+from cairn import Application
+from cairn.domain import topic_of
+from cairn.stores import Record
+from cairn.stores.cassandra import CassandraRecorder
+from tests.racer import ROOT, Counter
+from tests.test_outages import SaveLoop
+
+HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+HOMES = ROOT / ".cassandra-cluster"
+
+
+def node_env(host: str) -> dict[str, str]:
+    """scripts/cassandra-node's settings for one node of the cluster."""
+    n = HOSTS.index(host)
+    return {
+        **os.environ,
+        "CAIRN_CASSANDRA_HOME": str(HOMES / host),
+        "CAIRN_CASSANDRA_HOST": host,
+        "CAIRN_CASSANDRA_SEEDS": f"{HOSTS[0]}:7000",
+        "CAIRN_CASSANDRA_CLUSTER": "cairn-test-cluster",
+        "CAIRN_CASSANDRA_JMX_PORT": str(7299 + n),  # JMX listens on 127.0.0.1 for every node
+        "CAIRN_CASSANDRA_HEAP": "512M",
+    }
+
+
+def node(command: str, host: str) -> None:
+    script = str(ROOT / "scripts" / "cassandra-node")
+    subprocess.run([script, command], env=node_env(host), check=True, timeout=300)
+
+
+def node_pid(host: str) -> int:
+    return int((HOMES / host / "cassandra.pid").read_text().strip())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """The cluster's URL (with a fresh keyspace, three replicas); the cluster is
+    started from empty and removed afterwards."""
+    shutil.rmtree(HOMES, ignore_errors=True)
+    try:
+        for host in HOSTS:  # one at a time: each joins the ring the ones before made
+            node("start", host)
+        yield f"cassandra://{','.join(HOSTS)}/cluster_{uuid4().hex[:8]}?replication_factor=3"
+    finally:
+        for host in HOSTS:
+            subprocess.run(
+                [str(ROOT / "scripts" / "cassandra-node"), "stop"], env=node_env(host), timeout=300
+            )
+        shutil.rmtree(HOMES, ignore_errors=True)
+
+
+def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None:
+    with Application(store=cluster) as app:
+        recorder = app.recorder
+        assert isinstance(recorder, CassandraRecorder)
+        assert recorder.settings.consistency == "QUORUM"
+        counter = Counter.create()
+        app.save(counter)
+        loop = SaveLoop(app, counter.id)
+        loop.start()
+        try:
+            time.sleep(2)
+            before = loop.outcomes["acknowledged"]
+            os.kill(node_pid(HOSTS[1]), signal.SIGKILL)
+            time.sleep(6)
+            during = loop.outcomes["acknowledged"] - before
+            feed_during = len(recorder.read_feed(0, 100_000))  # the feed reads at QUORUM too
+            node("start", HOSTS[1])
+            time.sleep(2)
+        finally:
+            loop.stop.set()
+            loop.join(timeout=120)
+        events = list(app.events.get(counter.id))
+        feed = [r for r in read_whole_feed(recorder) if r.originator_id == counter.id]
+    stored = {e.originator_version for e in events}
+    batches: Tally[int] = Tally(e.batch for e in events[1:])  # type: ignore[attr-defined]
+    lost = [v for v in loop.acknowledged if v not in stored]
+    half = [b for b, n in batches.items() if n != 10]
+    print(
+        f"\n| one node of three SIGKILLed and restarted while saving (RF 3, QUORUM) | cassandra "
+        f"| 1 | {len(loop.acknowledged)} | {len(lost)} | {len(half)} | "
+        f"{during} acknowledged while the node was down; {dict(loop.outcomes)} |"
+    )
+    assert before > 0 and during >= 20, (before, during, loop.outcomes, loop.errors[:3])
+    assert lost == [] and half == [], (lost, half)
+    assert feed_during > 0
+    assert [(r.originator_version, r.topic) for r in feed] == [
+        (e.originator_version, topic_of(type(e))) for e in events
+    ]
+
+
+def read_whole_feed(recorder: CassandraRecorder) -> list[Record]:
+    feed: list[Record] = []
+    while page := recorder.read_feed(feed[-1].position if feed else 0, 1000):
+        feed += page
+    return feed
