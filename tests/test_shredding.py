@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
@@ -11,7 +12,7 @@ from cairn import AESCipher, AggregateForgotten, Application, IntegrityError, Ke
 from cairn.crypto import KEY_ID_SIZE, DataKeys
 from cairn.examples.everything import create_example_aggregate
 from cairn.mapping import Mapper
-from cairn.stores import Recorder
+from cairn.stores import Recorder, open_store
 from cairn.tools import rotate_key, verify
 
 MASTER = AESCipher(AESCipher.generate_key())
@@ -129,9 +130,18 @@ def test_a_data_key_is_replaced_only_while_it_is_unchanged(recorder: Recorder) -
     assert recorder.get_data_key(never) is None
 
 
+@pytest.fixture
+def fresh_recorder(fresh_store_url: str) -> Iterator[Recorder]:
+    """A store of this test's own, open for the applications that take turns on it."""
+    recorder = open_store(fresh_store_url)
+    yield recorder
+    recorder.close()
+
+
 def test_rotating_the_master_key_rewraps_data_keys_and_leaves_their_records(
-    recorder: Recorder,
+    fresh_recorder: Recorder,
 ) -> None:
+    recorder = fresh_recorder
     old, new = MASTER, AESCipher(AESCipher.generate_key())
     with Application(store=recorder, cipher=old) as app:
         legacy = create_example_aggregate("from before key_per_aggregate")
