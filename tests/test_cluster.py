@@ -81,14 +81,16 @@ def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None
         loop = SaveLoop(app, counter.id)
         loop.start()
         try:
-            time.sleep(2)
+            wait_for(loop, 20)
             before = loop.outcomes["acknowledged"]
             os.kill(node_pid(HOSTS[1]), signal.SIGKILL)
-            time.sleep(6)
+            killed = time.monotonic()
+            wait_for(loop, before + 20)  # 20 more saves with a node down, however slowly
             during = loop.outcomes["acknowledged"] - before
+            down = time.monotonic() - killed
             feed_during = len(recorder.read_feed(0, 100_000))  # the feed reads at QUORUM too
             node("start", HOSTS[1])
-            time.sleep(2)
+            wait_for(loop, loop.outcomes["acknowledged"] + 20)
         finally:
             loop.stop.set()
             loop.join(timeout=120)
@@ -101,7 +103,7 @@ def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None
     print(
         f"\n| one node of three SIGKILLed and restarted while saving (RF 3, QUORUM) | cassandra "
         f"| 1 | {len(loop.acknowledged)} | {len(lost)} | {len(half)} | "
-        f"{during} acknowledged while the node was down; {dict(loop.outcomes)} |"
+        f"{during} acknowledged in the {down:.1f} s the node was down; {dict(loop.outcomes)} |"
     )
     assert before > 0 and during >= 20, (before, during, loop.outcomes, loop.errors[:3])
     assert lost == [] and half == [], (lost, half)
@@ -109,6 +111,15 @@ def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None
     assert [(r.originator_version, r.topic) for r in feed] == [
         (e.originator_version, topic_of(type(e))) for e in events
     ]
+
+
+def wait_for(loop: SaveLoop, acknowledged: int, seconds: float = 120) -> None:
+    """Until the loop has this many saves acknowledged; a failure if that takes too long."""
+    deadline = time.monotonic() + seconds
+    while loop.outcomes["acknowledged"] < acknowledged:
+        assert time.monotonic() < deadline, (acknowledged, loop.outcomes, loop.errors[:3])
+        assert loop.is_alive(), loop.errors[:3]
+        time.sleep(0.1)
 
 
 def read_whole_feed(recorder: CassandraRecorder) -> list[Record]:
