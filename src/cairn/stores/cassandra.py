@@ -64,6 +64,7 @@ from cassandra import (
     DriverException,
     OperationTimedOut,
     ProtocolVersion,
+    ReadTimeout,
     RequestValidationException,
     Unavailable,
 )
@@ -76,7 +77,14 @@ from cassandra.policies import (
     TokenAwarePolicy,
 )
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
-from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, Statement, tuple_factory
+from cassandra.query import (
+    UNSET_VALUE,
+    BatchStatement,
+    BatchType,
+    SimpleStatement,
+    Statement,
+    tuple_factory,
+)
 
 from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
 from cairn.stores import Record, Recorder, query_params, redact
@@ -226,7 +234,9 @@ WRITE_PROFILE = "cairn-write"
 _KEYSPACE_NAME = re.compile(r"[A-Za-z0-9_]{1,48}")
 _HOST = re.compile(r"^(?:\[(?P<ipv6>[^\]]+)\]|(?P<name>[^:\[\]]+))(?::(?P<port>\d+))?$")
 _MAX_VERSION = 2**63 - 1
-_SCHEMA_SETTLING = re.compile(r"does not exist|doesn't exist|unconfigured table|Unknown CF", re.I)
+_SCHEMA_SETTLING = re.compile(
+    r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
+)
 T = TypeVar("T")
 # The native protocol v5 error code for a Paxos write whose outcome is unknown,
 # which this driver version does not name.
@@ -329,6 +339,7 @@ class CassandraRecorder(Recorder):
         connection = self._connect()
         try:
             _settled(lambda: self._ensure_schema(connection))
+            _settled(lambda: self._check_replicas(connection))
             self._statements = _settled(lambda: self._prepare(connection))
             self.max_batch_size = settings.max_batch_size or self._server_write_limit(connection)
         except BaseException:
@@ -421,6 +432,23 @@ class CassandraRecorder(Recorder):
             raise StoreError(f"{self.url}: cannot create {missing}: {exc}") from exc
         if self._missing(connection) == _NO_POSITION:
             self._add_position(connection)
+
+    def _check_replicas(self, connection: _Connection) -> None:
+        """Read each table once from every replica, so that none is used before every
+        node serves it: schema agreement says the nodes have the same schema version,
+        yet a replica can refuse a table made a moment ago (INCOMPATIBLE_SCHEMA). A
+        node that is down or slow is not waited for."""
+        for table in TABLES:
+            query = SimpleStatement(
+                f"SELECT * FROM {self._keyspace}.{table} LIMIT 1",
+                consistency_level=ConsistencyLevel.ALL,
+            )
+            try:
+                connection.session.execute(query, timeout=SCHEMA_WAIT)
+            except (Unavailable, ReadTimeout, OperationTimedOut):
+                return  # a node down or slow: it learns the schema when it is back
+            except _DRIVER_ERRORS as exc:
+                raise StoreError(f"{self.url}: cannot read table {table}: {exc}") from exc
 
     def _missing(self, connection: _Connection) -> str | None:
         """The keyspace or first table (or column) that does not exist yet, in words, or None."""
