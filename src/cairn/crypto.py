@@ -6,7 +6,7 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from typing import Protocol
+from typing import Literal, Protocol
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
@@ -179,7 +179,7 @@ class DataKeys:
         with self._lock:
             self._cache.pop(originator_id, None)
 
-    def rewrap(self, originator_id: UUID) -> str:
+    def rewrap(self, originator_id: UUID) -> Literal["rewrapped", "current", "forgotten", "none"]:
         """Wrap the aggregate's data key with the master's current key, if an older key
         of the ring wraps it: ``"rewrapped"``, ``"current"``, ``"forgotten"`` or
         ``"none"`` (the aggregate has no key of its own). The records under the data key
