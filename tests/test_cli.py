@@ -15,7 +15,7 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application, cli
+from cairn import AESCipher, Application, cli, tools
 from cairn.crypto import KeyRing
 from cairn.examples.everything import EverythingApplication, create_example_aggregate
 from cairn.stores import Record, open_store
@@ -90,6 +90,23 @@ def test_aggregates_lists_ids_types_and_versions(populated: tuple[str, Any]) -> 
         "version": 3,
     }
     assert len(rows) == 2
+
+
+def test_an_aggregate_whose_creation_was_fenced_off_is_listed_as_such(
+    durable_store_url: str,
+) -> None:
+    """On Cassandra a feed reader fences off a writer that died after claiming its feed
+    position: the fence is a record of its own, with no data, at the claimed version."""
+    fenced = uuid4()
+    recorder = open_store(durable_store_url)
+    try:
+        recorder.append([Record(fenced, 0, tools.FENCED_TOPIC, b"")])
+    finally:
+        recorder.close()
+    rows = json.loads(cairn("aggregates", durable_store_url, "--json").stdout)
+    assert rows == [
+        {"id": str(fenced), "type": "(none: its creation was fenced off)", "version": 1}
+    ]
 
 
 def test_events_are_raw_without_the_key_and_decoded_with_it(populated: tuple[str, Any]) -> None:

@@ -39,6 +39,8 @@ def head(recorder: Recorder, originator_id: UUID) -> Record | None:
 
 def aggregate_type(created_topic: str) -> str:
     """The aggregate class's topic, from its first event's topic (``mod:Class.Created``)."""
+    if created_topic == FENCED_TOPIC:  # a Cassandra feed reader fenced off its creation
+        return "(none: its creation was fenced off)"
     module, _, qualname = created_topic.partition(":")
     return f"{module}:{qualname.rpartition('.')[0] or qualname}"
 
