@@ -35,7 +35,7 @@ from cairn import Application
 from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
 from cairn.examples.everything import ExampleAggregateRoot, create_example_aggregate
 from cairn.projections import PostgresViews, Projection, ProjectionRunner
-from cairn.stores import Record, open_store, redact
+from cairn.stores import Record, open_store, postgres, redact
 from cairn.stores.postgres import MULTI_ROW_MAX, PostgresRecorder
 from tests.conftest import STORES, concurrently
 
@@ -418,6 +418,36 @@ def test_a_client_killed_in_a_save_loop_leaves_only_whole_batches(
 def batch_of(originator_id: UUID, batch: int) -> list[Record]:
     """Batch number ``batch`` of the save loop: its events carry the batch number."""
     return records(originator_id, range(batch * BATCH, (batch + 1) * BATCH), batch)
+
+
+@pytest.mark.parametrize("idle_check", [True, False], ids=["idle", "busy"])
+def test_a_pooled_connection_closed_while_idle_is_replaced_before_use(
+    schema: str, admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, idle_check: bool
+) -> None:
+    """After a server restart (here: its backends terminated), a connection that sat
+    unused is checked and replaced before use; one in steady use is not checked, so
+    the first operation on it fails, and says that nothing was stored."""
+    name = unique_name("idle")
+    recorder = PostgresRecorder.from_url(
+        with_params(SERVER_URL, schema=schema, application_name=name, pool_max=1)
+    )
+    try:
+        a = uuid4()
+        recorder.append(records(a, range(1)))
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (name,),
+        )
+        monkeypatch.setattr(postgres, "IDLE_CHECK", 0.0 if idle_check else 3600.0)
+        if idle_check:
+            recorder.append(records(a, range(1, 2)))
+        else:
+            with pytest.raises(StoreError, match="was not stored"):
+                recorder.append(records(a, range(1, 2)))
+            recorder.append(records(a, range(1, 2)))  # the broken connection was replaced
+        assert [r.originator_version for r in recorder.select(a)] == [0, 1]
+    finally:
+        recorder.close()
 
 
 # --------------------------------------------------------------------------- the feed

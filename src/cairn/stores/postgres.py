@@ -17,16 +17,22 @@ A save is one transaction, checked by the primary key (originator id, version): 
 collision is a ConcurrencyError and nothing of the batch is stored. A connection lost
 before COMMIT is a StoreError (the batch was not stored); lost during COMMIT, it is
 OutcomeUnknown (it may or may not be stored: re-read to know).
+
+A pooled connection left unused for more than ``IDLE_CHECK`` seconds is checked
+(an empty query) before it is lent, so that the first operation after a quiet spell
+does not fail on a connection a server restart has closed.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import errors, sql
@@ -145,6 +151,7 @@ SELECT_SNAPSHOT = (
 MULTI_ROW_MAX = 16
 OWN_PARAMS = ("schema", "create", "pool_min", "pool_max", "pool_timeout")
 CONNECT_TIMEOUT = 10  # seconds; libpq would wait forever, psycopg 130 s
+IDLE_CHECK = 5.0  # seconds unused after which a pooled connection is checked before use
 _MAX_VERSION = 2**31 - 1  # originator_version is an integer column
 
 
@@ -173,6 +180,7 @@ class PostgresRecorder(Recorder):
         self._sql = _Statements(schema)
         with self._connect() as conn:
             self._ensure_tables(conn, create)
+        self._last_used: WeakKeyDictionary[psycopg.Connection[Any], float] = WeakKeyDictionary()
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             conninfo,
             min_size=pool_min,
@@ -181,6 +189,7 @@ class PostgresRecorder(Recorder):
             kwargs=self._kwargs,
             name=self.url,
             open=False,
+            check=self._check_if_idle,
         )
         # Connections are made in the background; the first operation waits for one.
         self._pool.open(wait=False)
@@ -262,11 +271,22 @@ class PostgresRecorder(Recorder):
         """A pooled connection; a driver error in the block becomes a StoreError saying ``failure``."""
         try:
             with self._pool.connection() as conn:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    self._last_used[conn] = time.monotonic()
         except (PoolTimeout, PoolClosed) as exc:
             raise StoreError(f"{self.url}: {failure}: no connection: {exc}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"{self.url}: {failure}: {_reason(exc)}") from exc
+
+    def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
+        """Called by the pool before it lends a connection. One left unused for a while
+        (a server restarted since would have closed it) must first answer an empty
+        query, else the pool replaces it: so the first operation after a quiet spell
+        does not fail. A connection in steady use is lent without the round trip."""
+        if time.monotonic() - self._last_used.get(conn, 0.0) > IDLE_CHECK:
+            conn.execute("")
 
     def append(self, records: Sequence[Record]) -> None:
         if not records:
