@@ -39,7 +39,13 @@ from cairn.crypto import KeyRing
 from cairn.errors import OutcomeUnknown, StoreError
 from cairn.mapping import Mapper
 from cairn.stores import Record, open_store
-from cairn.stores.cassandra import FENCE_TOPIC, WRITE_PROFILE, CassandraRecorder, parse_url
+from cairn.stores.cassandra import (
+    FENCE_TOPIC,
+    WRITE_PROFILE,
+    CassandraRecorder,
+    _refusal,
+    parse_url,
+)
 from tests.racer import Counter
 
 pytestmark = pytest.mark.cassandra
@@ -267,6 +273,25 @@ def test_a_save_of_several_aggregates_writes_them_all_and_names_those_stored(
     assert versions_of(recorder, b) == [0, 1, 2]
     assert versions_of(recorder, a) == [0, 1]
     assert versions_of(recorder, c) == [0, 1]
+
+
+def test_a_refused_save_of_several_aggregates_takes_the_class_of_its_least_certain_outcome() -> (
+    None
+):
+    """cairn's rule, not Cassandra's: one refused batch among stored ones is a
+    ConcurrencyError listing those stored; any unknown outcome makes the whole save's
+    outcome unknown; else any other failure makes it a StoreError."""
+    a, b, c = uuid4(), uuid4(), uuid4()
+    batches = [records(a, range(1)), records(b, range(1)), records(c, range(1))]
+    conflict, lost = ConcurrencyError("a: conflict"), StoreError("b: not stored")
+    unknown = OutcomeUnknown("b: may or may not be stored")
+    refusal = _refusal(batches, [(batches[0], conflict)])
+    assert type(refusal) is ConcurrencyError and refusal.stored == (b, c)
+    assert f"stored: {b}, {c}; {a}: ConcurrencyError." in str(refusal)
+    assert type(_refusal(batches, [(batches[0], conflict), (batches[1], lost)])) is StoreError
+    mixed = _refusal(batches, [(batches[0], conflict), (batches[1], unknown)])
+    assert type(mixed) is OutcomeUnknown and f"{b}: OutcomeUnknown" in str(mixed)
+    assert _refusal(batches[:1], [(batches[0], unknown)]) is unknown
 
 
 def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_round(
