@@ -39,6 +39,7 @@ from cairn.crypto import KeyRing
 from cairn.errors import OutcomeUnknown, StoreError
 from cairn.mapping import Mapper
 from cairn.stores import Record, open_store
+from cairn.stores import cassandra as cassandra_store
 from cairn.stores.cassandra import (
     FENCE_TOPIC,
     WRITE_PROFILE,
@@ -295,8 +296,10 @@ def test_a_refused_save_of_several_aggregates_takes_the_class_of_its_least_certa
 
 
 def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_round(
-    fresh_url: str,
+    fresh_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """...and sends their batches in waves of at most WRITES_IN_FLIGHT (here 7)."""
+    monkeypatch.setattr(cassandra_store, "WRITES_IN_FLIGHT", 7)
     recorder = CassandraRecorder.from_url(fresh_url)
     ids = [uuid4() for _ in range(20)]
     session = recorder._session()

@@ -200,6 +200,7 @@ CLAIMS_PER_WRITE = 100  # claims of concurrent saves in one process, combined in
 CLAIM_ATTEMPTS = 1000  # Paxos rounds a claim may lose to other writers before giving up
 CLAIM_RETRIES = 2  # a claim that failed (timeout, overload) is tried again this often
 CLAIMS_PER_READ = 100  # claims a feed reader fetches (and resolves concurrently) per query
+WRITES_IN_FLIGHT = 128  # a save's batches sent at once, at most: a larger save goes in waves
 DEFAULT_FENCE_AFTER = 5.0
 
 # The server settings that bound one write request (a conditional batch is one
@@ -528,18 +529,13 @@ class CassandraRecorder(Recorder):
         # Claimed first, so that a claim is older than its events: a reader that
         # finds a claim's events missing knows they are in flight, or never coming.
         positions = self._claim(batches) if self.settings.feed else [None] * len(batches)
-        session = self._session()
-        sent = []
-        for batch, position in zip(batches, positions, strict=True):
-            statement = self._statement(batch, UNSET_VALUE if position is None else position)
-            try:
-                sent.append(session.execute_async(statement, execution_profile=WRITE_PROFILE))
-            except _DRIVER_ERRORS as exc:  # refused before it left: not stored
-                sent.append(exc)
-        errors = [
-            self._outcome(batch, position, future)
-            for batch, position, future in zip(batches, positions, sent, strict=True)
-        ]
+        errors: list[ConcurrencyError | StoreError | None] = []
+        for start in range(0, len(batches), WRITES_IN_FLIGHT):
+            wave = range(start, min(start + WRITES_IN_FLIGHT, len(batches)))
+            sent = [self._send(batches[i], positions[i]) for i in wave]
+            errors += [
+                self._outcome(batches[i], positions[i], f) for i, f in zip(wave, sent, strict=True)
+            ]
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
         if failed:
             refusal = _refusal(batches, failed)
@@ -578,6 +574,15 @@ class CassandraRecorder(Recorder):
             f"the {limit} a Cassandra node accepts in one write; raise "
             f"{' and '.join(SIZE_SETTINGS)} in cassandra.yaml, or save fewer events at a time"
         )
+
+    def _send(self, batch: Sequence[Record], position: int | None) -> Any:
+        """The batch's conditional write, sent: its future, or the error that kept it
+        from leaving (then it is not stored)."""
+        statement = self._statement(batch, UNSET_VALUE if position is None else position)
+        try:
+            return self._session().execute_async(statement, execution_profile=WRITE_PROFILE)
+        except _DRIVER_ERRORS as exc:
+            return exc
 
     def _outcome(
         self, batch: Sequence[Record], position: int | None, sent: Any
