@@ -24,7 +24,8 @@ URL: ``cassandra://[user:password@]host1[:port],host2[:port]/keyspace[?options]`
 A save of one aggregate is one ``INSERT ... IF NOT EXISTS`` per event in a
 single conditional batch on the aggregate's partition: Paxos applies it whole
 or not at all. A save of several aggregates is one such batch per aggregate,
-all sent at once after one Paxos round has claimed their feed positions; each
+sent together (up to 128 at a time) after one Paxos round has claimed their
+feed positions; each
 is atomic on its own (Cassandra has no multi-partition transactions), and a
 :class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates stored
 all the same. An error's class is the least certain outcome among the
@@ -520,9 +521,9 @@ class CassandraRecorder(Recorder):
     # -- events
 
     def append(self, records: Sequence[Record]) -> None:
-        """Store each aggregate's batch as one conditional write: all of them sent at
-        once (after one Paxos round claims their feed positions), each whole or not
-        at all. A refusal names the aggregates that were stored all the same."""
+        """Store each aggregate's batch as one conditional write: sent together, in
+        waves of WRITES_IN_FLIGHT (after one Paxos round claims their feed positions),
+        each whole or not at all. A refusal names the aggregates stored all the same."""
         batches = _by_aggregate(records)
         for batch in batches:  # check every batch before writing any
             self._check(batch)
