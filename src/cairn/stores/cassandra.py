@@ -25,11 +25,11 @@ A save of one aggregate is one ``INSERT ... IF NOT EXISTS`` per event in a
 single conditional batch on the aggregate's partition: Paxos applies it whole
 or not at all. A save of several aggregates is one such batch per aggregate,
 sent together (up to 128 at a time) after one Paxos round has claimed their
-feed positions; each
-is atomic on its own (Cassandra has no multi-partition transactions), and a
-:class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates stored
-all the same. An error's class is the least certain outcome among the
-aggregates (OutcomeUnknown, then StoreError), and its message names each.
+feed positions; each is atomic on its own (Cassandra has no multi-partition
+transactions), and a :class:`~cairn.ConcurrencyError` lists in ``stored`` the
+aggregates stored all the same. An error's class is the least certain outcome
+among the aggregates (OutcomeUnknown, then StoreError), and its message names
+each.
 
 The feed (``docs/feed.md`` has the whole argument): before its events, each
 aggregate's batch CLAIMS the next position of the ``feed`` table, a log whose
