@@ -990,23 +990,13 @@ class CassandraRecorder(Recorder):
     # -- data keys (crypto-shredding)
 
     def get_data_key(self, originator_id: UUID) -> bytes | None:
-        try:
-            row = self._session().execute(self._statements.select_data_key, (originator_id,)).one()
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(
-                f"{self.url}: cannot read the data key of {originator_id}: {exc}"
-            ) from exc
+        failure = f"cannot read the data key of {originator_id}"
+        row = self._execute(self._statements.select_data_key, (originator_id,), failure).one()
         return None if row is None else bytes(row[0] or b"")
 
     def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
-        try:
-            result = self._session().execute(
-                self._statements.insert_data_key, (originator_id, wrapped)
-            )
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(
-                f"{self.url}: cannot store the data key of {originator_id}: {exc}"
-            ) from exc
+        failure = f"cannot store the data key of {originator_id}"
+        result = self._execute(self._statements.insert_data_key, (originator_id, wrapped), failure)
         if result.was_applied:
             return wrapped
         return bytes(_column(result, "wrapped") or b"")  # another writer's (or a tombstone)
@@ -1026,38 +1016,34 @@ class CassandraRecorder(Recorder):
     def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
         if not old:  # a tombstone is never replaced
             return False
-        params = (new, originator_id, old)
-        try:
-            result = self._session().execute(self._statements.replace_data_key, params)
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(
-                f"{self.url}: cannot replace the data key of {originator_id}: {exc}"
-            ) from exc
+        failure = f"cannot replace the data key of {originator_id}"
+        result = self._execute(
+            self._statements.replace_data_key, (new, originator_id, old), failure
+        )
         return bool(result.was_applied)
 
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
-        session = self._session()
         row = (record.originator_id, record.originator_version, record.topic, record.data)
-        try:
-            session.execute(self._statements.insert_snapshot, row)
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(
-                f"{self.url}: the snapshot of {record.originator_id} at version "
-                f"{record.originator_version} was not stored: {exc}"
-            ) from exc
+        failure = (
+            f"the snapshot of {record.originator_id} at version "
+            f"{record.originator_version} was not stored"
+        )
+        self._execute(self._statements.insert_snapshot, row, failure)
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        session = self._session()
         params = (originator_id, _MAX_VERSION if lte is None else lte)
-        try:
-            row = session.execute(self._statements.select_snapshot, params).one()
-        except _DRIVER_ERRORS as exc:
-            raise StoreError(
-                f"{self.url}: cannot read snapshots of {originator_id}: {exc}"
-            ) from exc
+        failure = f"cannot read snapshots of {originator_id}"
+        row = self._execute(self._statements.select_snapshot, params, failure).one()
         return None if row is None else Record(originator_id, row[0], row[1], row[2])
+
+    def _execute(self, statement: Any, params: tuple[object, ...], failure: str) -> Any:
+        """The statement's result; a driver error becomes a StoreError saying ``failure``."""
+        try:
+            return self._session().execute(statement, params)
+        except _DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: {failure}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
