@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from uuid import uuid4
 
 import pytest
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
+from cassandra.policies import RoundRobinPolicy
 
 from cairn import Application
 from cairn.domain import topic_of
@@ -62,6 +64,7 @@ def cluster() -> Iterator[str]:
     try:
         for host in HOSTS:  # one at a time: each joins the ring the ones before made
             node("start", host)
+        wait_for_the_ring()
         yield f"cassandra://{','.join(HOSTS)}/cluster_{uuid4().hex[:8]}?replication_factor=3"
     finally:
         for host in HOSTS:
@@ -69,6 +72,31 @@ def cluster() -> Iterator[str]:
                 [str(ROOT / "scripts" / "cassandra-node"), "stop"], env=node_env(host), timeout=300
             )
         shutil.rmtree(HOMES, ignore_errors=True)
+
+
+def wait_for_the_ring(seconds: float = 120) -> None:
+    """Until a client sees all three nodes up and each answers a query: a node that
+    has just joined can make the others look down to clients for a moment."""
+    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
+    cluster = Cluster(
+        list(HOSTS), protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
+    )
+    deadline = time.monotonic() + seconds
+    try:
+        session = cluster.connect()
+        while True:
+            hosts = cluster.metadata.all_hosts()
+            try:
+                if len(hosts) == len(HOSTS) and all(h.is_up for h in hosts):
+                    for h in hosts:
+                        session.execute("SELECT release_version FROM system.local", host=h)
+                    return
+            except NoHostAvailable:
+                pass
+            assert time.monotonic() < deadline, f"the ring did not settle: {hosts}"
+            time.sleep(0.5)
+    finally:
+        cluster.shutdown()
 
 
 def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None:
