@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
-from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
+from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
 from cairn.stores import STORE_ENV, Record, Recorder, open_store, redact, scrub
@@ -109,6 +109,14 @@ def existing(url: str) -> str:
     if url.startswith("memory:"):
         return url
     return url + ("&" if "?" in url.rpartition("@")[2] else "?") + "create=false"
+
+
+def open_existing(url: str) -> Recorder:
+    """Open a store that must exist; the error says why a missing one is not created."""
+    try:
+        return open_store(existing(url))
+    except StoreError as exc:
+        raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
 
 
 def mapper_from_env(recorder: Recorder) -> Mapper:
@@ -350,7 +358,7 @@ def _shared_file(out: TextIO) -> bool:
 
 
 def run_aggregates(args: argparse.Namespace) -> int:
-    recorder = open_store(existing(args.store))
+    recorder = open_existing(args.store)
     try:
         rows = []
         for n, originator_id in enumerate(tools.iter_aggregate_ids(recorder)):
@@ -382,7 +390,7 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    recorder = open_store(existing(args.store))
+    recorder = open_existing(args.store)
     mapper = mapper_from_env(recorder)
     try:
         rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
@@ -405,7 +413,7 @@ def run_events(args: argparse.Namespace) -> int:
 
 
 def run_snapshots(args: argparse.Namespace) -> int:
-    recorder = open_store(existing(args.store))
+    recorder = open_existing(args.store)
     mapper = mapper_from_env(recorder)
     rows = []
     try:
@@ -432,17 +440,21 @@ def run_snapshot(args: argparse.Namespace) -> int:
     progress = Progress("snapshotting aggregates", args.quiet)
     cipher = cipher_from_env()
     keyed = cipher is not None  # then only what the key sealed is read
-    with Application(
-        store=existing(args.store), cipher=cipher, always_encrypt=keyed, key_per_aggregate=keyed
-    ) as app:
-        taken = tools.rebuild_snapshots(app, args.every, progress)
+    recorder = open_existing(args.store)
+    try:
+        with Application(
+            store=recorder, cipher=cipher, always_encrypt=keyed, key_per_aggregate=keyed
+        ) as app:
+            taken = tools.rebuild_snapshots(app, args.every, progress)
+    finally:
+        recorder.close()
     progress.done(f"{taken:,} snapshots stored")
     return EXIT_OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
     progress = Progress("verifying aggregates", args.quiet)
-    recorder = open_store(existing(args.store))
+    recorder = open_existing(args.store)
     try:
         report = tools.verify(recorder, mapper_from_env(recorder), progress)
     finally:
@@ -470,7 +482,7 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     if cipher is None:
         raise UsageError(f"put the new key in ${KEY_ENV}, the old ones in ${OLD_KEYS_ENV}")
     progress = Progress("re-encrypting records", args.quiet)
-    recorder = open_store(existing(args.store))
+    recorder = open_existing(args.store)
     try:
         mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder), always_encrypt=True)
         report = tools.rotate_key(
@@ -501,7 +513,7 @@ def run_forget(args: argparse.Namespace) -> int:
             f"put the master key in ${KEY_ENV}: it seals the tombstone that stands for the "
             "destroyed key, so that no one without it can fake one"
         )
-    recorder = open_store(existing(args.store))
+    recorder = open_existing(args.store)
     try:
         data_keys = DataKeys(cipher, recorder)
         status = data_keys.status(args.id)
@@ -524,7 +536,7 @@ def run_forget(args: argparse.Namespace) -> int:
 
 
 def run_copy(args: argparse.Namespace) -> int:
-    source = open_store(existing(args.source))
+    source = open_existing(args.source)
     try:
         target = open_store(args.target)
     except BaseException:
