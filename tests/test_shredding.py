@@ -16,7 +16,7 @@ from cairn.crypto import _wrapping as wrapping
 from cairn.examples.everything import create_example_aggregate
 from cairn.mapping import Mapper
 from cairn.stores import Recorder, open_store
-from cairn.tools import rotate_key, verify
+from cairn.tools import copy_store, rotate_key, verify
 
 MASTER = AESCipher(AESCipher.generate_key())
 
@@ -319,3 +319,20 @@ def test_a_forgotten_data_key_leaves_no_copy_in_the_sqlite_files(tmp_path: Path)
             for piece in (wrapped, wrapped[KEY_ID_SIZE + 12 : KEY_ID_SIZE + 44]):
                 assert piece not in content, f"{file.name} still holds the destroyed key"
         assert app.repository[people[3].id].foo == "person 3"
+
+
+def test_a_copy_resumed_after_a_forget_forgets_in_the_target_too(
+    fresh_recorder: Recorder,
+) -> None:
+    source = open_store("memory://")
+    with Application(store=source, cipher=MASTER, key_per_aggregate=True) as app:
+        secret, kept = create_example_aggregate("secret"), create_example_aggregate("kept")
+        app.save(secret, kept)
+        copy_store(source, fresh_recorder)
+        app.forget(secret.id)
+    copy_store(source, fresh_recorder)  # resumed: nothing new but the tombstone
+    assert fresh_recorder.get_data_key(secret.id) == source.get_data_key(secret.id)
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        with pytest.raises(AggregateForgotten):
+            app.repository[secret.id]
+        assert app.repository[kept.id].foo == "kept"

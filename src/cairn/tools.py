@@ -183,9 +183,13 @@ def copy_store(
         report.aggregates += 1
         wrapped = source.get_data_key(originator_id)  # crypto-shredding keys travel too
         if wrapped is not None:
-            target.put_data_key(originator_id, wrapped)
+            theirs = target.put_data_key(originator_id, wrapped)
+            # A resumed copy: the source's key may have been forgotten (or re-wrapped)
+            # since the target got it. The source's wins.
             if wrapped == b"":
                 target.forget_data_key(originator_id)
+            elif theirs not in (wrapped, b""):
+                target.replace_data_key(originator_id, theirs, wrapped)
         snapshot = source.get_snapshot(originator_id)
         if snapshot is not None:
             target.put_snapshot(snapshot)
