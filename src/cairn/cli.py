@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn(args, "interrupted")
         return 130
     except Exception as exc:  # a bug: its traceback, with no password in it
-        warn(args, "".join(traceback.format_exception(exc)).rstrip())
+        warn(args, f"unexpected {type(exc).__name__}; the traceback follows")
+        for line in "".join(traceback.format_exception(exc)).splitlines():
+            say(scrub(line, *store_urls(args)), sys.stderr)
         return EXIT_ERROR
     return code
 
