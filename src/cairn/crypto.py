@@ -260,9 +260,10 @@ class DataKeys:
 
     Forgetting leaves a tombstone sealed by the master key and bound to the
     aggregate, so a blank or forged one is an unreadable record, never a silent
-    skip. Unwrapped keys are cached, and each is read again from the store once it
-    has been used for ``revalidate_after`` seconds: an application that holds a key
-    stops reading and writing its aggregate at most that long after another forgets it.
+    skip. Unwrapped keys are cached; a key is read again from the store when it was
+    last read more than ``revalidate_after`` seconds ago, so an application that holds
+    one stops reading and writing its aggregate at most that long after another
+    application forgets it.
     """
 
     CACHE_SIZE = 10_000  # unwrapped keys kept in memory, most recently used
