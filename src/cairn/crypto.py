@@ -270,11 +270,15 @@ class DataKeys:
     REVALIDATE_AFTER = 1.0  # seconds
 
     def __init__(
-        self, master: Cipher, store: KeyStore, *, revalidate_after: float = REVALIDATE_AFTER
+        self, master: Cipher, store: KeyStore, *, revalidate_after: float | None = None
     ) -> None:
         self.master = master
         self.store = store
-        self.revalidate_after = revalidate_after
+        # A longer bound saves a key read per aggregate and period (a round trip on
+        # PostgreSQL or Cassandra) for aggregates read again and again.
+        self.revalidate_after = (
+            self.REVALIDATE_AFTER if revalidate_after is None else revalidate_after
+        )
         self._cache: OrderedDict[UUID, _Cached] = OrderedDict()
         self._lock = threading.Lock()
 
