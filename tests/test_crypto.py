@@ -13,9 +13,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cairn import IntegrityError
+from cairn import Application, IntegrityError
 from cairn.crypto import TEXT_KEY_COST, TEXT_KEY_SALT, AESCipher, KeyRing, cipher_from_env
 from cairn.errors import KeyExhausted
+from cairn.examples.everything import create_example_aggregate
 
 
 def test_bytes_keys_of_each_size_and_text_keys_of_any_length() -> None:
@@ -120,6 +121,12 @@ def test_what_cairn_key_prints_builds_a_cipher_in_an_application() -> None:
     ring = cipher_from_env({"CAIRN_KEY": printed, "CAIRN_OLD_KEYS": f"{SEED_KEY},"})
     assert isinstance(ring, KeyRing) and ring.decrypt(AESCipher(SEED_KEY).encrypt(b"x")) == b"x"
     assert cipher_from_env({}) is None
+    from_env = cipher_from_env({"CAIRN_KEY": printed})
+    with Application(store="memory://", cipher=from_env, always_encrypt=True) as app:
+        aggregate = create_example_aggregate("sealed with what cairn key printed")
+        aggregate.save()
+        with Application(store=app.recorder, cipher=cipher, always_encrypt=True) as other:
+            assert other.repository[aggregate.id].foo.startswith("sealed")
 
 
 def test_a_bad_base64_key_names_its_length_never_its_bytes() -> None:
