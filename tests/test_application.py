@@ -262,9 +262,9 @@ def test_encryption_with_a_text_key_and_the_wrong_key(tmp_path: Any) -> None:
             app.repository[order.id]
 
 
-@pytest.mark.parametrize("key", ["short", b"x" * 17, "k" * 33])
+@pytest.mark.parametrize("key", ["short", b"x" * 17, b"k" * 33])
 def test_a_key_of_the_wrong_length_is_refused(key: Any) -> None:
-    with pytest.raises(ValueError, match=r"16, 24 or 32 bytes.*got \d+"):
+    with pytest.raises(ValueError, match=r"(16, 24 or 32 bytes|at least 16 characters).*got \d+"):
         AESCipher(key)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -10,10 +12,11 @@ import pytest
 
 from cairn import AESCipher, AggregateForgotten, Application, IntegrityError, KeyRing
 from cairn.crypto import KEY_ID_SIZE, DataKeys
+from cairn.crypto import _wrapping as wrapping
 from cairn.examples.everything import create_example_aggregate
 from cairn.mapping import Mapper
 from cairn.stores import Recorder, open_store
-from cairn.tools import rotate_key, verify
+from cairn.tools import copy_store, rotate_key, verify
 
 MASTER = AESCipher(AESCipher.generate_key())
 
@@ -61,8 +64,10 @@ def test_forgetting_makes_an_aggregate_unreadable_and_leaves_the_rest(app: Appli
     assert [r.originator_version for r in app.recorder.select(secret.id)] == versions
     assert [r.position for r in app.recorder.read_feed(0, 100)] == positions
     assert [e.originator_id for _, e in app.feed.read()] == [other.id]
-    # No byte of its state can be recovered with the master key.
-    assert app.recorder.get_data_key(secret.id) == b""
+    # No byte of its state can be recovered with the master key: what stays in place of
+    # its key is a tombstone the master key sealed for this aggregate, with nothing in it.
+    tombstone = app.recorder.get_data_key(secret.id)
+    assert tombstone is not None and MASTER.decrypt(tombstone, wrapping(secret.id)) == b""
     for data in stored_bytes(app.recorder, secret.id):
         assert b"secret" not in data
         assert data[1 : 1 + KEY_ID_SIZE] != MASTER.key_id
@@ -163,7 +168,9 @@ def test_rotating_the_master_key_rewraps_data_keys_and_leaves_their_records(
     for aggregate in (one, two):
         wrapped = recorder.get_data_key(aggregate.id)
         assert wrapped and wrapped[:KEY_ID_SIZE] == new.key_id
-    assert recorder.get_data_key(gone.id) == b""
+    tombstone = recorder.get_data_key(gone.id)  # sealed again, by the new key
+    assert tombstone and tombstone[:KEY_ID_SIZE] == new.key_id
+    assert new.decrypt(tombstone, wrapping(gone.id)) == b""
     again = rotate_key(recorder, Mapper(cipher=ring, data_keys=DataKeys(ring, recorder)))
     assert (again.data_keys, again.events, again.snapshots) == (0, 0, 0)
 
@@ -180,3 +187,152 @@ def test_rotating_the_master_key_rewraps_data_keys_and_leaves_their_records(
         pytest.raises(IntegrityError, match="wrong key"),
     ):
         app.repository[one.id]
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def test_forgetting_an_aggregate_from_before_key_per_aggregate_is_refused_while_the_master_key_reads_it(
+    fresh_recorder: Recorder,
+) -> None:
+    with Application(store=fresh_recorder, cipher=MASTER) as app:
+        legacy = create_example_aggregate("Alice, from before key_per_aggregate")
+        app.save(legacy)
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        with pytest.raises(ValueError, match=f"aggregate {legacy.id} has no data key of its own"):
+            app.forget(legacy.id)
+        with pytest.raises(ValueError, match="created before key_per_aggregate"):
+            app.forget(uuid4())  # nor is an aggregate that does not exist
+        assert app.repository[legacy.id].foo.startswith("Alice")  # what the refusal protects
+        assert fresh_recorder.get_data_key(legacy.id) is None
+
+
+def test_a_forged_blank_tombstone_is_an_unreadable_record_not_a_silent_skip(
+    fresh_recorder: Recorder,
+) -> None:
+    """A keyless writer blanks an aggregate's wrapped key (as tombstones used to be):
+    the repository, the feed and verify must report it, not pass over it for good."""
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        victim, other = create_example_aggregate("victim"), create_example_aggregate("other")
+        app.save(victim, other)
+    fresh_recorder.forget_data_key(victim.id)  # the store's own blank tombstone: b""
+
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        with pytest.raises(IntegrityError, match=f"data key of aggregate {victim.id} was replaced"):
+            app.repository[victim.id]
+        with pytest.raises(IntegrityError, match=str(victim.id)):
+            app.feed.read()
+        report = verify(fresh_recorder, app.mapper)
+        assert report.forgotten_ids == set()
+        assert any(str(victim.id) in p and "blank tombstone" in p for p in report.problems)
+        with pytest.raises(IntegrityError):
+            app.forget(victim.id)  # a blank tombstone is never taken for a forgotten key
+
+
+def test_a_tombstone_moved_from_another_aggregate_is_an_unreadable_record(
+    fresh_recorder: Recorder,
+) -> None:
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        victim, gone = create_example_aggregate("victim"), create_example_aggregate("gone")
+        app.save(victim, gone)
+        app.forget(gone.id)
+    wrapped, tombstone = (
+        fresh_recorder.get_data_key(victim.id),
+        fresh_recorder.get_data_key(gone.id),
+    )
+    assert wrapped and tombstone
+    assert fresh_recorder.replace_data_key(victim.id, wrapped, tombstone)  # a raw write
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        with pytest.raises(
+            IntegrityError, match=f"data key of aggregate {victim.id} is unreadable"
+        ):
+            app.repository[victim.id]
+        with pytest.raises(IntegrityError):
+            app.feed.read()
+
+
+def test_a_data_key_put_back_from_a_backup_is_refused_once_the_master_key_was_rotated(
+    fresh_recorder: Recorder,
+) -> None:
+    """What a put-back can and cannot be stopped by (docs/forget.md): with the same master
+    key, a wrapped key restored from a backup reads again; rotated since, it does not."""
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        secret = create_example_aggregate("secret")
+        app.save(secret)
+    backup = fresh_recorder.get_data_key(secret.id)
+    assert backup
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        app.forget(secret.id)
+    new = AESCipher(AESCipher.generate_key())
+    ring = KeyRing(new, MASTER)
+    rotate_key(fresh_recorder, Mapper(cipher=ring, data_keys=DataKeys(ring, fresh_recorder)))
+    tombstone = fresh_recorder.get_data_key(secret.id)
+    assert tombstone and fresh_recorder.replace_data_key(secret.id, tombstone, backup)
+    with (
+        Application(store=fresh_recorder, cipher=new, key_per_aggregate=True) as app,
+        pytest.raises(IntegrityError, match="wrong key"),
+    ):
+        app.repository[secret.id]
+
+
+def test_forgetting_reaches_an_application_already_running_within_its_bound(
+    fresh_recorder: Recorder,
+) -> None:
+    """Another application holds the data key in its cache: once it has used it for
+    ``revalidate_after`` seconds it reads the store again, and stops reading and saving."""
+    assert DataKeys.REVALIDATE_AFTER == 1.0  # the bound docs/forget.md states
+    with (
+        Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as forgetter,
+        Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as running,
+    ):
+        assert running.mapper.data_keys is not None
+        running.mapper.data_keys.revalidate_after = 0.2
+        aggregate = create_example_aggregate("secret")
+        running.save(aggregate)
+        stale = running.repository[aggregate.id]  # its key is in running's cache now
+        forgetter.forget(aggregate.id)
+        time.sleep(0.3)
+        with pytest.raises(AggregateForgotten):
+            running.repository[aggregate.id]
+        stale.foo = "written after forget"
+        with pytest.raises(AggregateForgotten):
+            running.save(stale)
+        assert len(list(fresh_recorder.select(aggregate.id))) == 1
+
+
+def test_a_forgotten_data_key_leaves_no_copy_in_the_sqlite_files(tmp_path: Path) -> None:
+    """Nor in the WAL, nor in the main file's free space: with a copy of the files and
+    the master key, a forgotten aggregate must not come back."""
+    path = tmp_path / "people.db"
+    with Application(store=f"sqlite:///{path}", cipher=MASTER, key_per_aggregate=True) as app:
+        people = [create_example_aggregate(f"person {n}") for n in range(50)]
+        app.save(*people)
+        forgotten = people[17]
+        wrapped = app.recorder.get_data_key(forgotten.id)
+        assert wrapped is not None
+        assert app.repository[people[3].id].foo == "person 3"  # readers hold connections open
+        app.forget(forgotten.id)
+        files = [p for p in tmp_path.iterdir() if p.name.startswith("people.db")]
+        assert files
+        for file in files:
+            content = file.read_bytes()
+            for piece in (wrapped, wrapped[KEY_ID_SIZE + 12 : KEY_ID_SIZE + 44]):
+                assert piece not in content, f"{file.name} still holds the destroyed key"
+        assert app.repository[people[3].id].foo == "person 3"
+
+
+def test_a_copy_resumed_after_a_forget_forgets_in_the_target_too(
+    fresh_recorder: Recorder,
+) -> None:
+    source = open_store("memory://")
+    with Application(store=source, cipher=MASTER, key_per_aggregate=True) as app:
+        secret, kept = create_example_aggregate("secret"), create_example_aggregate("kept")
+        app.save(secret, kept)
+        copy_store(source, fresh_recorder)
+        app.forget(secret.id)
+    copy_store(source, fresh_recorder)  # resumed: nothing new but the tombstone
+    assert fresh_recorder.get_data_key(secret.id) == source.get_data_key(secret.id)
+    with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
+        with pytest.raises(AggregateForgotten):
+            app.repository[secret.id]
+        assert app.repository[kept.id].foo == "kept"

@@ -322,7 +322,9 @@ class Application:
         """Crypto-shred an aggregate: destroy its data key, so that its events and snapshots
         can no longer be read by anyone (the master key included). Needs
         ``key_per_aggregate=True``. The aggregate's versions stay, and the feed keeps its
-        positions; reading the aggregate raises :class:`~cairn.AggregateForgotten`."""
+        positions; reading the aggregate raises :class:`~cairn.AggregateForgotten`.
+        Refused (ValueError) for an aggregate with no data key of its own, such as one
+        created before ``key_per_aggregate`` was on, which the master key still reads."""
         if self.mapper.data_keys is None:
             raise ValueError(
                 "forget() needs an application with key_per_aggregate=True: "

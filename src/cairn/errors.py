@@ -63,3 +63,7 @@ class NoApplication(CairnError, RuntimeError):
 
 class SubscriberError(CairnError):
     """A subscriber failed after its batch was stored (the batch itself is safe)."""
+
+
+class KeyExhausted(CairnError):
+    """A key has encrypted as many messages as random 96-bit nonces allow (2**32): rotate it."""

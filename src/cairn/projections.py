@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 from cairn.application import Feed
 from cairn.domain import DomainEvent
 from cairn.errors import StoreError
-from cairn.stores import redact
+from cairn.stores import redact, scrub
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -135,9 +135,12 @@ class PostgresViews(ViewStore[Any]):
             try:
                 conn = self._psycopg.connect(self.url, autocommit=True)
             except self._psycopg.Error as exc:
+                # libpq may quote the URL (or a piece of its password) back: scrubbed,
+                # and its own exception not chained.
                 raise StoreError(
-                    f"cannot connect to the view store {redact(self.url)}: {exc}"
-                ) from exc
+                    f"cannot connect to the view store {redact(self.url)}: "
+                    f"{scrub(str(exc), self.url)}"
+                ) from None
             self._local.conn = conn
         return conn
 

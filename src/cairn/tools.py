@@ -12,12 +12,13 @@ from uuid import UUID
 
 from cairn.application import Application, snapshot_of
 from cairn.domain import Fenced, topic_of
-from cairn.errors import AggregateForgotten, CairnError
+from cairn.errors import AggregateForgotten, CairnError, IntegrityError
 from cairn.mapping import ENCRYPTED, Mapper
 from cairn.stores import Record, Recorder
 
 Progress = Callable[[int, "int | None"], None]
 FENCED_TOPIC = topic_of(Fenced)
+LISTED = 100  # records named one by one in a report; the rest are counted
 
 
 def _no_progress(done: int, total: int | None) -> None:
@@ -35,6 +36,20 @@ def iter_aggregate_ids(recorder: Recorder, page: int = 1000) -> Iterator[UUID]:
 def head(recorder: Recorder, originator_id: UUID) -> Record | None:
     """An aggregate's newest event record, or None."""
     return next(recorder.select(originator_id, desc=True, limit=1), None)
+
+
+def is_plaintext(record: Record) -> bool:
+    """Whether a record holds data that is not encrypted (a fence holds none)."""
+    return bool(record.data) and not record.data[0] & ENCRYPTED
+
+
+def name_of(record: Record, snapshot: bool = False) -> str:
+    """How reports name a record: ``event of aggregate ID version N (topic)``."""
+    what = "snapshot" if snapshot else "event"
+    return (
+        f"{what} of aggregate {record.originator_id} version {record.originator_version} "
+        f"({record.topic})"
+    )
 
 
 def aggregate_type(created_topic: str) -> str:
@@ -55,6 +70,8 @@ class VerifyReport:
     aggregates: int = 0
     events: int = 0
     snapshots: int = 0
+    encrypted: int = 0  # records (events and snapshots) stored encrypted
+    plaintext: int = 0  # records stored in plain JSON
     encrypted_unchecked: int = 0  # encrypted records, with no key given to check them
     forgotten_ids: set[UUID] = field(default_factory=set)  # crypto-shredded on purpose
     problems: list[str] = field(default_factory=list)
@@ -62,8 +79,14 @@ class VerifyReport:
 
 def verify(recorder: Recorder, mapper: Mapper, progress: Progress = _no_progress) -> VerifyReport:
     """Read every event and newest snapshot: each must decrypt and decode, and each
-    aggregate's versions must run from 0 without a gap. Changes nothing."""
+    aggregate's versions must run from 0 without a gap. Changes nothing.
+
+    With ``mapper.always_encrypt`` a record that is not encrypted is a problem of its
+    own; without (no key to check with), plaintext records in a store that also holds
+    encrypted ones are: someone without the key may have slipped them in.
+    """
     report = VerifyReport()
+    plaintext: list[str] = []  # the first LISTED, named
     for originator_id in iter_aggregate_ids(recorder):
         report.aggregates += 1
         expected = 0
@@ -75,10 +98,12 @@ def verify(recorder: Recorder, mapper: Mapper, progress: Progress = _no_progress
                 )
             expected = record.originator_version + 1
             report.events += 1
+            _count(report, plaintext, record)
             _check(report, mapper, record)
         snapshot = recorder.get_snapshot(originator_id)
         if snapshot is not None:
             report.snapshots += 1
+            _count(report, plaintext, snapshot, snapshot=True)
             _check(report, mapper, snapshot, snapshot=True)
             if snapshot.originator_version >= expected:
                 report.problems.append(
@@ -86,7 +111,28 @@ def verify(recorder: Recorder, mapper: Mapper, progress: Progress = _no_progress
                     f"is beyond its last event ({expected - 1})"
                 )
         progress(report.aggregates, None)
+    if report.plaintext and report.encrypted and not mapper.always_encrypt:
+        report.problems += [
+            f"{name} is not encrypted, in a store whose other records are (slipped in "
+            "without the key?)"
+            for name in plaintext
+        ]
+        if report.plaintext > len(plaintext):
+            report.problems.append(
+                f"... and {report.plaintext - len(plaintext):,} more records not encrypted"
+            )
     return report
+
+
+def _count(
+    report: VerifyReport, plaintext: list[str], record: Record, *, snapshot: bool = False
+) -> None:
+    if is_plaintext(record):
+        report.plaintext += 1
+        if len(plaintext) < LISTED:
+            plaintext.append(name_of(record, snapshot))
+    elif record.data:
+        report.encrypted += 1
 
 
 def _check(report: VerifyReport, mapper: Mapper, record: Record, *, snapshot: bool = False) -> None:
@@ -137,9 +183,13 @@ def copy_store(
         report.aggregates += 1
         wrapped = source.get_data_key(originator_id)  # crypto-shredding keys travel too
         if wrapped is not None:
-            target.put_data_key(originator_id, wrapped)
+            theirs = target.put_data_key(originator_id, wrapped)
+            # A resumed copy: the source's key may have been forgotten (or re-wrapped)
+            # since the target got it. The source's wins.
             if wrapped == b"":
                 target.forget_data_key(originator_id)
+            elif theirs not in (wrapped, b""):
+                target.replace_data_key(originator_id, theirs, wrapped)
         snapshot = source.get_snapshot(originator_id)
         if snapshot is not None:
             target.put_snapshot(snapshot)
@@ -220,15 +270,22 @@ class RotateReport:
     """What ``rotate_key`` did."""
 
     aggregates: int = 0
-    events: int = 0  # re-encrypted with the new key
+    events: int = 0  # re-encrypted with the new key (plaintext ones encrypted included)
     snapshots: int = 0
     current: int = 0  # already under the new key (a resumed rotation), or under a data key
     data_keys: int = 0  # aggregates' own keys re-wrapped with the new key
     forgotten: int = 0  # aggregates whose data key was destroyed: nothing to rotate
+    plaintext: int = 0  # records not encrypted: left as they are unless encrypt_plaintext
+    plaintext_encrypted: int = 0  # of which encrypted now, as asked
+    problems: list[str] = field(default_factory=list)  # records and keys left as they are
 
 
 def rotate_key(
-    recorder: Recorder, mapper: Mapper, progress: Progress = _no_progress
+    recorder: Recorder,
+    mapper: Mapper,
+    progress: Progress = _no_progress,
+    *,
+    encrypt_plaintext: bool = False,
 ) -> RotateReport:
     """Re-encrypt every event and snapshot with the mapper's current key.
 
@@ -241,23 +298,30 @@ def rotate_key(
     With ``mapper.data_keys`` (a store written with ``key_per_aggregate``), an
     aggregate's own key is re-wrapped with the new key and its records, under
     that key, stay as they are; aggregates without one are re-encrypted.
+
+    A record that is not encrypted is never encrypted silently (it may have been
+    slipped in by someone without the key): it is left as it is and reported,
+    unless ``encrypt_plaintext`` says that the store is being encrypted for the
+    first time. A record or data key that fails to authenticate is left as it is
+    and reported in ``problems``; the rotation goes on with the others.
     """
     report = RotateReport()
     for originator_id in iter_aggregate_ids(recorder):
         report.aggregates += 1
         if mapper.data_keys is not None:
-            outcome = mapper.data_keys.rewrap(originator_id)
+            try:
+                outcome = mapper.data_keys.rewrap(originator_id)
+            except IntegrityError as exc:
+                _problem(report, str(exc))
+                continue
             if outcome == "forgotten":
                 report.forgotten += 1
                 continue
             report.data_keys += outcome == "rewrapped"
         changes = []
         for record in recorder.select(originator_id):
-            # A feed reader's fence (Cassandra) holds no data: nothing to encrypt.
-            resealed = None if record.topic == FENCED_TOPIC else mapper.reseal(record)
-            if resealed is None:
-                report.current += 1
-            else:
+            resealed = _resealed(report, mapper, record, encrypt_plaintext)
+            if resealed is not None:
                 changes.append((record, resealed))
             if len(changes) >= 500:
                 report.events += recorder.rewrite(changes)
@@ -266,13 +330,54 @@ def rotate_key(
             report.events += recorder.rewrite(changes)
         lte = None
         while (snapshot := recorder.get_snapshot(originator_id, lte=lte)) is not None:
-            resealed = mapper.reseal(snapshot, snapshot=True)
+            resealed = _resealed(report, mapper, snapshot, encrypt_plaintext, snapshot=True)
             if resealed is not None:
                 recorder.put_snapshot(resealed)
                 report.snapshots += 1
             lte = snapshot.originator_version - 1
         progress(report.events + report.current, None)
+    if report.plaintext > report.plaintext_encrypted:
+        _problem(
+            report,
+            f"{report.plaintext - report.plaintext_encrypted:,} records in all are not encrypted "
+            "and were left as they are: if this store was never encrypted, encrypting it is "
+            "a step of its own (cairn rotate-key --encrypt-plaintext)",
+            always=True,
+        )
     return report
+
+
+def _resealed(
+    report: RotateReport,
+    mapper: Mapper,
+    record: Record,
+    encrypt_plaintext: bool,
+    *,
+    snapshot: bool = False,
+) -> Record | None:
+    """The record under the current key, or None if it stays as it is (counted)."""
+    if record.topic == FENCED_TOPIC and not record.data:  # a feed reader's fence: no data
+        report.current += 1
+        return None
+    if is_plaintext(record):
+        report.plaintext += 1
+        if not encrypt_plaintext:
+            _problem(report, f"{name_of(record, snapshot)} is not encrypted: left as it is")
+            return None
+        report.plaintext_encrypted += 1
+    try:
+        resealed = mapper.reseal(record, snapshot=snapshot)
+    except IntegrityError as exc:
+        _problem(report, f"{exc}: left as it is")
+        return None
+    if resealed is None:
+        report.current += not snapshot
+    return resealed
+
+
+def _problem(report: RotateReport, line: str, *, always: bool = False) -> None:
+    if always or len(report.problems) < LISTED:
+        report.problems.append(line)
 
 
 # --------------------------------------------------------------------------- snapshots

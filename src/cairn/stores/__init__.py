@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 from uuid import UUID
 
 from cairn.errors import StoreError
+
+# Re-exported: the engines, the projections and the CLI hide passwords with them.
+from cairn.urls import redact as redact
+from cairn.urls import scrub as scrub
 
 DEFAULT_STORE = "sqlite:///cairn.db"
 STORE_ENV = "CAIRN_STORE"
@@ -162,12 +165,6 @@ class Recorder(ABC):
         return f"{type(self).__name__}({self.url!r})"
 
 
-def redact(url: str) -> str:
-    """The URL with its password, if any (before the host or as ``?password=``), as ``***``."""
-    url = re.sub(r"^([a-z][a-z0-9+.-]*://[^/@:]*):[^/@]*@", r"\1:***@", url, flags=re.I)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.I)
-
-
 def open_store(url: str | None = None) -> Recorder:
     """Open a store by URL: the argument, else ``$CAIRN_STORE``, else ``sqlite:///cairn.db``."""
     url = url or os.environ.get(STORE_ENV) or DEFAULT_STORE
@@ -186,8 +183,24 @@ def open_store(url: str | None = None) -> Recorder:
             f"pip install 'cairn[{extra.get(scheme, scheme)}]'"
         ) from exc
     recorder_class: Any = getattr(module, class_name)
-    recorder: Recorder = recorder_class.from_url(url)
+    try:
+        recorder: Recorder = recorder_class.from_url(url)
+    except StoreError as exc:
+        # Drivers quote a URL, or a piece of a malformed password, back in their
+        # messages: none of it may leave here, nor in the exception's causes.
+        if _quotes_a_secret(exc, url):
+            raise type(exc)(scrub(str(exc), url)) from None
+        raise
     return recorder
+
+
+def _quotes_a_secret(exc: BaseException, url: str) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if scrub(str(seen), url) != str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def query_params(query: str) -> dict[str, str]:

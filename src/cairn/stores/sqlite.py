@@ -1,16 +1,25 @@
 """The SQLite store: the embedded default. One file, WAL mode, safe for threads and processes.
 
 URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with
-optional ``?synchronous=full|normal`` (default full, as SQLite's own default)
-and ``?timeout=SECONDS`` (how long a writer waits for the file's write lock).
+optional ``?synchronous=full|normal`` (default full, as SQLite's own default),
+``?timeout=SECONDS`` (how long a writer waits for the file's write lock) and
+``?create=false`` (never create the file or its tables: a missing one is an error).
+
+A new file is created readable and writable by its owner only (0600, or less
+if the umask says so); SQLite gives its -wal and -shm files the same mode.
+Deleted content is overwritten (``secure_delete``), and replacing a data key
+(forgetting, re-wrapping) truncates the WAL, so that no copy of a destroyed
+key stays in the files.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from urllib.parse import quote
 from uuid import UUID
 
 from cairn.errors import ConcurrencyError, StoreError
@@ -47,6 +56,10 @@ SELECT_EVENTS = (
 SELECT_STORED_VERSIONS = (
     "SELECT originator_version FROM events WHERE originator_id = ? AND originator_version IN ({})"
 )
+SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+# Copies of a replaced data key leave the WAL (the main file's old cell is zeroed
+# by secure_delete). TRUNCATE waits for readers (the busy timeout) to finish.
+CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 REWRITE_EVENT = (
     "UPDATE events SET data = ? WHERE originator_id = ? AND originator_version = ? AND data = ?"
 )
@@ -71,6 +84,10 @@ SELECT_SNAPSHOT = (
 )
 
 _MAX_VERSION = 2**63 - 1
+TABLES = ("events", "snapshots", "data_keys")
+VERSIONS_PER_QUERY = 500  # well under SQLite's limit on a statement's parameters (999 before 3.32)
+
+log = logging.getLogger(__name__)
 
 
 class SQLiteRecorder(Recorder):
@@ -78,7 +95,9 @@ class SQLiteRecorder(Recorder):
     ``BEGIN IMMEDIATE`` transaction, so writers queue on the file lock instead of deadlocking.
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: str, *, synchronous: str = "FULL", timeout: float = 30.0, create: bool = True
+    ) -> None:
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(
                 f"sqlite: synchronous must be off, normal, full or extra, not {synchronous!r}"
@@ -87,16 +106,46 @@ class SQLiteRecorder(Recorder):
         self.url = f"sqlite:///{path}"
         self._synchronous = synchronous.upper()
         self._timeout = timeout
+        self._create = create
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        if create:
+            self._create_file()
+        elif not os.path.isfile(path):
+            raise StoreError(f"{self.url}: no such file, and create=false forbids creating it")
         conn = self._connection()
         try:
+            if not create:
+                self._check_tables(conn)
+                return
             with conn:
                 for statement in SCHEMA:
                     conn.execute(statement)
         except sqlite3.Error as exc:
+            self.close()
             raise StoreError(f"{self.url}: cannot create the tables: {exc}") from exc
+        except StoreError:
+            self.close()
+            raise
+
+    def _create_file(self) -> None:
+        """Create the file for its owner only, unless it exists (SQLite would make it 0644)."""
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot create the file: {exc.strerror}") from exc
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        found = {name for (name,) in conn.execute(SELECT_TABLES)}
+        missing = [t for t in TABLES if t not in found]
+        if missing:
+            raise StoreError(
+                f"{self.url}: not a cairn store (no table {', '.join(missing)}), and "
+                "create=false forbids creating it"
+            )
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteRecorder:
@@ -107,10 +156,14 @@ class SQLiteRecorder(Recorder):
                 f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute/path.db"
             )
         params = query_params(query)
+        create = params.get("create", "true").lower()
+        if create not in ("true", "false", "1", "0", "yes", "no"):
+            raise StoreError(f"bad SQLite URL {url!r}: create must be true or false")
         return cls(
             path[1:],
             synchronous=params.get("synchronous", "full"),
             timeout=float(params.get("timeout", 30)),
+            create=create in ("true", "1", "yes"),
         )
 
     def _connection(self) -> sqlite3.Connection:
@@ -119,12 +172,20 @@ class SQLiteRecorder(Recorder):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
+        # With create=false, mode=rw: a file removed meanwhile is not made anew.
+        target = self.path if self._create else f"file:{quote(self.path)}?mode=rw"
         try:
             conn = sqlite3.connect(
-                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+                target,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=not self._create,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            if self._create:  # (a store's file is in WAL mode for good once created)
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute("PRAGMA secure_delete=ON")
         except sqlite3.Error as exc:
             raise StoreError(f"{self.url}: cannot open the database: {exc}") from exc
         self._local.conn, self._local.pid = conn, os.getpid()
@@ -152,8 +213,14 @@ class SQLiteRecorder(Recorder):
         """Say which of the batch's versions are already stored (the error path only)."""
         for originator_id in dict.fromkeys(r.originator_id for r in records):
             versions = [r.originator_version for r in records if r.originator_id == originator_id]
-            sql = SELECT_STORED_VERSIONS.format(",".join("?" * len(versions)))
-            stored = [v for (v,) in conn.execute(sql, (originator_id.bytes, *versions))]
+            stored = []
+            for start in range(0, len(versions), VERSIONS_PER_QUERY):
+                chunk = versions[start : start + VERSIONS_PER_QUERY]
+                sql = SELECT_STORED_VERSIONS.format(",".join("?" * len(chunk)))
+                try:
+                    stored += [v for (v,) in conn.execute(sql, (originator_id.bytes, *chunk))]
+                except sqlite3.Error:
+                    return f"aggregate {originator_id}: a version of the batch is already stored"
             if stored:
                 return f"aggregate {originator_id}: version {min(stored)} is already stored (stale writer?)"
         return "the batch repeats a version (aggregate and version given twice)"
@@ -223,12 +290,22 @@ class SQLiteRecorder(Recorder):
 
     def forget_data_key(self, originator_id: UUID) -> None:
         self._execute(FORGET_DATA_KEY, (originator_id.bytes,), "cannot forget a data key")
+        self._scrub()
 
     def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
         if not old:  # a tombstone is never replaced
             return False
         params = (new, originator_id.bytes, old)
-        return self._execute(REPLACE_DATA_KEY, params, "cannot replace a data key").rowcount == 1
+        replaced = self._execute(REPLACE_DATA_KEY, params, "cannot replace a data key").rowcount
+        if replaced:
+            self._scrub()
+        return replaced == 1
+
+    def _scrub(self) -> None:
+        """Truncate the WAL, so that the page images holding a replaced key go with it."""
+        busy, _, _ = self._execute(CHECKPOINT, (), "cannot checkpoint the WAL").fetchone()
+        if busy:  # readers kept it busy past the timeout: the next checkpoint will do it
+            log.warning("%s: the WAL still holds a replaced data key (busy readers)", self.url)
 
     def _execute(self, sql: str, params: tuple[object, ...], failure: str) -> sqlite3.Cursor:
         try:
