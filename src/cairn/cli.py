@@ -21,7 +21,7 @@ from uuid import UUID
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
 from cairn.crypto import Cipher, DataKeys, KeyRing
 from cairn.mapping import Mapper
-from cairn.stores import Record, Recorder, open_store, redact
+from cairn.stores import Record, Store, open_store, redact
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 KEY_ENV = "CAIRN_KEY"
@@ -63,7 +63,7 @@ def cipher_from_env() -> Cipher | None:
     return KeyRing(parse_key(text), *old) if old else parse_key(text)
 
 
-def mapper_from_env(recorder: Recorder) -> Mapper:
+def mapper_from_env(recorder: Store) -> Mapper:
     """A mapper with the key in the environment, which also reads aggregates that have a
     data key of their own (``key_per_aggregate``)."""
     cipher = cipher_from_env()
@@ -475,7 +475,7 @@ class Demo:
             self.say("\n1. Encryption")
             secret = create_example_aggregate(foo="secret info")
             secret.save()
-            item = app.entity_event_store.recorder.get_item(secret.id, eq=0)
+            item = app.entity_event_store.store.get_item(secret.id, eq=0)
             assert item is not None
             self.say(f"   saved aggregate {secret.id} with foo='secret info'")
             self.say(

@@ -6,13 +6,15 @@ import hashlib
 import os
 import threading
 from collections import OrderedDict
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cairn.errors import AggregateForgotten, IntegrityError
+from cairn.errors import AggregateForgotten, UnreadableRecord
+from cairn.renamed import module_aliases
+from cairn.stores import Store
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -55,11 +57,11 @@ class AESCipher:
         return self.key_id + nonce + self._aesgcm.encrypt(nonce, plaintext, associated_data)
 
     def decrypt(self, message: bytes, associated_data: bytes | None = None) -> bytes:
-        """The plaintext; :class:`IntegrityError` if the key, bytes or associated data differ."""
+        """The plaintext; :class:`UnreadableRecord` if the key, bytes or associated data differ."""
         if len(message) < KEY_ID_SIZE + NONCE_SIZE + TAG_SIZE:
-            raise IntegrityError(f"ciphertext too short ({len(message)} bytes) to be AES-GCM")
+            raise UnreadableRecord(f"ciphertext too short ({len(message)} bytes) to be AES-GCM")
         if message[:KEY_ID_SIZE] != self.key_id:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"wrong key: encrypted with key {message[:KEY_ID_SIZE].hex()}, "
                 f"this key is {self.key_id.hex()}"
             )
@@ -70,7 +72,7 @@ class AESCipher:
         try:
             return self._aesgcm.decrypt(nonce, body, associated_data)
         except InvalidTag:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 "AES-GCM authentication failed: the bytes were altered or copied from another record"
             ) from None
 
@@ -98,7 +100,7 @@ class KeyRing:
         key = self._by_id.get(message[:KEY_ID_SIZE])
         if key is None:
             known = ", ".join(k.hex() for k in self._by_id)
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"wrong key: encrypted with key {message[:KEY_ID_SIZE].hex()}, which is not in the "
                 f"key ring ({known})"
             )
@@ -111,33 +113,18 @@ class KeyRing:
 Cipher = AESCipher | KeyRing  # what an application's cipher= takes
 
 
-class KeyStore(Protocol):
-    """Where wrapped data keys are kept: every Recorder is one."""
-
-    def get_data_key(self, originator_id: UUID) -> bytes | None:
-        """The wrapped key; ``b""`` once forgotten; None if there never was one."""
-
-    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
-        """Store ``wrapped`` unless a key (or its tombstone) is there already; what is there now."""
-
-    def forget_data_key(self, originator_id: UUID) -> None:
-        """Replace the wrapped key by a tombstone (``b""``)."""
-
-    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
-        """Store ``new`` if ``old`` is still there; whether it was replaced."""
-
-
 class DataKeys:
     """Envelope encryption for crypto-shredding: each aggregate's records are encrypted
     with a data key of its own, kept in the store wrapped (encrypted) by the master
     key. :meth:`forget` destroys one: that aggregate's events and snapshots can then
     be read by no one, the master key included, while every other record, the feed
-    and the versions stay as they are.
+    and the versions stay as they are. The store keeps the wrapped keys (its data-key
+    methods: :class:`~cairn.stores.Store`).
     """
 
     CACHE_SIZE = 10_000  # unwrapped keys kept in memory, most recently used
 
-    def __init__(self, master: Cipher, store: KeyStore) -> None:
+    def __init__(self, master: Cipher, store: Store) -> None:
         self.master = master
         self.store = store
         self._cache: OrderedDict[UUID, AESCipher | None] = OrderedDict()
@@ -206,3 +193,9 @@ _UNKNOWN = AESCipher(bytes(16))  # a marker: not in the cache
 def _wrapping(originator_id: UUID) -> bytes:
     # Associated data: a wrapped key moved to another aggregate does not unwrap.
     return b"cairn data key\0" + originator_id.bytes
+
+
+if TYPE_CHECKING:
+    KeyStore = Store
+else:
+    __getattr__ = module_aliases(__name__, {"KeyStore": "Store"}, globals())
