@@ -325,6 +325,42 @@ def test_batches_of_every_size_are_read_back_exactly(store: PostgresStore, size:
     assert all(isinstance(r.data, bytes) for r in stored)
 
 
+@pytest.mark.parametrize("size", [1, MULTI_ROW_MAX + 1], ids=["insert", "copy"])
+def test_versions_are_64_bit_as_in_every_store(store: PostgresStore, size: int) -> None:
+    """So that a store copied from Cassandra (or SQLite) fits, whatever its versions."""
+    a, first = uuid4(), 2**40
+    store.append(records(a, range(first, first + size)))
+    assert list(store.select(a)) == records(a, range(first, first + size))
+    store.put_snapshot(Record(a, first, "m:Agg", b"\x00state"))
+    assert store.get_snapshot(a).originator_version == first  # type: ignore[union-attr]
+
+
+def test_tables_made_with_32_bit_versions_are_widened_when_opened(
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str]
+) -> None:
+    schema = new_schema()
+    open_store(with_params(SERVER_URL, schema=schema)).close()
+    for table in ("events", "snapshots"):  # as cairn made them before
+        admin.execute(
+            f'ALTER TABLE "{schema}".{table} ALTER COLUMN originator_version TYPE integer'
+        )
+    with pytest.raises(StoreError, match=r"32-bit versions in events, snapshots.*create=false"):
+        open_store(with_params(SERVER_URL, schema=schema, create="false"))
+    store = open_store(with_params(SERVER_URL, schema=schema))
+    try:
+        columns = admin.execute(
+            "SELECT table_name, data_type FROM information_schema.columns WHERE table_schema = %s "
+            "AND column_name = 'originator_version' ORDER BY table_name",
+            (schema,),
+        ).fetchall()
+        assert columns == [("events", "bigint"), ("snapshots", "bigint")]
+        a = uuid4()
+        store.append(records(a, range(2**40, 2**40 + 1)))
+        assert [r.originator_version for r in store.select(a)] == [2**40]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("size", [MULTI_ROW_MAX, 50])
 def test_a_stale_batch_names_the_aggregate_and_version(store: PostgresStore, size: int) -> None:
     a = uuid4()
