@@ -168,8 +168,11 @@ class SQLiteStore(Store):
             MAX_VERSION if lte is None else lte,
             limit,
         )
-        with self._errors(f"cannot read aggregate {originator_id}"):
+        # try/except, not `with self._errors(...)`: a read is a few microseconds here.
+        try:
             rows = self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._errors.error(f"cannot read aggregate {originator_id}", exc) from exc
         return [Record(originator_id, v, t, d) for v, t, d in rows]
 
     # -- snapshots
@@ -181,8 +184,10 @@ class SQLiteStore(Store):
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
         params = (originator_id.bytes, MAX_VERSION if lte is None else lte)
-        with self._errors(f"cannot read snapshots of {originator_id}"):
+        try:
             row = self._connection().execute(SELECT_SNAPSHOT, params).fetchone()
+        except sqlite3.Error as exc:
+            raise self._errors.error(f"cannot read snapshots of {originator_id}", exc) from exc
         return None if row is None else Record(originator_id, row[0], row[1], row[2])
 
     # -- data keys
@@ -213,8 +218,10 @@ class SQLiteStore(Store):
     # -- the feed
 
     def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
-        with self._errors("cannot read the feed"):
+        try:
             rows = self._connection().execute(SELECT_FEED, (after, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._errors.error("cannot read the feed", exc) from exc
         ids: dict[bytes, UUID] = {}  # a page holds many events of few aggregates
         return [
             Record(ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p)
