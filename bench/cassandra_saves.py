@@ -41,7 +41,7 @@ from functools import partial
 from typing import Any
 
 from cairn import Aggregate, Application
-from cairn.stores.cassandra import CassandraRecorder
+from cairn.stores.cassandra import CassandraStore
 
 INSERT = (
     'INSERT INTO "{keyspace}".events (originator_id, originator_version, topic, data) '
@@ -81,7 +81,7 @@ def log(message: str) -> None:
 # -- the bare driver, configured as cairn's write path is
 
 
-def bare_session(recorder: CassandraRecorder) -> tuple[Any, Any]:
+def bare_session(recorder: CassandraStore) -> tuple[Any, Any]:
     from cassandra import ConsistencyLevel, ProtocolVersion
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, FallthroughRetryPolicy, TokenAwarePolicy
@@ -218,8 +218,8 @@ def measure(
     url: str, saves: int, blocks: int, thread_counts: Sequence[int], groups: Sequence[int]
 ) -> dict[str, Any]:
     app = Application(store=url)
-    recorder = app.recorder
-    assert isinstance(recorder, CassandraRecorder), f"{url} is not a Cassandra store"
+    recorder = app.store
+    assert isinstance(recorder, CassandraStore), f"{url} is not a Cassandra store"
     cluster, session = bare_session(recorder)
     insert = session.prepare(INSERT.format(keyspace=recorder.settings.keyspace))
     out: dict[str, Any] = {"url": recorder.url, "saves": saves, "blocks": blocks}
@@ -338,9 +338,9 @@ def main() -> None:
 
 
 def drop(url: str) -> None:
-    recorder = CassandraRecorder.from_url(url)
+    recorder = CassandraStore.from_url(url)
     try:
-        recorder._session().execute(
+        recorder.connection().session.execute(
             f'DROP KEYSPACE IF EXISTS "{recorder.settings.keyspace}"', timeout=120
         )
     finally:

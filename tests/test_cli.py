@@ -17,10 +17,10 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application, IntegrityError, StoreError, cli, tools
+from cairn import AESCipher, Application, StoreError, UnreadableRecord, cli
 from cairn.crypto import KeyRing
 from cairn.examples.everything import EverythingApplication, create_example_aggregate
-from cairn.stores import Record, open_store
+from cairn.stores import FENCE_TOPIC, Record, open_store
 from tests.conftest import scheme
 from tests.racer import Counter
 
@@ -105,7 +105,7 @@ def test_an_aggregate_whose_creation_was_fenced_off_is_listed_as_such(
     fenced = uuid4()
     recorder = open_store(durable_store_url)
     try:
-        recorder.append([Record(fenced, 0, tools.FENCED_TOPIC, b"")])
+        recorder.append([Record(fenced, 0, FENCE_TOPIC, b"")])
     finally:
         recorder.close()
     rows = json.loads(cairn("aggregates", durable_store_url, "--json").stdout)
@@ -209,11 +209,11 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     new_cipher = AESCipher(new)
     ring = KeyRing(new_cipher, AESCipher(old))
     with Application(store=durable_store_url, cipher=ring) as reader:
-        first_id = reader.recorder.aggregate_ids(limit=1)[0]  # the rotation's first aggregate
+        first_id = reader.store.aggregate_ids(limit=1)[0]  # the rotation's first aggregate
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # reads keep working during the rotation
             assert reader.repository[sample].count == 2
-            item = reader.recorder.get_item(first_id, 0)
+            item = reader.store.get_item(first_id, 0)
             if item is not None and item.data[1:5] == new_cipher.key_id:
                 break  # the rotation is under way
             time.sleep(0.005)
@@ -291,7 +291,7 @@ def plaintext_records(originator_id: Any, version: int) -> list[Record]:
         forged = create_example_aggregate("forged by a writer without the key")
         forged.foo = "still forged"
         forged.save()
-        records = list(app.recorder.select(forged.id))
+        records = list(app.store.select(forged.id))
     return [Record(originator_id, version + n, r.topic, r.data) for n, r in enumerate(records)]
 
 
@@ -328,7 +328,7 @@ def test_with_a_key_the_cli_reads_only_what_the_key_sealed_and_never_encrypts_a_
     assert any("--encrypt-plaintext" in p for p in report["problems"])
     with (
         EverythingApplication(cipher=AESCipher(new), always_encrypt=True, store=url) as app,
-        pytest.raises(IntegrityError, match=f"{victim.id} version 3"),
+        pytest.raises(UnreadableRecord, match=f"{victim.id} version 3"),
     ):
         app.example_repository[victim.id]  # the forgery was not sealed by the rotation
 

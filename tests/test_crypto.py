@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cairn import Application, IntegrityError
+from cairn import Application, UnreadableRecord
 from cairn.crypto import TEXT_KEY_COST, TEXT_KEY_SALT, AESCipher, KeyRing, cipher_from_env
 from cairn.errors import KeyExhausted
 from cairn.examples.everything import create_example_aggregate
@@ -45,17 +45,17 @@ def test_the_key_id_names_the_key_without_revealing_it() -> None:
 
 def test_a_wrong_key_says_which_key_encrypted_it() -> None:
     one, other = AESCipher(AESCipher.generate_key()), AESCipher(AESCipher.generate_key())
-    with pytest.raises(IntegrityError, match=f"wrong key: encrypted with key {one.key_id.hex()}"):
+    with pytest.raises(UnreadableRecord, match=f"wrong key: encrypted with key {one.key_id.hex()}"):
         other.decrypt(one.encrypt(b"secret"))
 
 
 def test_altered_bytes_or_associated_data_fail_authentication() -> None:
     cipher = AESCipher(AESCipher.generate_key())
     message = cipher.encrypt(b"secret", b"record 1")
-    with pytest.raises(IntegrityError, match="authentication failed"):
+    with pytest.raises(UnreadableRecord, match="authentication failed"):
         cipher.decrypt(message, b"record 2")
     altered = message[:-1] + bytes([message[-1] ^ 1])
-    with pytest.raises(IntegrityError, match="authentication failed"):
+    with pytest.raises(UnreadableRecord, match="authentication failed"):
         cipher.decrypt(altered, b"record 1")
 
 
@@ -66,7 +66,7 @@ def test_a_key_ring_encrypts_with_the_current_key_and_decrypts_with_any() -> Non
     assert ring.encrypt(b"after")[:4] == new.key_id
     assert new.decrypt(ring.encrypt(b"after")) == b"after"
     stranger = AESCipher(AESCipher.generate_key())
-    with pytest.raises(IntegrityError, match="not in the key ring"):
+    with pytest.raises(UnreadableRecord, match="not in the key ring"):
         ring.decrypt(stranger.encrypt(b"x"))
 
 
@@ -125,7 +125,7 @@ def test_what_cairn_key_prints_builds_a_cipher_in_an_application() -> None:
     with Application(store="memory://", cipher=from_env, always_encrypt=True) as app:
         aggregate = create_example_aggregate("sealed with what cairn key printed")
         aggregate.save()
-        with Application(store=app.recorder, cipher=cipher, always_encrypt=True) as other:
+        with Application(store=app.store, cipher=cipher, always_encrypt=True) as other:
             assert other.repository[aggregate.id].foo.startswith("sealed")
 
 

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from cairn import AESCipher, Application
+from cairn import AESCipher, Application, ProjectionRunner, SQLiteViews
 from cairn.examples.everything import ExampleIndex, create_example_aggregate
-from cairn.projections import ProjectionRunner, SQLiteViews
 from tests.conftest import concurrently
 
 

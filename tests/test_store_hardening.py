@@ -36,7 +36,7 @@ def test_a_new_sqlite_store_and_its_wal_are_readable_by_their_owner_only(
         for name in files:
             mode = stat.S_IMODE((tmp_path / name).stat().st_mode)
             assert mode == 0o600, f"{name} is {oct(mode)}"
-        assert app.recorder.aggregate_ids()
+        assert app.store.aggregate_ids()
 
 
 def test_a_stricter_umask_is_honoured(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 from cairn import Application, StoreError
 from cairn.projections import PostgresViews
 from cairn.stores import open_store
-from cairn.urls import redact, scrub
+from cairn.stores.urls import redact, scrub
 from tests.conftest import STORES, fill, scheme
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,18 +9,19 @@ snapshot at or below the wanted version, then the events after it.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import Token
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
 from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
-from cairn.errors import AggregateForgotten, AggregateNotFound, ConcurrencyError, SubscriberError
+from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
+from cairn.feed import Feed
 from cairn.mapping import Mapper, Snapshot
-from cairn.stores import Record, Recorder, open_store
+from cairn.renamed import Alias, module_aliases
+from cairn.stores import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +29,18 @@ A = TypeVar("A", bound=Aggregate)
 Subscriber = Callable[[Sequence[DomainEvent]], None]
 
 
-class EventStore:
-    """Domain events in, domain events out, over one recorder."""
+class Events:
+    """Domain events in, domain events out, over one store (formerly ``EventStore``)."""
 
-    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
-        self.recorder = recorder
+    recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
+
+    def __init__(self, store: Store, mapper: Mapper) -> None:
+        self.store = store
         self.mapper = mapper
 
     def put(self, events: Sequence[DomainEvent]) -> None:
         """Store a batch atomically (every event is mapped before anything is written)."""
-        self.recorder.append([self.mapper.to_record(e) for e in events])
+        self.store.append([self.mapper.to_record(e) for e in events])
 
     def get(
         self,
@@ -50,74 +53,27 @@ class EventStore:
     ) -> Iterator[DomainEvent]:
         """One aggregate's events in version order, decoded as they stream in."""
         to_event = self.mapper.to_event
-        for record in self.recorder.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+        for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
             yield to_event(record)
 
 
-class Feed:
-    """Every event of the application's store, in one order that never changes.
+class Snapshots:
+    """Snapshots of aggregates' state (the seed's ``snapshot_strategy``; formerly
+    ``SnapshotStore``)."""
 
-    Positions increase along the feed (they need not be consecutive). Keep the
-    last position you processed and read on from it: nothing is ever missed,
-    and nothing appears behind a position once it has been read past.
-    """
+    recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
 
-    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
-        self.recorder = recorder
-        self.mapper = mapper
-
-    def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, DomainEvent]]:
-        """At most ``limit`` (position, event) pairs after position ``after``.
-
-        Events of forgotten aggregates (crypto-shredded) are passed over: their
-        positions stay, their content can no longer be read.
-        """
-        records = self.recorder.read_feed(after, limit)
-        to_event = self.mapper.to_event
-        try:
-            return [(r.position, to_event(r)) for r in records]  # type: ignore[misc]
-        except AggregateForgotten:
-            return [(r.position, e) for r in records if (e := self._readable(r)) is not None]  # type: ignore[misc]
-
-    def _readable(self, record: Record) -> DomainEvent | None:
-        try:
-            return self.mapper.to_event(record)
-        except AggregateForgotten:
-            return None
-
-    def follow(
-        self,
-        after: int = 0,
-        *,
-        limit: int = 1000,
-        poll_interval: float = 0.1,
-        stop: threading.Event | None = None,
-    ) -> Iterator[tuple[int, DomainEvent]]:
-        """(position, event) pairs from ``after`` on, waiting for new ones until ``stop`` is set."""
-        stop = stop or threading.Event()
-        while not stop.is_set():
-            page = self.read(after, limit)
-            yield from page
-            if page:
-                after = page[-1][0]
-            if len(page) < limit:
-                stop.wait(poll_interval)
-
-
-class SnapshotStore:
-    """Snapshots of aggregates' state (the seed's ``snapshot_strategy``)."""
-
-    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
-        self.recorder = recorder
+    def __init__(self, store: Store, mapper: Mapper) -> None:
+        self.store = store
         self.mapper = mapper
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
         """The newest snapshot taken at or below event version ``lte``, or None."""
-        record = self.recorder.get_snapshot(originator_id, lte=lte)
+        record = self.store.get_snapshot(originator_id, lte=lte)
         return None if record is None else self.mapper.to_snapshot(record)
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
-        self.recorder.put_snapshot(self.mapper.snapshot_to_record(snapshot))
+        self.store.put_snapshot(self.mapper.snapshot_to_record(snapshot))
 
 
 class Repository(Generic[A]):
@@ -230,7 +186,7 @@ class Application:
     """An event-sourced application over one store.
 
     ``store`` is a store URL (else ``$CAIRN_STORE``, else a SQLite file in the
-    working folder) or an open :class:`Recorder`. ``cipher`` encrypts every
+    working folder) or an open :class:`~cairn.stores.Store`. ``cipher`` encrypts every
     event and snapshot; ``always_encrypt`` also refuses unencrypted records on
     read; ``compress`` zlib-compresses payloads; ``snapshot_every`` takes a
     snapshot every N events; ``key_per_aggregate`` encrypts each aggregate with
@@ -239,9 +195,11 @@ class Application:
     new aggregates are saved by ``aggregate.save()``.
     """
 
+    recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
+
     def __init__(
         self,
-        store: str | Recorder | None = None,
+        store: str | Store | None = None,
         *,
         cipher: Cipher | None = None,
         always_encrypt: bool = False,
@@ -249,19 +207,19 @@ class Application:
         snapshot_every: int | None = None,
         key_per_aggregate: bool = False,
     ) -> None:
-        self._owns_recorder = not isinstance(store, Recorder)  # close only what it opened
-        self.recorder = store if isinstance(store, Recorder) else open_store(store)
+        self._owns_store = not isinstance(store, Store)  # close only what it opened
+        self.store = store if isinstance(store, Store) else open_store(store)
         if key_per_aggregate and cipher is None:
             raise ValueError(
                 "key_per_aggregate=True needs a cipher: the master key that wraps them"
             )
-        data_keys = DataKeys(cipher, self.recorder) if key_per_aggregate and cipher else None
+        data_keys = DataKeys(cipher, self.store) if key_per_aggregate and cipher else None
         self.mapper = Mapper(
             cipher=cipher, compress=compress, always_encrypt=always_encrypt, data_keys=data_keys
         )
-        self.events = EventStore(self.recorder, self.mapper)
-        self.snapshots = SnapshotStore(self.recorder, self.mapper)
-        self.feed = Feed(self.recorder, self.mapper)
+        self.events = Events(self.store, self.mapper)
+        self.snapshots = Snapshots(self.store, self.mapper)
+        self.feed = Feed(self.store, self.mapper)
         self.repository: Repository[Any] = Repository(self)
         self._subscribers: list[Subscriber] = []
         self._tokens: list[Token[tuple[Any, ...]]] = []
@@ -334,8 +292,8 @@ class Application:
 
     def close(self) -> None:
         """Close the store's connections (unless the store was opened by someone else)."""
-        if self._owns_recorder:
-            self.recorder.close()
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Any:
         self._tokens.append(open_applications.set((*open_applications.get(), self)))
@@ -349,3 +307,12 @@ class Application:
     ) -> None:
         open_applications.reset(self._tokens.pop())
         self.close()
+
+
+if TYPE_CHECKING:
+    EventStore = Events
+    SnapshotStore = Snapshots
+else:
+    __getattr__ = module_aliases(
+        __name__, {"EventStore": "Events", "SnapshotStore": "Snapshots"}, globals()
+    )

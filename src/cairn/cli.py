@@ -30,7 +30,7 @@ from uuid import UUID
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
-from cairn.stores import STORE_ENV, Record, Recorder, open_store, redact, scrub
+from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 # C0 and C1 controls, DEL, and the Unicode line separators and bidirectional
@@ -113,7 +113,7 @@ def existing(url: str) -> str:
     return url + ("&" if "?" in url.rpartition("@")[2] else "?") + "create=false"
 
 
-def open_existing(url: str) -> Recorder:
+def open_existing(url: str) -> Store:
     """Open a store that must exist; the error says why a missing one is not created."""
     try:
         return open_store(existing(url))
@@ -121,7 +121,7 @@ def open_existing(url: str) -> Recorder:
         raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
 
 
-def mapper_from_env(recorder: Recorder) -> Mapper:
+def mapper_from_env(recorder: Store) -> Mapper:
     """A mapper with the key in the environment, which also reads aggregates that have a
     data key of their own (``key_per_aggregate``). With a key, it reads only what the
     key sealed (``always_encrypt``): a plaintext record is a problem, not data."""
@@ -604,7 +604,7 @@ class Demo:
             self.say("\n1. Encryption")
             secret = create_example_aggregate(foo="secret info")
             secret.save()
-            item = app.entity_event_store.recorder.get_item(secret.id, eq=0)
+            item = app.entity_event_store.store.get_item(secret.id, eq=0)
             assert item is not None
             self.say(f"   saved aggregate {secret.id} with foo='secret info'")
             self.say(

@@ -18,14 +18,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple
 from uuid import UUID
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cairn.errors import AggregateForgotten, IntegrityError, KeyExhausted
+from cairn.errors import AggregateForgotten, KeyExhausted, UnreadableRecord
+from cairn.renamed import module_aliases
+from cairn.stores import Store
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +116,11 @@ class AESCipher:
             )
 
     def decrypt(self, message: bytes, associated_data: bytes | None = None) -> bytes:
-        """The plaintext; :class:`IntegrityError` if the key, bytes or associated data differ."""
+        """The plaintext; :class:`UnreadableRecord` if the key, bytes or associated data differ."""
         if len(message) < KEY_ID_SIZE + NONCE_SIZE + TAG_SIZE:
-            raise IntegrityError(f"ciphertext too short ({len(message)} bytes) to be AES-GCM")
+            raise UnreadableRecord(f"ciphertext too short ({len(message)} bytes) to be AES-GCM")
         if message[:KEY_ID_SIZE] != self.key_id:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"wrong key: encrypted with key {message[:KEY_ID_SIZE].hex()}, "
                 f"this key is {self.key_id.hex()}"
             )
@@ -129,7 +131,7 @@ class AESCipher:
         try:
             return self._aesgcm.decrypt(nonce, body, associated_data)
         except InvalidTag:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 "AES-GCM authentication failed: the bytes were altered or copied from another record"
             ) from None
 
@@ -196,7 +198,7 @@ class KeyRing:
         key = self._by_id.get(message[:KEY_ID_SIZE])
         if key is None:
             known = ", ".join(k.hex() for k in self._by_id)
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"wrong key: encrypted with key {message[:KEY_ID_SIZE].hex()}, which is not in the "
                 f"key ring ({known})"
             )
@@ -229,22 +231,6 @@ def _from_env(text: str, name: str) -> AESCipher:
         raise ValueError(f"${name}: {exc}") from None
 
 
-class KeyStore(Protocol):
-    """Where wrapped data keys are kept: every Recorder is one."""
-
-    def get_data_key(self, originator_id: UUID) -> bytes | None:
-        """The wrapped key (or sealed tombstone); None if there never was one."""
-
-    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
-        """Store ``wrapped`` unless a key (or its tombstone) is there already; what is there now."""
-
-    def forget_data_key(self, originator_id: UUID) -> None:
-        """Replace the wrapped key by a blank tombstone (``b""``)."""
-
-    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
-        """Store ``new`` if ``old`` is still there; whether it was replaced."""
-
-
 class _Cached(NamedTuple):
     key: AESCipher | None  # None: the aggregate has no key of its own
     wrapped: bytes | None  # as read from the store, to revalidate without unwrapping
@@ -260,17 +246,18 @@ class DataKeys:
 
     Forgetting leaves a tombstone sealed by the master key and bound to the
     aggregate, so a blank or forged one is an unreadable record, never a silent
-    skip. Unwrapped keys are cached; a key is read again from the store when it was
-    last read more than ``revalidate_after`` seconds ago, so an application that holds
-    one stops reading and writing its aggregate at most that long after another
-    application forgets it.
+    skip. The store keeps the wrapped keys (its data-key methods:
+    :class:`~cairn.stores.Store`). Unwrapped keys are cached; a key is read again
+    from the store when it was last read more than ``revalidate_after`` seconds ago,
+    so an application that holds one stops reading and writing its aggregate at most
+    that long after another application forgets it.
     """
 
     CACHE_SIZE = 10_000  # unwrapped keys kept in memory, most recently used
     REVALIDATE_AFTER = 1.0  # seconds
 
     def __init__(
-        self, master: Cipher, store: KeyStore, *, revalidate_after: float | None = None
+        self, master: Cipher, store: Store, *, revalidate_after: float | None = None
     ) -> None:
         self.master = master
         self.store = store
@@ -325,7 +312,7 @@ class DataKeys:
         try:
             return AESCipher(plain)
         except ValueError:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"the data key of aggregate {originator_id} is unreadable: it unwraps to "
                 f"{len(plain)} bytes, not an AES key"
             ) from None
@@ -333,7 +320,7 @@ class DataKeys:
     def _open(self, originator_id: UUID, wrapped: bytes) -> bytes:
         """What the master key sealed for this aggregate: its data key, or ``b""`` (forgotten)."""
         if wrapped == b"":
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"the data key of aggregate {originator_id} was replaced by a blank tombstone, "
                 "which the master key did not seal (forged, or written by a cairn older than "
                 "sealed tombstones): its records are unreadable, and it was not forgotten by "
@@ -341,14 +328,14 @@ class DataKeys:
             )
         try:
             return self.master.decrypt(wrapped, _wrapping(originator_id))
-        except IntegrityError as exc:
-            raise IntegrityError(
+        except UnreadableRecord as exc:
+            raise UnreadableRecord(
                 f"the data key of aggregate {originator_id} is unreadable: {exc}"
             ) from None
 
     def status(self, originator_id: UUID) -> Literal["own key", "forgotten", "none"]:
         """Whether the aggregate has a data key of its own (authenticated), was forgotten,
-        or has none; :class:`~cairn.IntegrityError` if what is stored is not the master's."""
+        or has none; :class:`~cairn.UnreadableRecord` if what is stored is not the master's."""
         wrapped = self.store.get_data_key(originator_id)
         if wrapped is None:
             return "none"
@@ -385,7 +372,7 @@ class DataKeys:
         key, if an older key of the ring wraps it: ``"rewrapped"``, ``"current"``,
         ``"forgotten"`` or ``"none"`` (the aggregate has no key of its own). The records
         under the data key stay as they are: that is what rotating a master key costs with
-        data keys. :class:`~cairn.IntegrityError` if what is stored is not the master's."""
+        data keys. :class:`~cairn.UnreadableRecord` if what is stored is not the master's."""
         while True:
             wrapped = self.store.get_data_key(originator_id)
             if wrapped is None:
@@ -406,3 +393,9 @@ class DataKeys:
 def _wrapping(originator_id: UUID) -> bytes:
     # Associated data: a wrapped key (or tombstone) moved to another aggregate does not unwrap.
     return b"cairn data key\0" + originator_id.bytes
+
+
+if TYPE_CHECKING:
+    KeyStore = Store
+else:
+    __getattr__ = module_aliases(__name__, {"KeyStore": "Store"}, globals())

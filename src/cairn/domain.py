@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, dataclass_transform
 from uuid import UUID, uuid4
 
-from cairn.errors import AggregateDiscarded, IntegrityError, NoApplication, TopicError
+from cairn.errors import AggregateDiscarded, NoApplication, TopicError, UnreadableRecord
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -94,7 +94,7 @@ class Fenced(DomainEvent):
             return None
         version = None if aggregate is None else aggregate._version
         if version != self.originator_version:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"aggregate {self.originator_id}: a fence has version "
                 f"{self.originator_version}, but the aggregate is at version {version}"
             )
@@ -167,7 +167,7 @@ class Aggregate:
 
         def mutate(self, aggregate: Any) -> Any:
             if aggregate._version != self.originator_version:
-                raise IntegrityError(
+                raise UnreadableRecord(
                     f"aggregate {self.originator_id}: event {type(self).__qualname__} has version "
                     f"{self.originator_version}, but the aggregate is at version {aggregate._version}"
                 )

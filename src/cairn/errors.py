@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from uuid import UUID
+
+from cairn.renamed import module_aliases
 
 
 class CairnError(Exception):
@@ -22,8 +25,13 @@ class ConcurrencyError(CairnError):
         self.stored = tuple(stored)
 
 
-class IntegrityError(CairnError):
-    """A stored record failed to decrypt, authenticate or decode: never decoded into garbage."""
+class UnreadableRecord(CairnError):
+    """A stored record cannot be read back: it fails to decrypt, authenticate or decode
+    (tampered, under another key, copied from another record). Never decoded into garbage.
+
+    (Formerly ``IntegrityError``, a name that PEP 249 and ``sqlite3`` give to a violated
+    constraint; the old name still works, and warns.)
+    """
 
 
 class AggregateNotFound(CairnError, KeyError):
@@ -67,3 +75,9 @@ class SubscriberError(CairnError):
 
 class KeyExhausted(CairnError):
     """A key has encrypted as many messages as random 96-bit nonces allow (2**32): rotate it."""
+
+
+if TYPE_CHECKING:
+    IntegrityError = UnreadableRecord
+else:
+    __getattr__ = module_aliases(__name__, {"IntegrityError": "UnreadableRecord"}, globals())

@@ -24,7 +24,7 @@ import orjson
 
 from cairn.crypto import KEY_ID_SIZE, Cipher, DataKeys
 from cairn.domain import DomainEvent, Entity, Fenced, resolve_topic, topic_of
-from cairn.errors import EncodingError, IntegrityError, TopicError
+from cairn.errors import EncodingError, TopicError, UnreadableRecord
 from cairn.stores import Record
 
 _FENCED = topic_of(Fenced)
@@ -159,7 +159,7 @@ def decode_value(value: Any) -> Any:
         try:
             decoder = _DECODERS[tag]
         except KeyError:
-            raise IntegrityError(f"unknown value tag {tag!r}") from None
+            raise UnreadableRecord(f"unknown value tag {tag!r}") from None
         return decoder(value)
     if t is list:
         return [decode_value(x) for x in value]
@@ -307,7 +307,7 @@ class Mapper:
         )
 
     def to_event(self, record: Record) -> DomainEvent:
-        """The event a record holds; :class:`IntegrityError` or :class:`TopicError` if it can't be."""
+        """The event a record holds; :class:`UnreadableRecord` or :class:`TopicError` if it can't be."""
         if record.topic == _FENCED:
             # A feed reader's fence: no data to decode or decrypt (no key needed).
             return Fenced(
@@ -424,7 +424,7 @@ class Mapper:
         if self.data_keys is not None:  # the aggregate's own key, else the master key
             cipher = self.data_keys.cipher(record.originator_id, create=False) or self.cipher
         if cipher is None:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"{what} of aggregate {record.originator_id} version "
                 f"{record.originator_version} is encrypted, and no cipher is configured"
             )
@@ -433,7 +433,7 @@ class Mapper:
         )
         try:
             return cipher.decrypt(payload, ad)
-        except IntegrityError as exc:
+        except UnreadableRecord as exc:
             raise self._corrupt(record, what, str(exc)) from None
 
     # ---- key rotation
@@ -474,8 +474,8 @@ class Mapper:
         return None if own is None else own.key_id
 
     @staticmethod
-    def _corrupt(record: Record, what: str, reason: str) -> IntegrityError:
-        return IntegrityError(
+    def _corrupt(record: Record, what: str, reason: str) -> UnreadableRecord:
+        return UnreadableRecord(
             f"{what} of aggregate {record.originator_id} version {record.originator_version} "
             f"({record.topic}) is unreadable: {reason}"
         )

@@ -1,12 +1,13 @@
-"""Projections: read models kept up to date by following an application's feed.
+"""Projections: read models kept up to date by following an application's feed, exactly once.
 
 A :class:`ProjectionRunner` reads the feed from the position its projection
 last committed, applies a page of events to the read model, and commits the
-read model's changes and the new position in one transaction of the view
-store. A crash at any moment leaves both as they were before the page, so each
-event changes the read model exactly once. The position is read inside that
-transaction, under the view store's write lock, so two runners of the same
-projection take turns instead of both applying a page.
+read model's changes and the new position in one transaction of the
+:class:`Views` (where read models are kept: SQLite or PostgreSQL). A crash at
+any moment leaves both as they were before the page, so each event changes the
+read model exactly once. The position is read inside that transaction, under
+the views' write lock, so two runners of the same projection take turns
+instead of both applying a page.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from cairn.application import Feed
 from cairn.domain import DomainEvent
 from cairn.errors import StoreError
+from cairn.feed import Feed
+from cairn.renamed import module_aliases
 from cairn.stores import redact, scrub
 
 T = TypeVar("T")
@@ -38,11 +40,12 @@ class Projection(ABC, Generic[T]):
 
     @abstractmethod
     def process(self, tx: T, event: DomainEvent) -> None:
-        """Apply one event to the read model, through the view store's transaction ``tx``."""
+        """Apply one event to the read model, through the views' transaction ``tx``."""
 
 
-class ViewStore(ABC, Generic[T]):
-    """Holds read models and the feed position each projection has committed."""
+class Views(ABC, Generic[T]):
+    """Where read models are kept, with the feed position each projection has committed
+    (formerly ``ViewStore``)."""
 
     @abstractmethod
     def transaction(self) -> Any:
@@ -59,7 +62,7 @@ class ViewStore(ABC, Generic[T]):
         """Record ``position`` for projection ``name``, inside ``tx``."""
 
 
-class SQLiteViews(ViewStore[sqlite3.Connection]):
+class SQLiteViews(Views[sqlite3.Connection]):
     """Read models in a SQLite file: the projection writes through the connection it is given."""
 
     TRACKING = "CREATE TABLE IF NOT EXISTS cairn_tracking (name TEXT PRIMARY KEY, position INTEGER NOT NULL)"
@@ -102,7 +105,7 @@ class SQLiteViews(ViewStore[sqlite3.Connection]):
         tx.execute(self.UPSERT, (name, position))
 
 
-class PostgresViews(ViewStore[Any]):
+class PostgresViews(Views[Any]):
     """Read models in a PostgreSQL database: the projection writes through the
     ``psycopg.Connection`` it is given, inside the transaction its position commits in.
 
@@ -138,7 +141,7 @@ class PostgresViews(ViewStore[Any]):
                 # libpq may quote the URL (or a piece of its password) back: scrubbed,
                 # and its own exception not chained.
                 raise StoreError(
-                    f"cannot connect to the view store {redact(self.url)}: "
+                    f"cannot connect to the views at {redact(self.url)}: "
                     f"{scrub(str(exc), self.url)}"
                 ) from None
             self._local.conn = conn
@@ -163,7 +166,7 @@ class ProjectionRunner(Generic[T]):
     """Follows a feed and keeps one projection's read model up to date, exactly once."""
 
     def __init__(
-        self, feed: Feed, projection: Projection[T], views: ViewStore[T], *, page_size: int = 500
+        self, feed: Feed, projection: Projection[T], views: Views[T], *, page_size: int = 500
     ) -> None:
         self.feed = feed
         self.projection = projection
@@ -204,3 +207,9 @@ class ProjectionRunner(Generic[T]):
             except StoreError as exc:
                 log.warning("projection %r: %s; trying again", self.projection.name, exc)
                 stop.wait(poll_interval)
+
+
+if TYPE_CHECKING:
+    ViewStore = Views
+else:
+    __getattr__ = module_aliases(__name__, {"ViewStore": "Views"}, globals())

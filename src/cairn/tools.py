@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from cairn.application import Application, snapshot_of
-from cairn.domain import Fenced, topic_of
-from cairn.errors import AggregateForgotten, CairnError, IntegrityError
+from cairn.errors import AggregateForgotten, CairnError, UnreadableRecord
 from cairn.mapping import ENCRYPTED, Mapper
-from cairn.stores import Record, Recorder
+from cairn.renamed import module_aliases
+from cairn.stores import FENCE_TOPIC, Record, Store
 
 Progress = Callable[[int, "int | None"], None]
-FENCED_TOPIC = topic_of(Fenced)
 LISTED = 100  # records named one by one in a report; the rest are counted
 
 
@@ -25,7 +25,7 @@ def _no_progress(done: int, total: int | None) -> None:
     pass
 
 
-def iter_aggregate_ids(recorder: Recorder, page: int = 1000) -> Iterator[UUID]:
+def iter_aggregate_ids(recorder: Store, page: int = 1000) -> Iterator[UUID]:
     """Every stored aggregate's id, page by page."""
     after = None
     while ids := recorder.aggregate_ids(after, page):
@@ -33,7 +33,7 @@ def iter_aggregate_ids(recorder: Recorder, page: int = 1000) -> Iterator[UUID]:
         after = ids[-1]
 
 
-def head(recorder: Recorder, originator_id: UUID) -> Record | None:
+def head(recorder: Store, originator_id: UUID) -> Record | None:
     """An aggregate's newest event record, or None."""
     return next(recorder.select(originator_id, desc=True, limit=1), None)
 
@@ -54,7 +54,7 @@ def name_of(record: Record, snapshot: bool = False) -> str:
 
 def aggregate_type(created_topic: str) -> str:
     """The aggregate class's topic, from its first event's topic (``mod:Class.Created``)."""
-    if created_topic == FENCED_TOPIC:  # a Cassandra feed reader fenced off its creation
+    if created_topic == FENCE_TOPIC:  # a Cassandra feed reader fenced off its creation
         return "(none: its creation was fenced off)"
     module, _, qualname = created_topic.partition(":")
     return f"{module}:{qualname.rpartition('.')[0] or qualname}"
@@ -77,7 +77,7 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
 
 
-def verify(recorder: Recorder, mapper: Mapper, progress: Progress = _no_progress) -> VerifyReport:
+def verify(recorder: Store, mapper: Mapper, progress: Progress = _no_progress) -> VerifyReport:
     """Read every event and newest snapshot: each must decrypt and decode, and each
     aggregate's versions must run from 0 without a gap. Changes nothing.
 
@@ -160,7 +160,7 @@ class CopyReport:
 
 
 def copy_store(
-    source: Recorder, target: Recorder, progress: Progress = _no_progress, page: int = 1000
+    source: Store, target: Store, progress: Progress = _no_progress, page: int = 1000
 ) -> CopyReport:
     """Copy every event (and each aggregate's newest snapshot and data key) from one store
     to another.
@@ -213,7 +213,7 @@ def _unpositioned(record: Record) -> Record:
     return Record(record.originator_id, record.originator_version, record.topic, record.data)
 
 
-def _copied_prefix(source: Recorder, target: Recorder) -> int:
+def _copied_prefix(source: Store, target: Store) -> int:
     """The source feed position up to which the target already holds every event.
 
     Copying keeps a prefix, so: every event at or before ``low`` is copied, none
@@ -251,7 +251,7 @@ def _copied_prefix(source: Recorder, target: Recorder) -> int:
     return low
 
 
-def verify_copy(source: Recorder, target: Recorder, progress: Progress = _no_progress) -> list[str]:
+def verify_copy(source: Store, target: Store, progress: Progress = _no_progress) -> list[str]:
     """Each aggregate's events in the target must equal the source's; the differences."""
     problems = []
     for n, originator_id in enumerate(iter_aggregate_ids(source), 1):
@@ -281,7 +281,7 @@ class RotateReport:
 
 
 def rotate_key(
-    recorder: Recorder,
+    recorder: Store,
     mapper: Mapper,
     progress: Progress = _no_progress,
     *,
@@ -311,7 +311,7 @@ def rotate_key(
         if mapper.data_keys is not None:
             try:
                 outcome = mapper.data_keys.rewrap(originator_id)
-            except IntegrityError as exc:
+            except UnreadableRecord as exc:
                 _problem(report, str(exc))
                 continue
             if outcome == "forgotten":
@@ -356,7 +356,7 @@ def _resealed(
     snapshot: bool = False,
 ) -> Record | None:
     """The record under the current key, or None if it stays as it is (counted)."""
-    if record.topic == FENCED_TOPIC and not record.data:  # a feed reader's fence: no data
+    if record.topic == FENCE_TOPIC and not record.data:  # a feed reader's fence: no data
         report.current += 1
         return None
     if is_plaintext(record):
@@ -367,7 +367,7 @@ def _resealed(
         report.plaintext_encrypted += 1
     try:
         resealed = mapper.reseal(record, snapshot=snapshot)
-    except IntegrityError as exc:
+    except UnreadableRecord as exc:
         _problem(report, f"{exc}: left as it is")
         return None
     if resealed is None:
@@ -389,7 +389,7 @@ def rebuild_snapshots(app: Application, every: int, progress: Progress = _no_pro
     if every < 1:
         raise ValueError(f"--every must be at least 1, not {every}")
     taken = 0
-    for n, originator_id in enumerate(iter_aggregate_ids(app.recorder), 1):
+    for n, originator_id in enumerate(iter_aggregate_ids(app.store), 1):
         aggregate = None
         for event in app.events.get(originator_id):
             aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
@@ -400,3 +400,9 @@ def rebuild_snapshots(app: Application, every: int, progress: Progress = _no_pro
                 taken += 1
         progress(n, None)
     return taken
+
+
+if TYPE_CHECKING:
+    FENCED_TOPIC = FENCE_TOPIC
+else:
+    __getattr__ = module_aliases(__name__, {"FENCED_TOPIC": "FENCE_TOPIC"}, globals())

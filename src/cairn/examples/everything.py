@@ -15,10 +15,16 @@ import sqlite3
 from typing import Any
 from uuid import UUID, uuid4
 
-from cairn import Aggregate, Application, Entity, SnapshottingPolicy, attribute
-from cairn.application import Repository
-from cairn.domain import DomainEvent
-from cairn.projections import Projection
+from cairn import (
+    Aggregate,
+    Application,
+    DomainEvent,
+    Entity,
+    Projection,
+    Repository,
+    SnapshottingPolicy,
+    attribute,
+)
 
 
 class Example(Entity):
