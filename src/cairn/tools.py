@@ -253,8 +253,7 @@ def rotate_key(
             report.data_keys += outcome == "rewrapped"
         changes = []
         for record in recorder.select(originator_id):
-            # A feed reader's fence (Cassandra) holds no data: nothing to encrypt.
-            resealed = None if record.topic == FENCED_TOPIC else mapper.reseal(record)
+            resealed = mapper.reseal(record)  # an unsealed fence (no data) is left alone
             if resealed is None:
                 report.current += 1
             else:
@@ -287,7 +286,7 @@ def rebuild_snapshots(app: Application, every: int, progress: Progress = _no_pro
     for n, originator_id in enumerate(iter_aggregate_ids(app.recorder), 1):
         aggregate = None
         for event in app.events.get(originator_id):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+            aggregate = event.mutate(aggregate)
             if aggregate is None:  # a creation fenced off by a feed reader: no aggregate
                 break
             if (event.originator_version + 1) % every == 0:
