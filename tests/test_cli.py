@@ -23,6 +23,7 @@ from tests.racer import Counter
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "0123456789abcdef"
+MODEL = "cairn.examples.everything,tests.racer"  # the model of the stores these tests write
 
 
 def cairn(
@@ -30,6 +31,7 @@ def cairn(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_KEY", "CAIRN_OLD_KEYS")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    env["CAIRN_MODEL"] = MODEL
     if key:
         env["CAIRN_KEY"] = key
     if old_keys:

@@ -21,11 +21,13 @@ from uuid import UUID
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
 from cairn.crypto import Cipher, DataKeys, KeyRing
 from cairn.mapping import Mapper
+from cairn.model import Model
 from cairn.stores import Record, Recorder, open_store, redact
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 KEY_ENV = "CAIRN_KEY"
 OLD_KEYS_ENV = "CAIRN_OLD_KEYS"
+MODEL_ENV = "CAIRN_MODEL"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,11 +65,18 @@ def cipher_from_env() -> Cipher | None:
     return KeyRing(parse_key(text), *old) if old else parse_key(text)
 
 
+def model_from_env() -> Model:
+    """The model of the application whose store is read: the modules or packages named in
+    ``$CAIRN_MODEL`` (comma-separated), imported once. A record never names what to import."""
+    return Model([name for name in os.environ.get(MODEL_ENV, "").split(",") if name])
+
+
 def mapper_from_env(recorder: Recorder) -> Mapper:
-    """A mapper with the key in the environment, which also reads aggregates that have a
-    data key of their own (``key_per_aggregate``)."""
+    """A mapper with the key and model in the environment, which also reads aggregates
+    that have a data key of their own (``key_per_aggregate``)."""
     cipher = cipher_from_env()
-    return Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder) if cipher else None)
+    data_keys = DataKeys(cipher, recorder) if cipher else None
+    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env())
 
 
 class Progress:
@@ -110,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"Store URLs: memory://, sqlite:///file.db, postgresql://user:pw@host/db?schema=s, "
             f"cassandra://host:9042/keyspace. Encrypted stores: put the key in ${KEY_ENV} "
             f"(its text, or base64:... as 'cairn key' prints), and during a rotation the old "
-            f"keys in ${OLD_KEYS_ENV}. Exit codes: 0 ok, 1 problems "
+            f"keys in ${OLD_KEYS_ENV}. To decode records, name the application's modules or "
+            f"packages in ${MODEL_ENV} (comma-separated). Exit codes: 0 ok, 1 problems "
             "found, 2 bad usage, 3 could not do the work."
         ),
     )
@@ -346,7 +356,12 @@ def run_snapshots(args: argparse.Namespace) -> int:
 def run_snapshot(args: argparse.Namespace) -> int:
     progress = Progress("snapshotting aggregates", args.quiet)
     cipher = cipher_from_env()
-    with Application(store=args.store, cipher=cipher, key_per_aggregate=cipher is not None) as app:
+    with Application(
+        store=args.store,
+        cipher=cipher,
+        key_per_aggregate=cipher is not None,
+        model=model_from_env(),
+    ) as app:
         taken = tools.rebuild_snapshots(app, args.every, progress)
     progress.done(f"{taken:,} snapshots stored")
     return EXIT_OK
