@@ -40,6 +40,15 @@ MAX_INT_DIGITS = 4300
 _ZONE = re.compile(r"[A-Za-z0-9_+\-]{1,32}(/[A-Za-z0-9_+\-]{1,32}){0,3}")
 
 
+def error_name(exc: BaseException) -> str:
+    """An exception's class, as a message may name it instead of quoting its text (which
+    may quote the data)."""
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
 def _tagged(tag: str, value: Any) -> dict[str, Any]:
     return {TAG: tag, "v": value}
 
@@ -197,7 +206,12 @@ class JSONTranscoder:
                 # A datetime without a zone (every event's timestamp) is
                 # decoded here, saving two calls per event on replay.
                 if len(value) == 2 and value.get(TAG) == "dt":
-                    raw[name] = datetime.fromisoformat(value["v"])
+                    try:
+                        raw[name] = datetime.fromisoformat(value["v"])
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise IntegrityError(
+                            f"a 'dt' value is malformed ({error_name(exc)})"
+                        ) from None
                 else:
                     raw[name] = self.from_json(value, 1)
             elif t is list:
@@ -293,9 +307,7 @@ class JSONTranscoder:
             except CairnError:
                 raise
             except Exception as exc:
-                raise IntegrityError(
-                    f"a {tag!r} value is malformed ({type(exc).__name__})"
-                ) from None
+                raise IntegrityError(f"a {tag!r} value is malformed ({error_name(exc)})") from None
         if t is list:
             if depth >= MAX_DEPTH:
                 raise IntegrityError(f"values nested more than {MAX_DEPTH} levels deep")

@@ -112,7 +112,7 @@ class DomainEvent:
         Only aggregates' events (:class:`Aggregate.Event`) and fences can be applied.
         """
         raise IntegrityError(
-            f"aggregate {self.originator_id}: event {type(self).__qualname__} at version "
+            f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
             f"{self.originator_version} is not an aggregate's event: it cannot be applied"
         )
 
@@ -207,8 +207,8 @@ class Aggregate:
         def mutate(self, aggregate: Any) -> Any:
             if aggregate is None:
                 raise IntegrityError(
-                    f"aggregate {self.originator_id}: event {type(self).__qualname__} has "
-                    f"version {self.originator_version}, but the aggregate was never created"
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version}: the aggregate was never created"
                 )
             if aggregate._version != self.originator_version:
                 raise IntegrityError(
@@ -232,9 +232,9 @@ class Aggregate:
             cls = aggregate_class(self.originator_topic)
             if cls is None:
                 raise TopicError(
-                    f"aggregate {self.originator_id}: its Created event (version "
-                    f"{self.originator_version}) names {shown(self.originator_topic)} as its "
-                    "class, which is no loaded Aggregate class"
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version} names {shown(self.originator_topic)} as the "
+                    "aggregate's class, which is no loaded Aggregate class"
                 )
             new: Any = object.__new__(cls)
             new._id = self.originator_id
@@ -251,8 +251,8 @@ class Aggregate:
                     raise  # raised inside __init__: the class's own error
                 # The call itself failed: these fields do not fit this __init__.
                 raise IntegrityError(
-                    f"aggregate {self.originator_id}: the fields of its Created event "
-                    f"{type(self).__qualname__} do not fit {cls.__qualname__}.__init__"
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version}: its fields do not fit {cls.__qualname__}.__init__"
                 ) from None
             return super().mutate(new)
 
@@ -266,7 +266,7 @@ class Aggregate:
             name = self.name
             if type(name) is not str or name.startswith("__") or name in _BOOKKEEPING:
                 raise IntegrityError(
-                    f"aggregate {self.originator_id}: event {type(self).__qualname__} at version "
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
                     f"{self.originator_version} names no attribute that an event may set"
                 )
             # Into the instance's dict, as attribute() reads it: a stored name never

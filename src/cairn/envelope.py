@@ -39,10 +39,11 @@ COMPRESS_MIN_SIZE = 128
 
 # The largest payload written or read, once decompressed (the default; a Mapper
 # takes its own). Cassandra refuses larger writes by default (half its 32 MiB
-# commit log segment); reading one record allocates at most this much for its
-# payload, whatever its compressed size.
+# commit log segment). Decompressing one record allocates at most twice this,
+# whatever its compressed size.
 MAX_PAYLOAD = 16 * 1024 * 1024
 _ZLIB_MAX_RATIO = 1032  # deflate's densest: 258 bytes from 2 bits
+_INFLATE_STEP = 1 << 20  # decompressed at a time, beyond the ratio's bound
 
 
 def unreadable(record: Record, kind: bytes, reason: str) -> IntegrityError:
@@ -162,18 +163,24 @@ class Envelope:
             raise unreadable(record, kind, str(exc)) from None
 
     def _decompress(self, record: Record, kind: bytes, payload: bytes) -> bytes:
+        """The payload decompressed; refused as soon as it grows beyond ``max_payload``
+        (so a refused one costs at most that much memory, one that is read twice its size)."""
         try:
             if len(payload) * _ZLIB_MAX_RATIO <= self.max_payload:
                 return zlib.decompress(payload)  # it cannot grow beyond the bound
-            inflate = zlib.decompressobj()
-            plain = inflate.decompress(payload, self.max_payload + 1)
+            inflate, parts, size = zlib.decompressobj(), [], 0
+            while payload and not inflate.eof:
+                part = inflate.decompress(payload, _INFLATE_STEP)
+                size += len(part)
+                if size > self.max_payload:
+                    raise unreadable(record, kind, self._too_large)
+                parts.append(part)
+                payload = inflate.unconsumed_tail
         except zlib.error:
             raise unreadable(record, kind, "its compressed payload is corrupt") from None
-        if len(plain) > self.max_payload:
-            raise unreadable(record, kind, self._too_large)
         if not inflate.eof:
             raise unreadable(record, kind, "its compressed payload is cut short")
-        return plain
+        return b"".join(parts)
 
     @property
     def _too_large(self) -> str:

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from cairn.codec import MAX_DEPTH, TAG, JSONTranscoder
+from cairn.codec import MAX_DEPTH, TAG, JSONTranscoder, error_name
 from cairn.crypto import Cipher, DataKeys
 from cairn.domain import Aggregate, DomainEvent, Fenced, shown, topic_of
 from cairn.envelope import (
@@ -370,4 +370,4 @@ def _unreadable(record: Record, kind: bytes, exc: Exception) -> CairnError:
     if isinstance(exc, CairnError):  # e.g. AggregateForgotten: as it is
         return exc
     # Not the exception's text: it may quote the data.
-    return unreadable(record, kind, f"its payload cannot be decoded ({type(exc).__name__})")
+    return unreadable(record, kind, f"its payload cannot be decoded ({error_name(exc)})")
