@@ -298,7 +298,12 @@ class JSONTranscoder:
                 raise IntegrityError(f"values nested more than {MAX_DEPTH} levels deep")
             tag = value.get(TAG)
             if tag is None:
-                return {k: self.from_json(v, depth + 1) for k, v in value.items()}
+                # In place: the parsed document is this decoder's own, and a copy would
+                # double what a record costs in memory.
+                for k, v in value.items():
+                    if type(v) is dict or type(v) is list:
+                        value[k] = self.from_json(v, depth + 1)
+                return value
             decoder = self._decoders.get(tag) if type(tag) is str else None
             if decoder is None:
                 raise IntegrityError(f"unknown value tag {shown(tag, 40)}")
@@ -311,7 +316,10 @@ class JSONTranscoder:
         if t is list:
             if depth >= MAX_DEPTH:
                 raise IntegrityError(f"values nested more than {MAX_DEPTH} levels deep")
-            return [self.from_json(x, depth + 1) for x in value]
+            for i, x in enumerate(value):
+                if type(x) is dict or type(x) is list:
+                    value[i] = self.from_json(x, depth + 1)
+            return value
         return value
 
     def _decode_enum(self, tagged: dict[str, Any], depth: int) -> Enum:
