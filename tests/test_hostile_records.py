@@ -190,6 +190,25 @@ def test_a_keyless_writer_cannot_slip_a_plaintext_record_into_an_encrypted_store
             app.repository[other.id]
 
 
+def test_an_unsealed_fence_is_refused_by_an_encrypted_store_and_a_sealed_one_read(
+    recorder: Recorder,
+) -> None:
+    """A keyless writer's fence would hide the event it replaces; the key's own is read."""
+    fence_topic = "cairn.domain:Fenced"
+    with Application(store=recorder, cipher=KEY) as app:
+        forged, genuine = Parcel.create(label="x"), Parcel.create(label="y")
+        app.save(forged, genuine)
+        recorder.append([Record(forged.id, 1, fence_topic, b""), app.mapper.fence(genuine.id, 1)])
+        with pytest.raises(IntegrityError, match=f"{forged.id} version 1.*not sealed"):
+            app.repository[forged.id]
+        assert app.repository[genuine.id].version == 2
+    with Application(store=recorder) as plain:  # without a key, a fence is not sealed
+        parcel = Parcel.create(label="z")
+        plain.save(parcel)
+        recorder.append([plain.mapper.fence(parcel.id, 1)])
+        assert plain.repository[parcel.id].version == 2
+
+
 def test_a_cipher_with_always_encrypt_false_is_refused_with_the_way_to_encrypt_a_store() -> None:
     with pytest.raises(ValueError, match="cairn rotate-key"):
         Application(store="memory://", cipher=KEY, always_encrypt=False)
@@ -451,3 +470,21 @@ def test_an_unreadable_value_is_named_by_its_tag_never_by_its_content(
         assert "no field 'hunter2'" in message
     else:
         assert f"'{note['#']}' value" in message and "hunter2" not in message
+
+
+def test_cairn_verify_never_imports_what_a_record_names(durable_store_url: str) -> None:
+    """The command used to import the module a topic named: this one ends the process."""
+    with Application(store=durable_store_url) as app:
+        parcel = Parcel.create(label="x")
+        app.save(parcel)
+        app.recorder.append([forgery.event(parcel.id, 1, "tests.gadget_import:Anything", {})])
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "cairn.cli", "verify", durable_store_url],
+        env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'src'}",
+             "CAIRN_MODEL": "tests.test_hostile_records"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # a problem found, and reported
+    assert f"{parcel.id} version 1" in result.stdout and "no loaded class" in result.stdout
+    assert "imported because a record named it" not in result.stderr

@@ -14,7 +14,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cairn import AESCipher, Aggregate, EncodingError, IntegrityError, Mapper, Snapshot, TopicError
+from cairn import (
+    AESCipher,
+    Aggregate,
+    EncodingError,
+    IntegrityError,
+    KeyRing,
+    Mapper,
+    Snapshot,
+    TopicError,
+)
 from cairn.domain import topic_of
 from cairn.mapping import JSONTranscoder
 from cairn.stores import Record
@@ -326,3 +335,40 @@ def test_a_record_lacking_a_field_is_reported() -> None:
     record = Record(uuid4(), 1, f"{__name__}:Anything.Happened", b'\x00{"note": "x"}')
     with pytest.raises(IntegrityError, match=r"lacks the field.*payload"):
         Mapper().to_event(record)
+
+
+# --------------------------------------------------------------------------- fences
+
+FENCE_TOPIC = "cairn.domain:Fenced"
+
+
+def test_a_fence_is_sealed_under_a_key_and_bound_to_its_record() -> None:
+    old, new = AESCipher(AESCipher.generate_key()), AESCipher(AESCipher.generate_key())
+    mapper = Mapper(cipher=old)
+    fence = mapper.fence(uuid4(), 3)
+    assert fence.topic == FENCE_TOPIC and fence.data[0] == 0x02
+    event = mapper.to_event(fence)
+    assert (type(event).__name__, event.originator_version) == ("Fenced", 3)
+    for moved in (fence._replace(originator_version=4), fence._replace(originator_id=uuid4())):
+        with pytest.raises(IntegrityError, match="fence of aggregate"):
+            mapper.to_event(moved)
+    as_event = fence._replace(topic=f"{__name__}:Anything.Happened")
+    with pytest.raises(IntegrityError, match="authentication failed"):
+        mapper.to_event(as_event)  # its kind is in the associated data too
+    with pytest.raises(IntegrityError, match="no cipher"):
+        Mapper().to_event(fence)
+    rotated = Mapper(cipher=KeyRing(new, old)).reseal(fence)
+    assert rotated is not None and Mapper(cipher=new).to_event(rotated).originator_version == 3
+    assert Mapper(cipher=new).reseal(rotated) is None
+
+
+def test_an_unsealed_fence_is_read_only_by_a_store_without_a_key() -> None:
+    fence = Mapper().fence(uuid4(), 0)
+    assert fence.data == b""
+    assert Mapper().to_event(fence).originator_version == 0
+    keyed = Mapper(cipher=AESCipher(AESCipher.generate_key()))
+    with pytest.raises(IntegrityError, match=r"fence of aggregate .* version 0.*not sealed"):
+        keyed.to_event(fence)
+    assert keyed.reseal(fence) is None  # nothing to encrypt; and never sealed as genuine
+    with pytest.raises(IntegrityError, match="holds no data"):
+        Mapper().to_event(fence._replace(data=b"\x00{}"))
