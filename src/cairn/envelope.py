@@ -130,6 +130,10 @@ class Envelope:
         if not data:
             raise unreadable(record, kind, "no data")
         flags = data[0]
+        if not flags and not self.always_encrypt:  # plain JSON: the common case without a key
+            if len(data) > self.max_payload + 1:
+                raise unreadable(record, kind, self._too_large)
+            return data[1:]
         if flags & ENCRYPTED:
             if flags & ~_KNOWN_FLAGS:
                 raise unreadable(record, kind, f"unknown format byte {flags:#04x}")

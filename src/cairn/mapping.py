@@ -155,11 +155,13 @@ class Mapper:
             max_payload=max_payload,
         )
         self._max_payload = max_payload
+        self._seal = self.envelope.seal
         self._open = self.envelope.open
         self._parse = self.transcoder.parse
         self._decode_fields = self.transcoder.decode_fields
         # Both directions of the topic lookup, cached: every record needs one.
         self._event_classes: dict[str, _EventClass] = {}
+        self._aggregate_topics: set[str] = set()  # checked, in Created events
         self._topics: dict[type, str] = {}
 
     @staticmethod
@@ -213,7 +215,7 @@ class Mapper:
                 f"event {cls.__qualname__} of aggregate {originator_id} version {version}: "
                 f"{self._too_large(payload)}"
             )
-        data = self.envelope.seal(payload, EVENT, originator_id, version, topic)
+        data = self._seal(payload, EVENT, originator_id, version, topic)
         return Record(originator_id, version, topic, data)
 
     def _topic(self, cls: type[DomainEvent]) -> str:
@@ -259,12 +261,14 @@ class Mapper:
     def _complete(self, spec: _EventClass, fields: dict[str, Any]) -> dict[str, Any]:
         """The fields with the defaults of those not stored; a Created event's aggregate
         class checked to be one of the model's."""
-        fields = {**spec.defaults, **fields}
+        if spec.defaults:
+            fields = {**spec.defaults, **fields}
         for name, factory in spec.factories.items():
             if name not in fields:
                 fields[name] = factory()
-        if spec.creates:
+        if spec.creates and fields["originator_topic"] not in self._aggregate_topics:
             self.model.aggregate_class(fields["originator_topic"])
+            self._aggregate_topics.add(fields["originator_topic"])  # found: one of the model's
         return fields
 
     def _event_class(self, topic: str) -> _EventClass:
