@@ -195,7 +195,9 @@ class JSONTranscoder:
     def decode(self, data: bytes) -> Any:
         """The value :meth:`encode` or :meth:`encode_value` encoded."""
         raw = self.parse(data)
-        return self.decode_fields(raw) if type(raw) is dict else self.from_json(raw, 0)
+        if type(raw) is dict and TAG not in raw:
+            return self.decode_fields(raw)
+        return self.from_json(raw, 0)
 
     def decode_fields(self, raw: dict[str, Any]) -> dict[str, Any]:
         """A parsed dict of named fields, each decoded (in place)."""

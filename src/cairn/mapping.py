@@ -92,27 +92,21 @@ class _EventClass:
     @classmethod
     def of(cls, event_class: type[DomainEvent]) -> _EventClass:
         fields = [f for f in dataclasses.fields(event_class) if f.name not in _COLUMNS]
+        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        factories = {
+            f.name: f.default_factory
+            for f in fields
+            if f.default_factory is not dataclasses.MISSING
+        }
         creates = issubclass(event_class, Aggregate.Created)
         return cls(
             cls=event_class,
             names=frozenset(f.name for f in fields),
-            required=frozenset(
-                f.name
-                for f in fields
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            ),
-            defaults={f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
-            factories={
-                f.name: f.default_factory
-                for f in fields
-                if f.default_factory is not dataclasses.MISSING
-            },
+            required=frozenset(f.name for f in fields) - defaults.keys() - factories.keys(),
+            defaults=defaults,
+            factories=factories,
             creates=creates,
-            plain=not creates
-            and all(
-                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                for f in fields
-            ),
+            plain=not (defaults or factories or creates),
         )
 
 

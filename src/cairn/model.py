@@ -74,7 +74,9 @@ class Model:
     @classmethod
     def of(cls, model: Model | Iterable[Declared] | None) -> Model:
         """``model`` itself if it is a Model, else a Model of the declared items."""
-        return model if isinstance(model, Model) else cls(model or ())
+        if isinstance(model, Model):
+            return model
+        return cls([model] if isinstance(model, str) else model or ())
 
     # ---- lookups, one per kind
 
@@ -130,7 +132,7 @@ class Model:
         # A value object's class must be of the model before anything of it is
         # looked at (is_dataclass reads its attributes).
         if is_kind and kind in ("enum", "value object"):
-            is_kind = self._in_model(cls)
+            is_kind = self._in_model(topic)
             if not is_kind:
                 raise TopicError(
                     f"topic {shown(topic)} names a class outside the application's model (its "
@@ -142,10 +144,13 @@ class Model:
             raise TopicError(f"topic {shown(topic)} names a class that is not {_WHAT[kind]}")
         return cls
 
-    def _in_model(self, cls: type) -> bool:
-        if topic_of(cls) in self._declared_classes:
+    def _in_model(self, topic: str) -> bool:
+        """Whether the class ``topic`` names lies in a model module (by the topic's module
+        part: find_class checked the class carries that name, and nothing of the class is
+        read before it is known to be the application's)."""
+        if topic in self._declared_classes:
             return True
-        module = cls.__module__
+        module = topic.partition(":")[0]
         if module in self._declared_modules or module in self._model_modules:
             return True
         self._model_modules = _defining_modules()  # classes may have been loaded since
