@@ -29,6 +29,7 @@ from cairn.errors import (
     TopicError,
 )
 from cairn.mapping import JSONTranscoder, Mapper, Snapshot
+from cairn.model import Model
 from cairn.stores import Record, Recorder, open_store
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "JSONTranscoder",
     "KeyRing",
     "Mapper",
+    "Model",
     "NoApplication",
     "OutcomeUnknown",
     "Record",
