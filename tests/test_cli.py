@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # A generated key, as 'cairn key' prints it: a text key costs each process a scrypt run
 # (a third of a second), and these tests start many. The docs run the text keys.
 KEY = "base64:" + base64.b64encode(bytes(range(32))).decode()
+# The model of the stores these tests write (Counter is cairn.testing.racer's).
+MODEL = "cairn.examples.everything,cairn.testing.racer"
 
 
 def cairn(
@@ -35,6 +37,7 @@ def cairn(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_KEY", "CAIRN_OLD_KEYS")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    env["CAIRN_MODEL"] = MODEL
     if key:
         env["CAIRN_KEY"] = key
     if old_keys:
@@ -275,9 +278,11 @@ def test_forget_destroys_one_data_key_only_with_yes(durable_store_url: str) -> N
 def cairn_env(
     *args: str, env: dict[str, str], check: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """``cairn`` with exactly these extra environment variables (no key unless given)."""
+    """``cairn`` with exactly these extra environment variables (no key unless given),
+    and the model of the stores these tests write."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
     base["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    base["CAIRN_MODEL"] = MODEL
     result = subprocess.run([sys.executable, "-m", "cairn.cli", *args], env={**base, **env},
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     if check:

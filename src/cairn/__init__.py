@@ -33,6 +33,7 @@ from cairn.errors import (
 )
 from cairn.feed import Feed
 from cairn.mapping import JSONTranscoder, Mapper, Snapshot
+from cairn.model import Model
 from cairn.projections import PostgresViews, Projection, ProjectionRunner, SQLiteViews, Views
 from cairn.renamed import module_aliases
 from cairn.stores import Record, Store, open_store
@@ -56,6 +57,7 @@ __all__ = [
     "KeyExhausted",
     "KeyRing",
     "Mapper",
+    "Model",
     "NoApplication",
     "OutcomeUnknown",
     "PostgresViews",

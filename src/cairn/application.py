@@ -9,17 +9,18 @@ snapshot at or below the wanted version, then the events after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
-from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
+from cairn.domain import Aggregate, DomainEvent, open_applications, topic_of
 from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
 from cairn.feed import Feed
-from cairn.mapping import Mapper, Snapshot
+from cairn.mapping import MAX_PAYLOAD, Mapper, Snapshot
+from cairn.model import Declared, Model
 from cairn.renamed import Alias, module_aliases
 from cairn.stores import Store, open_store
 
@@ -133,10 +134,10 @@ class Repository(Generic[A]):
                 # Discarded by then: rebuild from events so the caller sees how far it got.
                 snapshot = None
             else:
-                aggregate = aggregate_from_snapshot(snapshot)
+                aggregate = aggregate_from_snapshot(snapshot, self.application.model)
                 gt = snapshot.originator_version
         for event in self.events.get(originator_id, gt=gt, lte=lte):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+            aggregate = event.mutate(aggregate)
         return cast("A | None", aggregate)
 
 
@@ -152,9 +153,9 @@ def snapshot_of(aggregate: Aggregate) -> Snapshot:
     return Snapshot(aggregate._id, aggregate._version - 1, topic_of(type(aggregate)), state)
 
 
-def aggregate_from_snapshot(snapshot: Snapshot) -> Any:
-    """Rebuild an aggregate object from a snapshot's state."""
-    cls = resolve_topic(snapshot.topic)
+def aggregate_from_snapshot(snapshot: Snapshot, model: Model) -> Any:
+    """Rebuild an aggregate object from a snapshot's state (its class one of the model's)."""
+    cls = model.aggregate_class(snapshot.topic)
     aggregate = object.__new__(cls)
     aggregate.__dict__.update(snapshot.state or {})
     aggregate._pending_events = []
@@ -186,13 +187,18 @@ class Application:
     """An event-sourced application over one store.
 
     ``store`` is a store URL (else ``$CAIRN_STORE``, else a SQLite file in the
-    working folder) or an open :class:`~cairn.stores.Store`. ``cipher`` encrypts every
-    event and snapshot; ``always_encrypt`` also refuses unencrypted records on
-    read; ``compress`` zlib-compresses payloads; ``snapshot_every`` takes a
-    snapshot every N events; ``key_per_aggregate`` encrypts each aggregate with
-    a data key of its own, wrapped by ``cipher``, so that :meth:`forget` can
-    shred one. Use it as a context manager: inside ``with app:``
-    new aggregates are saved by ``aggregate.save()``.
+    working folder) or an open :class:`~cairn.stores.Store`. ``cipher`` encrypts
+    every event and snapshot, and then only what it sealed is read
+    (``always_encrypt`` is implied; False is refused: encrypt a plaintext store
+    with ``cairn rotate-key`` first); ``compress`` zlib-compresses payloads;
+    ``snapshot_every`` takes a snapshot every N events; ``key_per_aggregate``
+    encrypts each aggregate with a data key of its own, wrapped by ``cipher``,
+    so that :meth:`forget` can shred one. ``model`` declares classes, modules
+    or packages (by name: imported once, here) whose enums and value objects
+    stored data may build, beyond those defined beside the aggregate, event and
+    entity classes (see :class:`~cairn.model.Model`); ``max_payload`` bounds
+    one record's payload, in bytes. Use it as a context manager: inside ``with
+    app:`` new aggregates are saved by ``aggregate.save()``.
     """
 
     recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
@@ -202,20 +208,29 @@ class Application:
         store: str | Store | None = None,
         *,
         cipher: Cipher | None = None,
-        always_encrypt: bool = False,
+        always_encrypt: bool | None = None,
         compress: bool = False,
         snapshot_every: int | None = None,
         key_per_aggregate: bool = False,
+        model: Model | Iterable[Declared] | None = None,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
-        self._owns_store = not isinstance(store, Store)  # close only what it opened
-        self.store = store if isinstance(store, Store) else open_store(store)
         if key_per_aggregate and cipher is None:
             raise ValueError(
                 "key_per_aggregate=True needs a cipher: the master key that wraps them"
             )
+        Mapper.check_options(cipher, always_encrypt, max_payload)  # before a store is opened
+        self.model = Model.of(model)
+        self._owns_store = not isinstance(store, Store)  # close only what it opened
+        self.store = store if isinstance(store, Store) else open_store(store)
         data_keys = DataKeys(cipher, self.store) if key_per_aggregate and cipher else None
         self.mapper = Mapper(
-            cipher=cipher, compress=compress, always_encrypt=always_encrypt, data_keys=data_keys
+            cipher=cipher,
+            compress=compress,
+            always_encrypt=always_encrypt,
+            data_keys=data_keys,
+            model=self.model,
+            max_payload=max_payload,
         )
         self.events = Events(self.store, self.mapper)
         self.snapshots = Snapshots(self.store, self.mapper)

@@ -30,9 +30,11 @@ from uuid import UUID
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
+from cairn.model import Model
 from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+MODEL_ENV = "CAIRN_MODEL"
 # C0 and C1 controls, DEL, and the Unicode line separators and bidirectional
 # overrides: a stored topic or value must not move the cursor, recolour, retitle
 # or reorder what a terminal shows.
@@ -121,14 +123,20 @@ def open_existing(url: str) -> Store:
         raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
 
 
-def mapper_from_env(recorder: Store) -> Mapper:
-    """A mapper with the key in the environment, which also reads aggregates that have a
-    data key of their own (``key_per_aggregate``). With a key, it reads only what the
-    key sealed (``always_encrypt``): a plaintext record is a problem, not data."""
+def model_from_env() -> Model:
+    """The model of the application whose store is read: the modules or packages named in
+    ``$CAIRN_MODEL`` (comma-separated), imported once. A record never names what to import."""
+    return Model([name for name in os.environ.get(MODEL_ENV, "").split(",") if name])
+
+
+def mapper_from_env(store: Store) -> Mapper:
+    """A mapper with the key and model in the environment, which also reads aggregates
+    that have a data key of their own (``key_per_aggregate``). With a key, it reads only
+    what the key sealed (a Mapper with a cipher implies ``always_encrypt``): a plaintext
+    record is a problem, not data."""
     cipher = cipher_from_env()
-    if cipher is None:
-        return Mapper()
-    return Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder), always_encrypt=True)
+    data_keys = DataKeys(cipher, store) if cipher else None
+    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env())
 
 
 class Progress:
@@ -172,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
             f"cassandra://host:9042/keyspace; left out, ${STORE_ENV} (which keeps a password "
             f"out of the process list). Encrypted stores: put the key in ${KEY_ENV} (its "
             f"text, or base64:... as 'cairn key' prints), and during a rotation the old keys "
-            f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. Exit codes: 0 ok, "
-            "1 problems found, 2 bad usage, 3 could not do the work."
+            f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. To decode records, "
+            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated). "
+            "Exit codes: 0 ok, 1 problems found, 2 bad usage, 3 could not do the work."
         ),
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
@@ -441,15 +450,18 @@ def run_snapshots(args: argparse.Namespace) -> int:
 def run_snapshot(args: argparse.Namespace) -> int:
     progress = Progress("snapshotting aggregates", args.quiet)
     cipher = cipher_from_env()
-    keyed = cipher is not None  # then only what the key sealed is read
-    recorder = open_existing(args.store)
+    store = open_existing(args.store)
     try:
+        # With a key, only what it sealed is read (the cipher implies always_encrypt).
         with Application(
-            store=recorder, cipher=cipher, always_encrypt=keyed, key_per_aggregate=keyed
+            store=store,
+            cipher=cipher,
+            key_per_aggregate=cipher is not None,
+            model=model_from_env(),
         ) as app:
             taken = tools.rebuild_snapshots(app, args.every, progress)
     finally:
-        recorder.close()
+        store.close()
     progress.done(f"{taken:,} snapshots stored")
     return EXIT_OK
 
@@ -486,7 +498,7 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     progress = Progress("re-encrypting records", args.quiet)
     recorder = open_existing(args.store)
     try:
-        mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder), always_encrypt=True)
+        mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder))
         report = tools.rotate_key(
             recorder, mapper, progress, encrypt_plaintext=args.encrypt_plaintext
         )

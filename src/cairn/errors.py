@@ -53,8 +53,9 @@ class EncodingError(CairnError, TypeError):
     """A value of an event or snapshot cannot be stored; nothing was written."""
 
 
-class TopicError(CairnError):
-    """A stored topic names a class that cannot be imported (renamed or removed)."""
+class TopicError(UnreadableRecord):
+    """A stored topic names no class of the application's model (renamed, removed, never
+    declared, or of the wrong kind): the record cannot be read."""
 
 
 class StoreError(CairnError):

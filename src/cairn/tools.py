@@ -355,10 +355,9 @@ def _resealed(
     *,
     snapshot: bool = False,
 ) -> Record | None:
-    """The record under the current key, or None if it stays as it is (counted)."""
-    if record.topic == FENCE_TOPIC and not record.data:  # a feed reader's fence: no data
-        report.current += 1
-        return None
+    """The record under the current key, or None if it stays as it is (counted). A feed
+    reader's fence is resealed like any record when sealed; an unsealed one (no data) is
+    left alone by ``mapper.reseal``."""
     if is_plaintext(record):
         report.plaintext += 1
         if not encrypt_plaintext:
@@ -392,7 +391,7 @@ def rebuild_snapshots(app: Application, every: int, progress: Progress = _no_pro
     for n, originator_id in enumerate(iter_aggregate_ids(app.store), 1):
         aggregate = None
         for event in app.events.get(originator_id):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+            aggregate = event.mutate(aggregate)
             if aggregate is None:  # a creation fenced off by a feed reader: no aggregate
                 break
             if (event.originator_version + 1) % every == 0:
