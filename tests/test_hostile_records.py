@@ -35,9 +35,11 @@ from cairn import (
     UnreadableRecord,
     attribute,
 )
+from cairn.crypto import KeyRing
 from cairn.domain import topic_of
-from cairn.stores import FENCE_TOPIC, Record, Store
-from cairn.tools import verify
+from cairn.mapping import Mapper
+from cairn.stores import FENCE_TOPIC, Record, Store, open_store
+from cairn.tools import rotate_key, verify
 from tests import forgery, gadgets
 
 # Loaded, as an attacker would find them: gadgets (no model module), and subprocess.
@@ -204,6 +206,36 @@ def test_an_unsealed_fence_is_refused_by_an_encrypted_store_and_a_sealed_one_rea
         plain.save(parcel)
         store.append([plain.mapper.fence(parcel.id, 1)])
         assert plain.repository[parcel.id].version == 2
+
+
+def test_rotating_the_key_reseals_a_sealed_fence_and_leaves_an_unsealed_one(
+    fresh_store_url: str,
+) -> None:
+    """cairn rotate-key's work: a fence sealed by the old key is sealed again by the new
+    one (else, the old key gone, the fenced aggregate would be unreadable); a fence
+    without data is not sealed by a rotation, so it stays refused under a key."""
+    old, new = AESCipher(AESCipher.generate_key()), AESCipher(AESCipher.generate_key())
+    store = open_store(fresh_store_url)  # a store of its own: the rotation reads all of it
+    try:
+        with Application(store=store, cipher=old) as app:
+            sealed, unsealed = Parcel.create(label="x"), Parcel.create(label="y")
+            app.save(sealed, unsealed)
+            app.store.append([app.mapper.fence(sealed.id, 1)])
+            app.store.append([Record(unsealed.id, 1, FENCE_TOPIC, b"")])
+            report = rotate_key(app.store, Mapper(cipher=KeyRing(new, old)))
+            assert (report.events, report.plaintext) == (3, 0)
+            fence = app.store.get_item(sealed.id, 1)
+            assert fence is not None and fence.data[1:5] == new.key_id
+            assert app.store.get_item(unsealed.id, 1) == Record(unsealed.id, 1, FENCE_TOPIC, b"")
+            checked = verify(app.store, Mapper(cipher=new))
+            assert [p for p in checked.problems if str(sealed.id) in p] == []
+            assert [p for p in checked.problems if str(unsealed.id) in p] != []
+        with Application(store=store, cipher=new) as app:
+            assert app.repository[sealed.id].version == 2
+            with pytest.raises(UnreadableRecord, match=f"{unsealed.id} version 1.*not sealed"):
+                app.repository[unsealed.id]
+    finally:
+        store.close()
 
 
 def test_a_cipher_with_always_encrypt_false_is_refused_with_the_way_to_encrypt_a_store() -> None:
