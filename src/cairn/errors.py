@@ -61,6 +61,12 @@ class StoreError(CairnError):
     """A store cannot be opened or used: bad URL, unreachable server, full disk."""
 
 
+class AllOrNoneUnsupported(StoreError):
+    """A save of several aggregates asked all or none of a store that cannot store them so
+    (Cassandra: no multi-partition transactions); nothing was written. Save each aggregate
+    on its own, use a process application, or pass ``all_or_none=False``."""
+
+
 class OutcomeUnknown(StoreError):
     """A write may or may not have been stored (a timeout, a lost connection); re-read to know."""
 

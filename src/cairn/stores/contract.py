@@ -38,7 +38,8 @@ class Store(ABC):
 
     Events: ``append`` stores a batch atomically with a uniqueness check on
     (originator id, version), or raises :class:`~cairn.ConcurrencyError` and
-    stores nothing of it. Snapshots: one per (originator id, version), newest
+    stores nothing of it; a batch of several aggregates too, on a store that is
+    ``atomic_across_aggregates``. Snapshots: one per (originator id, version), newest
     first. The feed: every stored event, in one order that never changes,
     each at an increasing ``position``; a position, once read past, never has
     an event appear at or before it (``docs/feed.md``).
@@ -48,6 +49,10 @@ class Store(ABC):
     # Whether its records outlive the process, and other processes open the same
     # store by its URL (the memory store's do not).
     durable: ClassVar[bool] = True
+    # Whether a batch of several aggregates is stored all or none. A store that cannot
+    # (Cassandra: no multi-partition transactions) refuses one, before writing anything,
+    # with AllOrNoneUnsupported, unless ``append`` is given ``all_or_none=False``.
+    atomic_across_aggregates: ClassVar[bool] = True
     page_size: int = 1000  # records read per round trip when streaming an aggregate
 
     # -- opening
@@ -60,8 +65,16 @@ class Store(ABC):
     # -- events
 
     @abstractmethod
-    def append(self, records: Sequence[Record]) -> None:
-        """Store a batch of event records, all or none."""
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+        """Store a batch of event records, all or none, whatever aggregates it holds.
+
+        A store that is not ``atomic_across_aggregates`` refuses a batch of several
+        aggregates with :class:`~cairn.AllOrNoneUnsupported`, writing nothing, unless
+        ``all_or_none=False``: then each aggregate's batch is stored all or none on its
+        own, and a :class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates
+        stored all the same. A store that is atomic across aggregates takes
+        ``all_or_none=False`` too, and stays all or none.
+        """
 
     @abstractmethod
     def select_page(
