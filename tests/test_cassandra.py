@@ -45,6 +45,7 @@ from cairn.stores.cassandra import WRITE_PROFILE, CassandraFeed, CassandraStore,
 from cairn.stores.cassandra import feed as feed_module
 from cairn.stores.cassandra import store as store_module
 from cairn.stores.cassandra.outcomes import refusal
+from cairn.stores.cassandra.schema import down_or_slow
 from cairn.stores.cassandra.session import release
 from cairn.testing.plugin import unavailable
 from tests.conftest import concurrently, engine_url
@@ -247,6 +248,21 @@ def test_create_false_opens_an_existing_keyspace(url: str) -> None:
     store.append(records(a, range(2)))
     assert versions_of(store, a) == [0, 1]  # type: ignore[arg-type]
     store.close()
+
+
+def test_the_replica_check_at_open_passes_over_a_node_restarting_not_a_table_refused() -> None:
+    """The errors a rolling restart gave the check at open (tests/test_cluster.py opens
+    stores through one): one host's lost connection beside another's Unavailable at ALL
+    means a node is down, and the store opens; a replica that refuses the table does not."""
+    here, there = "127.0.0.3:9042", "127.0.0.4:9042"
+    unavailable = Unavailable("Cannot achieve consistency level ALL", ConsistencyLevel.ALL, 3, 2)
+    lost = ConnectionShutdown("Host has been marked down or removed")
+    refused = InvalidRequest("unconfigured table events")
+    assert down_or_slow(NoHostAvailable("no host", {here: lost, there: unavailable}))
+    assert down_or_slow(NoHostAvailable("no host", {here: OperationTimedOut("slow")}))
+    assert down_or_slow(unavailable) and down_or_slow(ConnectionRefusedError(111, "refused"))
+    assert not down_or_slow(NoHostAvailable("no host", {here: lost, there: refused}))
+    assert not down_or_slow(refused)
 
 
 def test_the_keyspace_and_tables_are_created_on_first_use_from_several_processes_at_once() -> None:
