@@ -341,6 +341,23 @@ def test_a_save_of_several_aggregates_is_refused_before_anything_is_written(
     assert feed_of(store).find_head() == head  # no claim either
 
 
+def test_an_application_save_of_several_aggregates_is_refused_before_their_data_keys_are_made(
+    url: str,
+) -> None:
+    """Mapping a new aggregate's first event stores its data key: the application asks the
+    store before it maps anything, so a refused save leaves no trace at all."""
+    master = AESCipher(AESCipher.generate_key())
+    with Application(store=url, cipher=master, key_per_aggregate=True) as app:
+        a, b = Account.create(balance=1), Account.create(balance=2)
+        with pytest.raises(AllOrNoneUnsupported, match=f"2 aggregates \\({a.id}, {b.id}\\)"):
+            app.save(a, b)
+        assert app.store.get_data_key(a.id) is None and app.store.get_data_key(b.id) is None
+        assert a.collect_events() and b.collect_events()  # still pending
+        app.save(a)
+        app.save(b)
+        assert app.repository[a.id].balance + app.repository[b.id].balance == 3
+
+
 def test_racing_transfers_never_change_the_total(url: str) -> None:
     """What a user hit: transfers between two accounts, each ``app.save(source, target)``,
     raced from threads. Half-applied (one account's batch refused, the other's stored),

@@ -251,6 +251,9 @@ class Application:
         events = [e for _, batch in pending for e in batch]
         if not events:
             return
+        if all_or_none and not self.store.atomic_across_aggregates:
+            # Before the events are mapped: mapping may store a new aggregate's data key.
+            self.store.check_all_or_none(list(dict.fromkeys(a.id for a, batch in pending if batch)))
         try:
             self.events.put(events, all_or_none=all_or_none)
         except ConcurrencyError as exc:

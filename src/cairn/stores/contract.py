@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import ClassVar, NamedTuple
 from uuid import UUID
+
+from cairn.errors import AllOrNoneUnsupported
 
 MAX_VERSION = 2**63 - 1  # versions are 64-bit integers in every store
 # The topic of a fence: a record without data that takes a version, so that a writer
 # which claimed a feed position and then went silent can never store its batch there
 # (docs/feed.md). It is cairn.domain.Fenced's topic; stores do not import the domain.
 FENCE_TOPIC = "cairn.domain:Fenced"
+
+
+def not_all_or_none(url: str, originator_ids: Collection[UUID], why: str) -> str:
+    """The message of a save of several aggregates refused, unwritten, because the store
+    cannot store them all or none (``why``): what to do instead."""
+    ids = ", ".join(map(str, originator_ids))
+    return (
+        f"{url}: this save has events of {len(originator_ids)} aggregates ({ids}), and this "
+        f"store cannot store several aggregates all or none: {why}. Nothing was written. "
+        "Save each aggregate on its own; or make the change a process application "
+        "(docs/processes.md), which reacts to one aggregate's events by saving the next; or, "
+        "if some of them stored without the others is acceptable, pass all_or_none=False: "
+        "each aggregate's batch is then stored all or none on its own, and a "
+        "ConcurrencyError lists in `stored` those stored."
+    )
 
 
 class Record(NamedTuple):
@@ -75,6 +92,15 @@ class Store(ABC):
         stored all the same. A store that is atomic across aggregates takes
         ``all_or_none=False`` too, and stays all or none.
         """
+
+    def check_all_or_none(self, originator_ids: Collection[UUID]) -> None:
+        """Refuse (:class:`~cairn.AllOrNoneUnsupported`) a batch of these aggregates asked
+        all or none, if this store cannot store it so. ``append`` checks; an application
+        checks first, before it maps the events (mapping may store data keys)."""
+        if len(originator_ids) > 1 and not self.atomic_across_aggregates:
+            raise AllOrNoneUnsupported(
+                not_all_or_none(self.url, originator_ids, "it has no transaction across them")
+            )
 
     @abstractmethod
     def select_page(

@@ -8,8 +8,9 @@ or leaves the outcome unknown (a timeout, a lost connection, a failure during Pa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 from cassandra import (
     ConsistencyLevel,
@@ -23,7 +24,7 @@ from cassandra.connection import ConnectionException
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
 
 from cairn.errors import AllOrNoneUnsupported, ConcurrencyError, OutcomeUnknown, StoreError
-from cairn.stores.contract import FENCE_TOPIC, Record
+from cairn.stores.contract import FENCE_TOPIC, Record, not_all_or_none
 from cairn.stores.failures import already_stored
 
 # Errors the driver raises from a request.
@@ -96,18 +97,10 @@ def not_applied(
     )
 
 
-def several_aggregates(url: str, batches: Sequence[Sequence[Record]]) -> AllOrNoneUnsupported:
+def several_aggregates(url: str, originator_ids: Collection[UUID]) -> AllOrNoneUnsupported:
     """The error for a save of several aggregates asked all or none: refused, unwritten."""
-    ids = ", ".join(str(b[0].originator_id) for b in batches)
-    return AllOrNoneUnsupported(
-        f"{url}: this save has events of {len(batches)} aggregates ({ids}), and Cassandra "
-        "cannot store several aggregates all or none: it has no multi-partition transactions, "
-        "and each aggregate is a partition. Nothing was written. Save each aggregate on its "
-        "own; or make the change a process application (docs/processes.md), which reacts to "
-        "one aggregate's events by saving the next; or, if storing some of them without the "
-        "others is acceptable, pass all_or_none=False: each aggregate's batch is then stored "
-        "all or none on its own, and a ConcurrencyError lists in `stored` those stored."
-    )
+    why = "Cassandra has no multi-partition transactions, and each aggregate is a partition"
+    return AllOrNoneUnsupported(not_all_or_none(url, originator_ids, why))
 
 
 def refusal(

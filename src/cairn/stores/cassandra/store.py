@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -100,7 +100,7 @@ class CassandraStore(Store):
         refusal names the aggregates stored all the same."""
         batches = _by_aggregate(records)
         if all_or_none and len(batches) > 1:
-            raise several_aggregates(self.url, batches)
+            self.check_all_or_none([b[0].originator_id for b in batches])
         for batch in batches:  # check every batch before writing any
             self._check(batch)
         # Claimed first, so that a claim is older than its events: a reader that
@@ -118,6 +118,10 @@ class CassandraStore(Store):
         if failed:
             error = refusal(self.url, batches, failed)
             raise error from error.__cause__ or failed[0][1].__cause__
+
+    def check_all_or_none(self, originator_ids: Collection[UUID]) -> None:
+        if len(originator_ids) > 1:
+            raise several_aggregates(self.url, originator_ids)
 
     def _check(self, batch: Sequence[Record]) -> None:
         """Refuse, before anything is sent, a batch that repeats a version or is too large."""
