@@ -294,7 +294,10 @@ def test_a_save_over_the_servers_write_limit_is_refused_before_anything_is_writt
     small, large = uuid4(), uuid4()
     too_many = store.max_batch_size // MiB + 1
     with pytest.raises(StoreError, match=str(large)) as refused:
-        store.append([*records(small, range(2)), *records(large, range(too_many), size=MiB)])
+        store.append(
+            [*records(small, range(2)), *records(large, range(too_many), size=MiB)],
+            all_or_none=False,
+        )
     message = str(refused.value)
     assert "native_transport_max_message_size" in message and "max_mutation_size" in message
     assert "cassandra.yaml" in message and "Nothing was written" in message
@@ -339,6 +342,9 @@ def test_a_save_of_several_aggregates_is_refused_before_anything_is_written(
     assert isinstance(refused.value, StoreError)
     assert versions_of(store, a) == [0] and versions_of(store, b) == []
     assert feed_of(store).find_head() == head  # no claim either
+    many = [uuid4() for _ in range(7)]
+    with pytest.raises(AllOrNoneUnsupported, match=f"7 aggregates \\({many[0]}, .* and 2 more\\)"):
+        store.append([r for i in many for r in records(i, range(1))])
 
 
 def test_an_application_save_of_several_aggregates_is_refused_before_their_data_keys_are_made(

@@ -14,12 +14,15 @@ MAX_VERSION = 2**63 - 1  # versions are 64-bit integers in every store
 # which claimed a feed position and then went silent can never store its batch there
 # (docs/feed.md). It is cairn.domain.Fenced's topic; stores do not import the domain.
 FENCE_TOPIC = "cairn.domain:Fenced"
+IDS_LISTED = 5  # aggregate ids a message lists, at most
 
 
 def not_all_or_none(url: str, originator_ids: Collection[UUID], why: str) -> str:
     """The message of a save of several aggregates refused, unwritten, because the store
     cannot store them all or none (``why``): what to do instead."""
-    ids = ", ".join(map(str, originator_ids))
+    listed = [str(i) for i, _ in zip(originator_ids, range(IDS_LISTED), strict=False)]
+    more = len(originator_ids) - len(listed)
+    ids = ", ".join(listed) + (f" and {more} more" if more else "")
     return (
         f"{url}: this save has events of {len(originator_ids)} aggregates ({ids}), and this "
         f"store cannot store several aggregates all or none: {why}. Nothing was written. "
