@@ -39,9 +39,10 @@ class Events:
         self.store = store
         self.mapper = mapper
 
-    def put(self, events: Sequence[DomainEvent]) -> None:
-        """Store a batch atomically (every event is mapped before anything is written)."""
-        self.store.append([self.mapper.to_record(e) for e in events])
+    def put(self, events: Sequence[DomainEvent], *, all_or_none: bool = True) -> None:
+        """Store a batch atomically (every event is mapped before anything is written);
+        ``all_or_none`` as :meth:`Application.save` says."""
+        self.store.append([self.mapper.to_record(e) for e in events], all_or_none=all_or_none)
 
     def get(
         self,
@@ -248,20 +249,28 @@ class Application:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.remove(subscriber)
 
-    def save(self, *aggregates: Aggregate) -> None:
-        """Store the pending events of these aggregates as one atomic batch.
+    def save(self, *aggregates: Aggregate, all_or_none: bool = True) -> None:
+        """Store the pending events of these aggregates as one atomic batch: all or none.
 
-        On SQLite, PostgreSQL and memory it is all or none. On Cassandra each
-        aggregate's batch is atomic on its own, and all are written at once; a
-        :class:`ConcurrencyError` then lists in ``stored`` the aggregates that
-        were stored.
+        Cassandra cannot store several aggregates all or none (it has no
+        multi-partition transactions): there, a save of more than one aggregate
+        raises :class:`~cairn.AllOrNoneUnsupported` and writes nothing. Save each
+        aggregate on its own, or make the change a process application
+        (``docs/processes.md``), or pass ``all_or_none=False``: each aggregate's
+        batch is then stored all or none on its own (all sent at once), and a
+        :class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates that
+        were stored. SQLite, PostgreSQL and memory take ``all_or_none=False`` and
+        stay all or none.
         """
         pending = [(a, a.collect_events()) for a in aggregates]
         events = [e for _, batch in pending for e in batch]
         if not events:
             return
+        if all_or_none and not self.store.atomic_across_aggregates:
+            # Before the events are mapped: mapping may store a new aggregate's data key.
+            self.store.check_all_or_none(list(dict.fromkeys(a.id for a, batch in pending if batch)))
         try:
-            self.events.put(events)
+            self.events.put(events, all_or_none=all_or_none)
         except ConcurrencyError as exc:
             self._stored([(a, b) for a, b in pending if a.id in exc.stored])
             raise

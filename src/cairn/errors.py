@@ -17,7 +17,8 @@ class ConcurrencyError(CairnError):
     """A batch collided with a stored version: a stale writer lost, nothing of its batch is stored.
 
     ``stored`` lists the aggregates of the same save that *were* stored (only ever
-    non-empty on stores that are atomic per aggregate, such as Cassandra).
+    non-empty for a save with ``all_or_none=False`` on a store that is atomic per
+    aggregate only, such as Cassandra).
     """
 
     def __init__(self, message: str, stored: Sequence[UUID] = ()) -> None:
@@ -60,6 +61,12 @@ class TopicError(UnreadableRecord):
 
 class StoreError(CairnError):
     """A store cannot be opened or used: bad URL, unreachable server, full disk."""
+
+
+class AllOrNoneUnsupported(StoreError):
+    """A save of several aggregates asked all or none of a store that cannot store them so
+    (Cassandra: no multi-partition transactions); nothing was written. Save each aggregate
+    on its own, use a process application, or pass ``all_or_none=False``."""
 
 
 class OutcomeUnknown(StoreError):

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import ClassVar, NamedTuple
 from uuid import UUID
+
+from cairn.errors import AllOrNoneUnsupported
 
 MAX_VERSION = 2**63 - 1  # versions are 64-bit integers in every store
 # The topic of a fence: a record without data that takes a version, so that a writer
 # which claimed a feed position and then went silent can never store its batch there
 # (docs/feed.md). It is cairn.domain.Fenced's topic; stores do not import the domain.
 FENCE_TOPIC = "cairn.domain:Fenced"
+IDS_LISTED = 5  # aggregate ids a message lists, at most
+
+
+def not_all_or_none(url: str, originator_ids: Collection[UUID], why: str) -> str:
+    """The message of a save of several aggregates refused, unwritten, because the store
+    cannot store them all or none (``why``): what to do instead."""
+    listed = [str(i) for i, _ in zip(originator_ids, range(IDS_LISTED), strict=False)]
+    more = len(originator_ids) - len(listed)
+    ids = ", ".join(listed) + (f" and {more} more" if more else "")
+    return (
+        f"{url}: this save has events of {len(originator_ids)} aggregates ({ids}), and this "
+        f"store cannot store several aggregates all or none: {why}. Nothing was written. "
+        "Save each aggregate on its own; or make the change a process application "
+        "(docs/processes.md), which reacts to one aggregate's events by saving the next; or, "
+        "if some of them stored without the others is acceptable, pass all_or_none=False: "
+        "each aggregate's batch is then stored all or none on its own, and a "
+        "ConcurrencyError lists in `stored` those stored."
+    )
 
 
 class Record(NamedTuple):
@@ -38,7 +58,8 @@ class Store(ABC):
 
     Events: ``append`` stores a batch atomically with a uniqueness check on
     (originator id, version), or raises :class:`~cairn.ConcurrencyError` and
-    stores nothing of it. Snapshots: one per (originator id, version), newest
+    stores nothing of it; a batch of several aggregates too, on a store that is
+    ``atomic_across_aggregates``. Snapshots: one per (originator id, version), newest
     first. The feed: every stored event, in one order that never changes,
     each at an increasing ``position``; a position, once read past, never has
     an event appear at or before it (``docs/feed.md``).
@@ -48,6 +69,10 @@ class Store(ABC):
     # Whether its records outlive the process, and other processes open the same
     # store by its URL (the memory store's do not).
     durable: ClassVar[bool] = True
+    # Whether a batch of several aggregates is stored all or none. A store that cannot
+    # (Cassandra: no multi-partition transactions) refuses one, before writing anything,
+    # with AllOrNoneUnsupported, unless ``append`` is given ``all_or_none=False``.
+    atomic_across_aggregates: ClassVar[bool] = True
     page_size: int = 1000  # records read per round trip when streaming an aggregate
 
     # -- opening
@@ -60,8 +85,25 @@ class Store(ABC):
     # -- events
 
     @abstractmethod
-    def append(self, records: Sequence[Record]) -> None:
-        """Store a batch of event records, all or none."""
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+        """Store a batch of event records, all or none, whatever aggregates it holds.
+
+        A store that is not ``atomic_across_aggregates`` refuses a batch of several
+        aggregates with :class:`~cairn.AllOrNoneUnsupported`, writing nothing, unless
+        ``all_or_none=False``: then each aggregate's batch is stored all or none on its
+        own, and a :class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates
+        stored all the same. A store that is atomic across aggregates takes
+        ``all_or_none=False`` too, and stays all or none.
+        """
+
+    def check_all_or_none(self, originator_ids: Collection[UUID]) -> None:
+        """Refuse (:class:`~cairn.AllOrNoneUnsupported`) a batch of these aggregates asked
+        all or none, if this store cannot store it so. ``append`` checks; an application
+        checks first, before it maps the events (mapping may store data keys)."""
+        if len(originator_ids) > 1 and not self.atomic_across_aggregates:
+            raise AllOrNoneUnsupported(
+                not_all_or_none(self.url, originator_ids, "it has no transaction across them")
+            )
 
     @abstractmethod
     def select_page(

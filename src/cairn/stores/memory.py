@@ -39,7 +39,7 @@ class MemoryStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         with self._lock:
             # Check the whole batch before changing anything: all or none.
             seen: set[tuple[UUID, int]] = set()

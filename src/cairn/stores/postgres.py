@@ -302,7 +302,7 @@ class PostgresStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
         if len(records) >= 1 << TXID_BITS:

@@ -196,7 +196,7 @@ class SQLiteStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
         rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]

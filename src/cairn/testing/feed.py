@@ -136,7 +136,7 @@ class FeedSuite:
         url = durable_store_url
         with Application(store=url) as app:
             counters = [Counter.create() for _ in range(6)]
-            app.save(*counters)
+            app.save(*counters, all_or_none=False)  # six creations, each whole on its own
         ids = ",".join(str(c.id) for c in counters)
 
         def writer(name: str, batches: int) -> subprocess.Popen[str]:

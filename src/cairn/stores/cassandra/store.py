@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from cairn.stores.cassandra.outcomes import (
     not_applied,
     not_stored,
     refusal,
+    several_aggregates,
     size,
     write_error,
 )
@@ -45,6 +46,8 @@ class CassandraStore(Store):
     already stored, byte for byte, is not a conflict: a save repeated after
     :class:`~cairn.errors.OutcomeUnknown` is safe.
     """
+
+    atomic_across_aggregates = False  # a conditional batch stays inside one partition
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -88,11 +91,16 @@ class CassandraStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
-        """Store each aggregate's batch as one conditional write: sent together, in
-        waves of WRITES_IN_FLIGHT (after one Paxos round claims their feed positions),
-        each whole or not at all. A refusal names the aggregates stored all the same."""
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+        """Store the batch as one conditional write on its aggregate's partition: whole or
+        not at all. A batch of several aggregates cannot be all or none here: refused
+        (AllOrNoneUnsupported) before anything is written, unless ``all_or_none=False``;
+        then each aggregate's batch is one conditional write, sent together, in waves of
+        WRITES_IN_FLIGHT (after one Paxos round claims their feed positions), and a
+        refusal names the aggregates stored all the same."""
         batches = _by_aggregate(records)
+        if all_or_none and len(batches) > 1:
+            self.check_all_or_none([b[0].originator_id for b in batches])
         for batch in batches:  # check every batch before writing any
             self._check(batch)
         # Claimed first, so that a claim is older than its events: a reader that
@@ -108,8 +116,12 @@ class CassandraStore(Store):
             ]
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
         if failed:
-            error = refusal(batches, failed)
+            error = refusal(self.url, batches, failed)
             raise error from error.__cause__ or failed[0][1].__cause__
+
+    def check_all_or_none(self, originator_ids: Collection[UUID]) -> None:
+        if len(originator_ids) > 1:
+            raise several_aggregates(self.url, originator_ids)
 
     def _check(self, batch: Sequence[Record]) -> None:
         """Refuse, before anything is sent, a batch that repeats a version or is too large."""
