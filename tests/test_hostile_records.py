@@ -196,8 +196,11 @@ def test_an_unsealed_fence_is_refused_by_an_encrypted_store_and_a_sealed_one_rea
     """A keyless writer's fence would hide the event it replaces; the key's own is read."""
     with Application(store=store, cipher=KEY) as app:
         forged, genuine = Parcel.create(label="x"), Parcel.create(label="y")
-        app.save(forged, genuine)
-        store.append([Record(forged.id, 1, FENCE_TOPIC, b""), app.mapper.fence(genuine.id, 1)])
+        app.save(forged, genuine, all_or_none=False)
+        store.append(
+            [Record(forged.id, 1, FENCE_TOPIC, b""), app.mapper.fence(genuine.id, 1)],
+            all_or_none=False,
+        )
         with pytest.raises(UnreadableRecord, match=f"{forged.id} version 1.*not sealed"):
             app.repository[forged.id]
         assert app.repository[genuine.id].version == 2
@@ -219,7 +222,7 @@ def test_rotating_the_key_reseals_a_sealed_fence_and_leaves_an_unsealed_one(
     try:
         with Application(store=store, cipher=old) as app:
             sealed, unsealed = Parcel.create(label="x"), Parcel.create(label="y")
-            app.save(sealed, unsealed)
+            app.save(sealed, unsealed, all_or_none=False)
             app.store.append([app.mapper.fence(sealed.id, 1)])
             app.store.append([Record(unsealed.id, 1, FENCE_TOPIC, b"")])
             report = rotate_key(app.store, Mapper(cipher=KeyRing(new, old)))
