@@ -23,9 +23,11 @@ from cairn.errors import (
     CairnError,
     ConcurrencyError,
     EncodingError,
+    InvalidId,
     KeyExhausted,
     NoApplication,
     OutcomeUnknown,
+    ProjectionError,
     StoreError,
     SubscriberError,
     TopicError,
@@ -35,7 +37,7 @@ from cairn.feed import Feed
 from cairn.mapping import JSONTranscoder, Mapper, Snapshot
 from cairn.projections import PostgresViews, Projection, ProjectionRunner, SQLiteViews, Views
 from cairn.renamed import module_aliases
-from cairn.stores import Record, Store, open_store
+from cairn.stores import FeedPage, Record, Store, open_store
 
 __all__ = [
     "AESCipher",
@@ -52,6 +54,8 @@ __all__ = [
     "Entity",
     "Events",
     "Feed",
+    "FeedPage",
+    "InvalidId",
     "JSONTranscoder",
     "KeyExhausted",
     "KeyRing",
@@ -60,6 +64,7 @@ __all__ = [
     "OutcomeUnknown",
     "PostgresViews",
     "Projection",
+    "ProjectionError",
     "ProjectionRunner",
     "Record",
     "Repository",

@@ -21,7 +21,7 @@ from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
 from cairn.feed import Feed
 from cairn.mapping import Mapper, Snapshot
 from cairn.renamed import Alias, module_aliases
-from cairn.stores import Store, open_store
+from cairn.stores import Store, aggregate_id, open_store
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class Snapshots:
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
         """The newest snapshot taken at or below event version ``lte``, or None."""
-        record = self.store.get_snapshot(originator_id, lte=lte)
+        record = self.store.get_snapshot(aggregate_id(originator_id), lte=lte)
         return None if record is None else self.mapper.to_snapshot(record)
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
@@ -100,9 +100,10 @@ class Repository(Generic[A]):
         """The aggregate as it is now, or as it was after event version ``lte``.
 
         :class:`~cairn.AggregateNotFound` (a ``KeyError``) if it has no events
-        at or below ``lte``, or was discarded by then.
+        at or below ``lte``, or was discarded by then. :class:`~cairn.InvalidId` if
+        ``originator_id`` is not a UUID.
         """
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             at = "" if lte is None else f" at version {lte}"
             raise AggregateNotFound(f"aggregate {originator_id} not found{at}")
@@ -117,7 +118,7 @@ class Repository(Generic[A]):
 
     def take_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot:
         """Store a snapshot of the aggregate after event version ``lte`` (default: the latest)."""
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             raise AggregateNotFound(f"aggregate {originator_id} has no events to snapshot")
         snapshot = snapshot_of(aggregate)
@@ -288,7 +289,7 @@ class Application:
                 "forget() needs an application with key_per_aggregate=True: "
                 "with one key for all aggregates, no one aggregate can be shredded"
             )
-        self.mapper.data_keys.forget(originator_id)
+        self.mapper.data_keys.forget(aggregate_id(originator_id))
 
     def close(self) -> None:
         """Close the store's connections (unless the store was opened by someone else)."""

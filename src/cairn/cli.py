@@ -107,9 +107,8 @@ def resolve_stores(args: argparse.Namespace) -> None:
 
 
 def existing(url: str) -> str:
-    """The URL with ``create=false``: the store must exist, and is never created."""
-    if url.startswith("memory:"):
-        return url
+    """The URL with ``create=false``: the store must exist, and is never created (every
+    store accepts the option: ``docs/writing-a-store.md``)."""
     return url + ("&" if "?" in url.rpartition("@")[2] else "?") + "create=false"
 
 
