@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cairn import Application, PostgresViews, Projection, ProjectionRunner
+from cairn import Application, PostgresViews, Projection, ProjectionError, ProjectionRunner
 from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
 from cairn.examples.everything import ExampleAggregateRoot, create_example_aggregate
 from cairn.stores import Record, open_store, postgres, redact
@@ -582,8 +582,9 @@ def test_a_postgres_read_model_commits_with_its_position_exactly_once(
             a.foo = a.foo + " changed"
         app.save(*aggregates)
         views = PostgresViews(views_url)
-        with pytest.raises(RuntimeError, match="crash"):
+        with pytest.raises(ProjectionError, match="raised RuntimeError") as crashed:
             ProjectionRunner(app.feed, CrashingIndex(), views, page_size=100).run_once()
+        assert isinstance(crashed.value.__cause__, RuntimeError)
         with views.transaction() as tx:
             assert views.position(tx, "name_index") == 0  # the crashed page left nothing
         # (its table too: set up in the same transaction, so rolled back with it)
