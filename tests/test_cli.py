@@ -17,9 +17,21 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application, StoreError, UnreadableRecord, cli
+from cairn import (
+    AESCipher,
+    Application,
+    ProjectionRunner,
+    SQLiteViews,
+    StoreError,
+    UnreadableRecord,
+    cli,
+)
 from cairn.crypto import KeyRing
-from cairn.examples.everything import EverythingApplication, create_example_aggregate
+from cairn.examples.everything import (
+    EverythingApplication,
+    ExampleIndex,
+    create_example_aggregate,
+)
 from cairn.stores import FENCE_TOPIC, Record, open_store
 from tests.conftest import scheme
 from tests.racer import Counter
@@ -184,6 +196,34 @@ def test_copy_is_resumable_after_a_kill_and_verified(
     assert report["problems"] == [] and report["aggregates"] == 1500
     assert report["events"] == 6000 - copied_before_kill  # resumed, nothing copied twice
     assert json.loads(cairn("verify", durable_store_url, "--json").stdout)["events"] == 6000
+
+
+def test_copy_maps_feed_positions_and_move_positions_moves_a_read_model_once(
+    durable_store_url: str, tmp_path: Path
+) -> None:
+    source, views_file = f"sqlite:///{tmp_path}/source.db", tmp_path / "views.db"
+    views = SQLiteViews(str(views_file))
+    with Application(store=source) as app:
+        for n in range(5):
+            create_example_aggregate(f"n{n}").save()
+        ProjectionRunner(app.feed, ExampleIndex(), views).catch_up()
+        create_example_aggregate("later").save()
+        before = app.store.read_feed(0, 10)[4].position
+    positions = tmp_path / "positions.map"
+    copied = cairn("copy", source, durable_store_url, "--positions", str(positions)).stdout
+    assert f"wrote the feed positions of 6 events to {positions}" in copied
+    move = ["move-positions", str(positions), f"sqlite:///{views_file}"]
+    dry = json.loads(cairn(*move, "--projection", "example_index", "--json").stdout)
+    with views.transaction() as tx:
+        assert views.position(tx, "example_index") == before == dry[0]["from"]  # a dry run
+    assert "moved example_index" in cairn(*move, "--projection", "example_index", "--yes").stdout
+    again = cairn(*move, "--projection", "example_index", "--yes", check=False)
+    assert again.returncode == 3 and "already" in again.stderr
+    with Application(store=durable_store_url) as app:
+        with views.transaction() as tx:
+            assert views.position(tx, "example_index") == dry[0]["to"]
+            assert dry[0]["to"] == app.store.read_feed(0, 10)[4].position
+        assert ProjectionRunner(app.feed, ExampleIndex(), views).catch_up() == 1  # "later"
 
 
 def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(

@@ -32,6 +32,9 @@ from cairn.feed import Feed, topics_of
 from cairn.renamed import module_aliases
 from cairn.stores import redact, scrub
 
+if TYPE_CHECKING:
+    from cairn.positions import PositionMap
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,28 @@ class Views(ABC, Generic[T]):
     @abstractmethod
     def set_position(self, tx: T, name: str, position: int) -> None:
         """Record ``position`` for projection ``name``, inside ``tx``."""
+
+    def move_position(self, name: str, positions: PositionMap) -> tuple[int, int]:
+        """Move projection ``name``'s position from the feed of a store to the feed of its
+        copy (``positions``, as ``cairn copy --positions`` made it): (from, to).
+
+        Once per copy: the move is recorded beside the positions, and a second one into
+        the same store is refused (ValueError), since the position is the copy's by
+        then. Stop the projection's runners on the source first: the position of a
+        runner that goes on there is the source's again.
+        """
+        moved = moved_name(name, positions.target)
+        with self.transaction() as tx:
+            if self.position(tx, moved):
+                raise ValueError(
+                    f"projection {name!r} was moved into {positions.target} already: its "
+                    "position is that store's"
+                )
+            old = self.position(tx, name)
+            new = positions.translate(old)
+            self.set_position(tx, name, new)
+            self.set_position(tx, moved, 1)
+        return old, new
 
 
 class SQLiteViews(Views[sqlite3.Connection]):
@@ -187,6 +212,11 @@ class ProjectionRunner(Generic[T]):
         self._topics = topics_of(projection.topics)
         self._set_up = False
 
+    def move_position(self, positions: PositionMap) -> tuple[int, int]:
+        """Move the projection's position to the feed of a copy of the store (see
+        :meth:`Views.move_position`): (from, to)."""
+        return self.views.move_position(self.projection.name, positions)
+
     def run_once(self) -> int:
         """Process one page of new events; the number processed (0 when caught up, or
         when the page passed only over events not of the projection's ``topics``).
@@ -279,6 +309,12 @@ class ProjectionRunner(Generic[T]):
                 return
             if caught_up:
                 stop.wait(poll_interval)
+
+
+def moved_name(name: str, target: str) -> str:
+    """The name under which a views' tracking table records that projection ``name`` was
+    moved into the store at ``target`` (a row of its own: no table changes)."""
+    return f"cairn.moved {target} {name}"
 
 
 if TYPE_CHECKING:
