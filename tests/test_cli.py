@@ -272,6 +272,28 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     assert still_old.returncode == 1 and "wrong key" in still_old.stdout
 
 
+def test_rotate_key_without_the_old_keys_names_the_keys_the_records_are_under(
+    populated: tuple[str, Any],
+) -> None:
+    """What a team hit: a problem line per record, "wrong key", and nothing said of where the
+    old key goes. Now it names the key ids the records are under, and $CAIRN_OLD_KEYS."""
+    url, _ = populated
+    new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    alone = cairn("rotate-key", url, "--quiet", key=new, check=False)
+    assert alone.returncode == 1
+    old_id = AESCipher(KEY).key_id.hex()
+    hint = alone.stdout.splitlines()[-1]
+    assert f"under key(s) {old_id} (" in hint and "$CAIRN_OLD_KEYS" in hint, alone.stdout
+    assert "not in $CAIRN_KEY:" in hint
+    report = json.loads(cairn("rotate-key", url, "--json", key=new, check=False).stdout)
+    assert list(report["unknown_keys"]) == [old_id] and report["unknown_keys"][old_id] >= 4
+    other = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    wrong = cairn("rotate-key", url, "--quiet", key=new, old_keys=other, check=False)
+    assert "not in $CAIRN_KEY nor $CAIRN_OLD_KEYS" in wrong.stdout.splitlines()[-1]
+    done = cairn("rotate-key", url, "--quiet", key=new, old_keys=KEY)
+    assert "under key(s)" not in done.stdout
+
+
 def test_rotate_key_rewraps_the_data_keys_of_a_store_with_a_key_per_aggregate(
     durable_store_url: str,
 ) -> None:

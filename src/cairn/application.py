@@ -17,8 +17,8 @@ from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
 from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
-from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
-from cairn.feed import Feed
+from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError, UnreadableRecord
+from cairn.feed import Feed, explained
 from cairn.mapping import Mapper, Snapshot
 from cairn.renamed import Alias, module_aliases
 from cairn.stores import Store, aggregate_id, open_store
@@ -53,8 +53,11 @@ class Events:
     ) -> Iterator[DomainEvent]:
         """One aggregate's events in version order, decoded as they stream in."""
         to_event = self.mapper.to_event
-        for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
-            yield to_event(record)
+        try:
+            for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+                yield to_event(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
 
 class Snapshots:
@@ -70,7 +73,10 @@ class Snapshots:
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
         """The newest snapshot taken at or below event version ``lte``, or None."""
         record = self.store.get_snapshot(aggregate_id(originator_id), lte=lte)
-        return None if record is None else self.mapper.to_snapshot(record)
+        try:
+            return None if record is None else self.mapper.to_snapshot(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
         self.store.put_snapshot(self.mapper.snapshot_to_record(snapshot))

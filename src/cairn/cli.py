@@ -529,8 +529,23 @@ def run_rotate_key(args: argparse.Namespace) -> int:
             f"; encrypted {report.plaintext_encrypted:,} records that were not encrypted "
             "(--encrypt-plaintext)"
         )
-    emit(args, vars(report), [*report.problems, summary])
+    lines = [*report.problems, summary]
+    if report.unknown_keys:
+        lines.append(old_keys_hint(report.unknown_keys))
+    emit(args, vars(report), lines)
     return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def old_keys_hint(unknown_keys: dict[str, int]) -> str:
+    """What to do about records under keys that rotate-key was not given."""
+    under = ", ".join(f"{key_id} ({n:,})" for key_id, n in sorted(unknown_keys.items()))
+    given = f"${KEY_ENV} nor ${OLD_KEYS_ENV}" if os.environ.get(OLD_KEYS_ENV) else f"${KEY_ENV}"
+    return (
+        f"records and data keys left as they are are under key(s) {under} (key id: how "
+        f"many), which are not in {given}: put the old keys in ${OLD_KEYS_ENV} "
+        f"(comma-separated, as ${KEY_ENV} takes one), keep the new key in ${KEY_ENV}, "
+        "and run it again"
+    )
 
 
 def run_forget(args: argparse.Namespace) -> int:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator
+from uuid import UUID
 
+from cairn.crypto import own_key_hint
 from cairn.domain import DomainEvent, topic_of
-from cairn.errors import AggregateForgotten
+from cairn.errors import AggregateForgotten, UnreadableRecord
 from cairn.mapping import Mapper
 from cairn.renamed import Alias
 from cairn.stores import FeedPage, Record, Store
@@ -53,7 +55,7 @@ class Feed:
         to_event = self.mapper.to_event
         try:
             pairs = [(r.position, to_event(r)) for r in records]
-        except AggregateForgotten:
+        except (AggregateForgotten, UnreadableRecord):  # (the slow path: which one, and why)
             pairs = [(r.position, e) for r in records if (e := self._readable(r)) is not None]
         return FeedPage(pairs, records.next_after, records.caught_up)  # type: ignore[arg-type]
 
@@ -62,6 +64,8 @@ class Feed:
             return self.mapper.to_event(record)
         except AggregateForgotten:
             return None
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, record.originator_id) from None
 
     def follow(
         self,
@@ -101,6 +105,16 @@ class Feed:
             after = page.next_after
             if page.caught_up:
                 stop.wait(poll_interval)
+
+
+def explained(
+    error: UnreadableRecord, mapper: Mapper, store: Store, originator_id: UUID
+) -> UnreadableRecord:
+    """``error``, and what to do about it when a reader with the master key alone meets an
+    aggregate that has a data key of its own (``key_per_aggregate``)."""
+    if mapper.data_keys is None and mapper.cipher is not None:
+        return own_key_hint(error, store, originator_id)
+    return error
 
 
 def topics_of(topics: Topics | None) -> tuple[str, ...] | None:

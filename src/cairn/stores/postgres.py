@@ -5,7 +5,9 @@ out comes from libpq's ``PG*`` environment variables (``PGHOST``, ``PGPORT``,
 ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``...) or ``~/.pgpass``, so
 ``postgresql://?schema=name`` is a whole URL. cairn's own query parameters:
 
-- ``schema=NAME`` (default ``public``): where the tables live;
+- ``schema=NAME`` (default ``public``): where the tables live. Left out, the store says
+  so: it logs a warning (once per URL and process), and the URL in its messages (and
+  its ``url``) ends ``schema=public``, so that no one mistakes whose tables they are;
 - ``create=false``: never create the schema or its tables, nor widen a table made
   with 32-bit versions (a missing or narrow one is an error);
 - ``pool_min=N``, ``pool_max=N`` (default 1 and 10): connections kept open, and at most;
@@ -26,6 +28,7 @@ does not fail on a connection a server restart has closed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -179,6 +182,9 @@ SELECT_SNAPSHOT = (
 # INSERT 28k, COPY 24k, executemany 23k; 1000-event batches COPY 212k, INSERT 90k,
 # executemany 85k; INSERT and COPY cross near 15 events).
 MULTI_ROW_MAX = 16
+DEFAULT_SCHEMA = "public"
+log = logging.getLogger(__name__)
+_told_default_schema: set[str] = set()  # URLs whose default schema was logged
 OPTIONS = ("schema", "create", "pool_min", "pool_max", "pool_timeout")
 LIBPQ_PARAMS = frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
 CONNECT_TIMEOUT = 10  # seconds; libpq would wait forever, psycopg 130 s
@@ -244,9 +250,12 @@ class PostgresStore(Store):
                 f"need pool_min <= pool_max, not pool_min={pool_min}, pool_max={pool_max}"
             )
         libpq = options.passed_on()
+        schema = options.text("schema")
+        if schema is None:
+            schema, url = DEFAULT_SCHEMA, _with_default_schema(url)
         return cls(
             f"{base}?{urlencode(libpq, quote_via=quote)}" if libpq else base,
-            schema=options.text("schema", "public") or "public",
+            schema=schema,
             create=options.flag("create", True),
             pool_min=pool_min,
             pool_max=pool_max,
@@ -505,6 +514,21 @@ class _Statements:
         self.replace_data_key = render(REPLACE_DATA_KEY)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
+
+
+def _with_default_schema(url: str) -> str:
+    """The URL, naming the schema it leaves out (for messages), said once in the log."""
+    shown = redact(url)
+    if shown not in _told_default_schema:
+        _told_default_schema.add(shown)
+        log.warning(
+            "%s names no schema: the store is in schema %s, the default (name one with "
+            "?schema=NAME; ?schema=%s says it is meant)",
+            shown,
+            DEFAULT_SCHEMA,
+            DEFAULT_SCHEMA,
+        )
+    return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
 
 
 def _batch_names(records: Sequence[Record]) -> str:
