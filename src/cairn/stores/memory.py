@@ -14,14 +14,7 @@ from uuid import UUID
 
 from cairn.errors import ConcurrencyError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import (
-    FeedPage,
-    Record,
-    Store,
-    aggregate_id,
-    check_ids,
-    filter_feed,
-)
+from cairn.stores.contract import FeedPage, Record, Store, aggregate_id, check_ids, filter_feed
 from cairn.stores.failures import already_stored, repeated
 from cairn.stores.urls import Options
 

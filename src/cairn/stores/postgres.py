@@ -44,14 +44,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from cairn.errors import OutcomeUnknown, StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import (
-    MAX_VERSION,
-    FeedPage,
-    Record,
-    Store,
-    aggregate_id,
-    check_ids,
-)
+from cairn.stores.contract import MAX_VERSION, FeedPage, Record, Store, aggregate_id, check_ids
 from cairn.stores.failures import DriverErrors, refusal
 from cairn.stores.urls import Options, redact
 

@@ -26,14 +26,7 @@ from uuid import UUID
 
 from cairn.errors import StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import (
-    MAX_VERSION,
-    FeedPage,
-    Record,
-    Store,
-    aggregate_id,
-    check_ids,
-)
+from cairn.stores.contract import MAX_VERSION, FeedPage, Record, Store, aggregate_id, check_ids
 from cairn.stores.failures import DriverErrors, refusal
 from cairn.stores.urls import Options
 
