@@ -224,3 +224,12 @@ def test_a_projection_is_given_only_the_event_classes_it_declares(
     everything.name, everything.topics = "everything", None  # type: ignore[misc]
     with pytest.raises(CairnError, match=r"removed\.module"):  # what it meets, wanting them all
         ProjectionRunner(app.feed, everything, views).catch_up()
+
+
+def test_a_runner_with_a_page_size_below_1_is_refused_when_made(
+    app: Application, tmp_path: Path
+) -> None:
+    views = SQLiteViews(str(tmp_path / "views.db"))
+    for size in (0, -1):
+        with pytest.raises(ValueError, match="limit must be a whole number of at least 1"):
+            ProjectionRunner(app.feed, ExampleIndex(), views, page_size=size)

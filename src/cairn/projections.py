@@ -31,6 +31,7 @@ from cairn.errors import ProjectionError, StoreError
 from cairn.feed import Feed, topics_of
 from cairn.renamed import module_aliases
 from cairn.stores import redact, scrub
+from cairn.stores.contract import feed_limit
 
 if TYPE_CHECKING:
     from cairn.positions import PositionMap
@@ -207,7 +208,7 @@ class ProjectionRunner(Generic[T]):
         self.feed = feed
         self.projection = projection
         self.views = views
-        self.page_size = page_size
+        self.page_size = feed_limit(page_size)  # (ValueError now, not at the first page)
         self.failure: Exception | None = None
         self._topics = topics_of(projection.topics)
         self._set_up = False
