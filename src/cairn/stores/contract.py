@@ -122,13 +122,13 @@ def feed_topics(topics: Iterable[str] | None) -> tuple[str, ...] | None:
             f"topics is a collection of topics, not one {type(topics).__name__}: "
             "write topics=[topic]"
         )
-    checked = sorted(set(topics))
-    if not checked:
-        raise ValueError("topics names no topic: give at least one, or None for every event")
-    for topic in checked:
+    names = list(topics)
+    for topic in names:
         if not isinstance(topic, str):
             raise ValueError(f"a topic is a str ('module:Class'), not {type(topic).__qualname__}")
-    return tuple(checked)
+    if not names:
+        raise ValueError("topics names no topic: give at least one, or None for every event")
+    return tuple(sorted(set(names)))
 
 
 def filter_feed(
