@@ -17,9 +17,21 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application, StoreError, UnreadableRecord, cli
+from cairn import (
+    AESCipher,
+    Application,
+    ProjectionRunner,
+    SQLiteViews,
+    StoreError,
+    UnreadableRecord,
+    cli,
+)
 from cairn.crypto import KeyRing
-from cairn.examples.everything import EverythingApplication, create_example_aggregate
+from cairn.examples.everything import (
+    EverythingApplication,
+    ExampleIndex,
+    create_example_aggregate,
+)
 from cairn.stores import FENCE_TOPIC, Record, open_store
 from tests.conftest import scheme
 from tests.racer import Counter
@@ -189,6 +201,34 @@ def test_copy_is_resumable_after_a_kill_and_verified(
     assert json.loads(cairn("verify", durable_store_url, "--json").stdout)["events"] == 6000
 
 
+def test_copy_maps_feed_positions_and_move_positions_moves_a_read_model_once(
+    durable_store_url: str, tmp_path: Path
+) -> None:
+    source, views_file = f"sqlite:///{tmp_path}/source.db", tmp_path / "views.db"
+    views = SQLiteViews(str(views_file))
+    with Application(store=source) as app:
+        for n in range(5):
+            create_example_aggregate(f"n{n}").save()
+        ProjectionRunner(app.feed, ExampleIndex(), views).catch_up()
+        create_example_aggregate("later").save()
+        before = app.store.read_feed(0, 10)[4].position
+    positions = tmp_path / "positions.map"
+    copied = cairn("copy", source, durable_store_url, "--positions", str(positions)).stdout
+    assert f"wrote the feed positions of 6 events to {positions}" in copied
+    move = ["move-positions", str(positions), f"sqlite:///{views_file}"]
+    dry = json.loads(cairn(*move, "--projection", "example_index", "--json").stdout)
+    with views.transaction() as tx:
+        assert views.position(tx, "example_index") == before == dry[0]["from"]  # a dry run
+    assert "moved example_index" in cairn(*move, "--projection", "example_index", "--yes").stdout
+    again = cairn(*move, "--projection", "example_index", "--yes", check=False)
+    assert again.returncode == 3 and "already" in again.stderr
+    with Application(store=durable_store_url) as app:
+        with views.transaction() as tx:
+            assert views.position(tx, "example_index") == dry[0]["to"]
+            assert dry[0]["to"] == app.store.read_feed(0, 10)[4].position
+        assert ProjectionRunner(app.feed, ExampleIndex(), views).catch_up() == 1  # "later"
+
+
 def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     durable_store_url: str,
 ) -> None:
@@ -233,6 +273,28 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     assert final["problems"] == [] and final["events"] == 3000 and final["snapshots"] == 1000
     still_old = cairn("verify", durable_store_url, key=old, check=False)
     assert still_old.returncode == 1 and "wrong key" in still_old.stdout
+
+
+def test_rotate_key_without_the_old_keys_names_the_keys_the_records_are_under(
+    populated: tuple[str, Any],
+) -> None:
+    """What a team hit: a problem line per record, "wrong key", and nothing said of where the
+    old key goes. Now it names the key ids the records are under, and $CAIRN_OLD_KEYS."""
+    url, _ = populated
+    new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    alone = cairn("rotate-key", url, "--quiet", key=new, check=False)
+    assert alone.returncode == 1
+    old_id = AESCipher(KEY).key_id.hex()
+    hint = alone.stdout.splitlines()[-1]
+    assert f"under key(s) {old_id} (" in hint and "$CAIRN_OLD_KEYS" in hint, alone.stdout
+    assert "not in $CAIRN_KEY:" in hint
+    report = json.loads(cairn("rotate-key", url, "--json", key=new, check=False).stdout)
+    assert list(report["unknown_keys"]) == [old_id] and report["unknown_keys"][old_id] >= 4
+    other = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    wrong = cairn("rotate-key", url, "--quiet", key=new, old_keys=other, check=False)
+    assert "not in $CAIRN_KEY nor $CAIRN_OLD_KEYS" in wrong.stdout.splitlines()[-1]
+    done = cairn("rotate-key", url, "--quiet", key=new, old_keys=KEY)
+    assert "under key(s)" not in done.stdout
 
 
 def test_rotate_key_rewraps_the_data_keys_of_a_store_with_a_key_per_aggregate(

@@ -338,3 +338,34 @@ def test_a_copy_resumed_after_a_forget_forgets_in_the_target_too(
         with pytest.raises(AggregateForgotten):
             app.repository[secret.id]
         assert app.repository[kept.id].foo == "kept"
+
+
+def test_a_key_per_aggregate_store_opened_without_the_flag_says_to_pass_it(
+    app: Application,
+) -> None:
+    """What a team hit: "wrong key: encrypted with key ..., this key is ...", with the right
+    master key. The message now says the aggregate has a data key of its own, and what to do."""
+    account = create_example_aggregate("secret info")
+    account.foo = "more"
+    account.save()  # (a snapshot too: every second event)
+    with Application(store=app.store, cipher=MASTER) as without_the_flag:
+        reads = [
+            lambda: without_the_flag.repository[account.id],
+            lambda: list(without_the_flag.events.get(account.id)),
+            lambda: without_the_flag.snapshots.get_snapshot(account.id),
+            without_the_flag.feed.read,
+        ]
+        for read in reads:
+            with pytest.raises(UnreadableRecord) as unreadable:
+                read()
+            message = str(unreadable.value)
+            assert f"aggregate {account.id} has a data key of its own" in message
+            assert "open the application with key_per_aggregate=True" in message
+            assert "secret" not in message
+        other = create_example_aggregate("under the master key")
+        other.save()
+        with pytest.raises(UnreadableRecord) as wrong:  # a wrong key is only that
+            Application(store=app.store, cipher=AESCipher(AESCipher.generate_key())).repository[
+                other.id
+            ]
+        assert "key_per_aggregate" not in str(wrong.value)

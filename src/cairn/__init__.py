@@ -24,9 +24,11 @@ from cairn.errors import (
     CairnError,
     ConcurrencyError,
     EncodingError,
+    InvalidId,
     KeyExhausted,
     NoApplication,
     OutcomeUnknown,
+    ProjectionError,
     StoreError,
     SubscriberError,
     TopicError,
@@ -37,7 +39,7 @@ from cairn.mapping import JSONTranscoder, Mapper, Snapshot
 from cairn.model import Model
 from cairn.projections import PostgresViews, Projection, ProjectionRunner, SQLiteViews, Views
 from cairn.renamed import module_aliases
-from cairn.stores import Record, Store, open_store
+from cairn.stores import FeedPage, Record, Store, open_store
 
 __all__ = [
     "AESCipher",
@@ -55,6 +57,8 @@ __all__ = [
     "Entity",
     "Events",
     "Feed",
+    "FeedPage",
+    "InvalidId",
     "JSONTranscoder",
     "KeyExhausted",
     "KeyRing",
@@ -64,6 +68,7 @@ __all__ = [
     "OutcomeUnknown",
     "PostgresViews",
     "Projection",
+    "ProjectionError",
     "ProjectionRunner",
     "Record",
     "Repository",

@@ -17,12 +17,12 @@ from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
 from cairn.domain import Aggregate, DomainEvent, open_applications, topic_of
-from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
-from cairn.feed import Feed
+from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError, UnreadableRecord
+from cairn.feed import Feed, explained
 from cairn.mapping import MAX_PAYLOAD, Mapper, Snapshot
 from cairn.model import Declared, Model
 from cairn.renamed import Alias, module_aliases
-from cairn.stores import Store, open_store
+from cairn.stores import Store, aggregate_id, open_store
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,11 @@ class Events:
     ) -> Iterator[DomainEvent]:
         """One aggregate's events in version order, decoded as they stream in."""
         to_event = self.mapper.to_event
-        for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
-            yield to_event(record)
+        try:
+            for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+                yield to_event(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
 
 class Snapshots:
@@ -71,8 +74,11 @@ class Snapshots:
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
         """The newest snapshot taken at or below event version ``lte``, or None."""
-        record = self.store.get_snapshot(originator_id, lte=lte)
-        return None if record is None else self.mapper.to_snapshot(record)
+        record = self.store.get_snapshot(aggregate_id(originator_id), lte=lte)
+        try:
+            return None if record is None else self.mapper.to_snapshot(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
         self.store.put_snapshot(self.mapper.snapshot_to_record(snapshot))
@@ -102,9 +108,10 @@ class Repository(Generic[A]):
         """The aggregate as it is now, or as it was after event version ``lte``.
 
         :class:`~cairn.AggregateNotFound` (a ``KeyError``) if it has no events
-        at or below ``lte``, or was discarded by then.
+        at or below ``lte``, or was discarded by then. :class:`~cairn.InvalidId` if
+        ``originator_id`` is not a UUID.
         """
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             at = "" if lte is None else f" at version {lte}"
             raise AggregateNotFound(f"aggregate {originator_id} not found{at}")
@@ -119,7 +126,7 @@ class Repository(Generic[A]):
 
     def take_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot:
         """Store a snapshot of the aggregate after event version ``lte`` (default: the latest)."""
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             raise AggregateNotFound(f"aggregate {originator_id} has no events to snapshot")
         snapshot = snapshot_of(aggregate)
@@ -312,7 +319,7 @@ class Application:
                 "forget() needs an application with key_per_aggregate=True: "
                 "with one key for all aggregates, no one aggregate can be shredded"
             )
-        self.mapper.data_keys.forget(originator_id)
+        self.mapper.data_keys.forget(aggregate_id(originator_id))
 
     def close(self) -> None:
         """Close the store's connections (unless the store was opened by someone else)."""

@@ -31,6 +31,8 @@ from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreErr
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
 from cairn.model import Model
+from cairn.positions import PositionMap
+from cairn.projections import PostgresViews, SQLiteViews, Views
 from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
@@ -90,7 +92,7 @@ def printable(text: str) -> str:
 
 def store_urls(args: argparse.Namespace) -> list[str]:
     """Every store URL the command was given, to hide their passwords from messages."""
-    urls = [getattr(args, name, None) for name in ("store", "source", "target")]
+    urls = [getattr(args, name, None) for name in ("store", "source", "target", "views")]
     return [u for u in (*urls, os.environ.get(STORE_ENV)) if isinstance(u, str)]
 
 
@@ -109,9 +111,8 @@ def resolve_stores(args: argparse.Namespace) -> None:
 
 
 def existing(url: str) -> str:
-    """The URL with ``create=false``: the store must exist, and is never created."""
-    if url.startswith("memory:"):
-        return url
+    """The URL with ``create=false``: the store must exist, and is never created (every
+    store accepts the option: ``docs/writing-a-store.md``)."""
     return url + ("&" if "?" in url.rpartition("@")[2] else "?") + "create=false"
 
 
@@ -328,6 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
         quiet=True,
     )
     copy.add_argument("urls", metavar="[SRC_URL] DST_URL", nargs="+")
+    copy.add_argument(
+        "--positions",
+        metavar="FILE",
+        type=Path,
+        help="also write where each event landed in the target's feed, for read models "
+        "(cairn move-positions): feed positions are a store's own",
+    )
+    move = command(
+        "move-positions",
+        run_move_positions,
+        "move read models' positions to the feed of a copy (dry run without --yes)",
+        "Moves each named projection's saved feed position, in the views at VIEWS_URL "
+        "(sqlite:///views.db or postgresql://...), from the source's feed to the copy's, "
+        "with the map that 'cairn copy --positions FILE' wrote; once per copy. Stop the "
+        "projections' runners first. Without --yes, says what it would do.",
+        store=False,
+        as_json=True,
+    )
+    move.add_argument("map", metavar="MAP_FILE", type=Path)
+    move.add_argument("views", metavar="VIEWS_URL")
+    move.add_argument(
+        "--projection", metavar="NAME", action="append", required=True, help="(repeatable)"
+    )
+    move.add_argument("--yes", action="store_true", help="really move them")
     return parser
 
 
@@ -516,8 +541,23 @@ def run_rotate_key(args: argparse.Namespace) -> int:
             f"; encrypted {report.plaintext_encrypted:,} records that were not encrypted "
             "(--encrypt-plaintext)"
         )
-    emit(args, vars(report), [*report.problems, summary])
+    lines = [*report.problems, summary]
+    if report.unknown_keys:
+        lines.append(old_keys_hint(report.unknown_keys))
+    emit(args, vars(report), lines)
     return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def old_keys_hint(unknown_keys: dict[str, int]) -> str:
+    """What to do about records under keys that rotate-key was not given."""
+    under = ", ".join(f"{key_id} ({n:,})" for key_id, n in sorted(unknown_keys.items()))
+    given = f"${KEY_ENV} nor ${OLD_KEYS_ENV}" if os.environ.get(OLD_KEYS_ENV) else f"${KEY_ENV}"
+    return (
+        f"records and data keys left as they are are under key(s) {under} (key id: how "
+        f"many), which are not in {given}: put the old keys in ${OLD_KEYS_ENV} "
+        f"(comma-separated, as ${KEY_ENV} takes one), keep the new key in ${KEY_ENV}, "
+        "and run it again"
+    )
 
 
 def run_forget(args: argparse.Namespace) -> int:
@@ -571,8 +611,68 @@ def run_copy(args: argparse.Namespace) -> int:
         f"{report.aggregates:,} aggregates from {redact(args.source)} to {redact(args.target)}; "
         + ("verified: identical" if not problems else f"{len(problems)} aggregates differ")
     )
-    emit(args, {**vars(report), "problems": problems}, [*problems, summary])
+    lines = [*problems, summary]
+    if args.positions is not None and problems:
+        lines.append(f"no position map written to {args.positions}: the copy differs")
+    elif args.positions is not None:
+        lines.append(map_positions(args, args.positions))
+    emit(args, {**vars(report), "problems": problems}, lines)
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def map_positions(args: argparse.Namespace, path: Path) -> str:
+    """Write the position map of the copy just made and verified; a line that says so."""
+    source, target = open_existing(args.source), open_existing(args.target)
+    try:
+        mapping = Progress("mapping feed positions", args.quiet)
+        positions = PositionMap.of_copy(source, target, mapping)
+        mapping.done(f"{len(positions):,} events")
+    finally:
+        source.close()
+        target.close()
+    positions.save(path)
+    return (
+        f"wrote the feed positions of {len(positions):,} events to {path}: move read models "
+        f"with cairn move-positions {path} VIEWS_URL --projection NAME"
+    )
+
+
+def open_views(url: str) -> Views[Any]:
+    """The views (read models and their positions) at ``sqlite:///FILE`` (an existing file)
+    or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such views file")
+        return SQLiteViews(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresViews(url)
+    raise UsageError(f"views are sqlite:///FILE or postgresql://..., not {redact(url)!r}")
+
+
+def run_move_positions(args: argparse.Namespace) -> int:
+    positions = PositionMap.load(args.map)
+    views = open_views(args.views)
+    rows = []
+    for name in args.projection:
+        if args.yes:
+            old, new = views.move_position(name, positions)
+        else:
+            with views.transaction() as tx:
+                old = views.position(tx, name)
+            new = positions.translate(old)
+        rows.append({"projection": name, "from": old, "to": new, "moved": args.yes})
+    done = "moved" if args.yes else "would move (run again with --yes to move)"
+    emit(
+        args,
+        rows,
+        [
+            f"{done} {r['projection']} from position {r['from']} of {positions.source} "
+            f"to {r['to']} of {positions.target}"
+            for r in rows
+        ],
+    )
+    return EXIT_OK
 
 
 def run_demo(args: argparse.Namespace) -> int:

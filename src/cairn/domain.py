@@ -26,6 +26,7 @@ from typing import (
 from uuid import UUID, uuid4
 
 from cairn.errors import AggregateDiscarded, NoApplication, TopicError, UnreadableRecord
+from cairn.stores.contract import aggregate_id
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -283,11 +284,23 @@ class Aggregate:
         """Set up the aggregate's own state from the ``Created`` event's fields."""
 
     @classmethod
-    def create(cls, event_class: type[Aggregate.Created] | None = None, **kwargs: Any) -> Self:
-        """Create a new aggregate by triggering its ``Created`` event (pending until saved)."""
+    def create(
+        cls,
+        event_class: type[Aggregate.Created] | None = None,
+        *,
+        id: UUID | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Create a new aggregate by triggering its ``Created`` event (pending until saved).
+
+        ``id`` is a new random UUID unless the application chooses one, e.g. from a key of
+        its own: ``uuid5(NAMESPACE, key)``. Saving a second aggregate with an id already
+        stored raises :class:`~cairn.ConcurrencyError`; an id that is not a UUID,
+        :class:`~cairn.InvalidId`.
+        """
         event_class = event_class or cls.Created
         event = event_class(
-            originator_id=uuid4(),
+            originator_id=uuid4() if id is None else aggregate_id(id),
             originator_version=0,
             timestamp=utcnow(),
             originator_topic=topic_of(cls),

@@ -46,6 +46,11 @@ class AggregateForgotten(AggregateNotFound):
     """The aggregate's data key was destroyed: its events and snapshots can no longer be read."""
 
 
+class InvalidId(CairnError, TypeError):
+    """An aggregate id that is not a :class:`uuid.UUID` (a string, even a UUID's text): refused
+    by the application and by every store, before anything is read or written."""
+
+
 class AggregateDiscarded(CairnError):
     """A command was given to an aggregate that has been discarded."""
 
@@ -79,6 +84,36 @@ class NoApplication(CairnError, RuntimeError):
 
 class SubscriberError(CairnError):
     """A subscriber failed after its batch was stored (the batch itself is safe)."""
+
+
+class ProjectionError(CairnError):
+    """A projection's own code raised: its runner stopped at this event, and the page it was
+    in was not committed, so a runner started again (once the code is fixed) resumes here.
+
+    ``projection`` (its name), ``after`` (the position committed before the page),
+    ``position``, ``topic``, ``originator_id`` and ``originator_version`` say where;
+    the message says it without the event's data. The projection's exception is the
+    ``__cause__``. ``position`` and the event's keys are None when ``setup`` raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        projection: str,
+        after: int,
+        position: int | None = None,
+        topic: str | None = None,
+        originator_id: UUID | None = None,
+        originator_version: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.projection = projection
+        self.after = after
+        self.position = position
+        self.topic = topic
+        self.originator_id = originator_id
+        self.originator_version = originator_version
 
 
 class KeyExhausted(CairnError):

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from cairn.application import Application
-from cairn.errors import AllOrNoneUnsupported, ConcurrencyError
+from cairn.errors import AllOrNoneUnsupported, ConcurrencyError, InvalidId
 from cairn.stores import Record, Store
 from cairn.testing import racer
 from cairn.testing.racer import Counter
@@ -142,6 +142,29 @@ class StoreSuite:
 
     def test_an_empty_batch_stores_nothing(self, store: Store) -> None:
         store.append([])
+
+    def test_an_id_that_is_not_a_uuid_is_refused_alike_by_every_store(self, store: Store) -> None:
+        """A string id (even a UUID's text) or a number: one error, InvalidId, from every
+        entry point that takes an id, before anything is read or written; its message
+        says what to pass instead, and never quotes the id (it may be application data)."""
+        a = uuid4()
+        calls: list[Any] = [
+            lambda bad: list(store.select(bad)),
+            lambda bad: store.get_item(bad, eq=0),
+            lambda bad: store.append([*records(a, range(1)), Record(bad, 0, "t:E", b"\x00")]),
+            store.get_snapshot,
+            lambda bad: store.put_snapshot(Record(bad, 0, "m:Agg", b"\x00")),
+        ]
+        for bad in (str(a), "acct-1", a.int):
+            for call in calls:
+                with pytest.raises(InvalidId, match="an aggregate id must be a UUID") as refused:
+                    call(bad)
+                assert str(a) not in str(refused.value) and "acct-1" not in str(refused.value)
+        assert versions_of(store, a) == [] and store.get_snapshot(a) is None
+        with pytest.raises(InvalidId, match=r"pass uuid\.UUID"):
+            store.get_item(str(a), eq=0)  # type: ignore[arg-type]
+        with pytest.raises(InvalidId, match="uuid5"):
+            store.get_item("acct-1", eq=0)  # type: ignore[arg-type]
 
     def test_racing_threads_one_winner_per_version(self, store: Store) -> None:
         a = uuid4()

@@ -27,7 +27,15 @@ from cairn.stores.cassandra.outcomes import (
 from cairn.stores.cassandra.session import WRITE_PROFILE, Connection, connect, release
 from cairn.stores.cassandra.settings import Settings, parse_url
 from cairn.stores.cassandra.statements import prepare
-from cairn.stores.contract import MAX_VERSION, Record, Store
+from cairn.stores.contract import (
+    MAX_VERSION,
+    FeedPage,
+    Record,
+    Store,
+    aggregate_id,
+    check_ids,
+    filter_feed,
+)
 from cairn.stores.failures import DriverErrors, repeated
 
 WRITES_IN_FLIGHT = 128  # a save's batches sent at once, at most: a larger save goes in waves
@@ -98,6 +106,7 @@ class CassandraStore(Store):
         then each aggregate's batch is one conditional write, sent together, in waves of
         WRITES_IN_FLIGHT (after one Paxos round claims their feed positions), and a
         refusal names the aggregates stored all the same."""
+        check_ids(records)
         batches = _by_aggregate(records)
         if all_or_none and len(batches) > 1:
             self.check_all_or_none([b[0].originator_id for b in batches])
@@ -211,6 +220,7 @@ class CassandraStore(Store):
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
         row = (record.originator_id, record.originator_version, record.topic, record.data)
         failure = (
             f"the snapshot of {record.originator_id} at version "
@@ -219,7 +229,7 @@ class CassandraStore(Store):
         self._execute("insert_snapshot", row, failure)
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        params = (originator_id, MAX_VERSION if lte is None else lte)
+        params = (aggregate_id(originator_id), MAX_VERSION if lte is None else lte)
         failure = f"cannot read snapshots of {originator_id}"
         row = self._execute("select_snapshot", params, failure).one()
         return None if row is None else Record(originator_id, row[0], row[1], row[2])
@@ -254,15 +264,18 @@ class CassandraStore(Store):
 
     # -- the feed
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
         """The feed, as ``docs/feed.md`` tells: claims resolved in order, abandoned ones
-        fenced off once ``feed_fence_after`` old."""
+        fenced off once ``feed_fence_after`` old. A claim does not say its events' topics:
+        a filtered page is read whole and filtered here, before anything is decoded."""
         if self.feed is None:
             raise StoreError(
                 f"{self.url}: the feed is off for this store (feed=false in its URL); "
                 "events saved with it off are not in the feed"
             )
-        return self.feed.read(after, limit)
+        return filter_feed(self.feed.read, after, limit, topics)
 
     # -- scanning and rewriting
 
