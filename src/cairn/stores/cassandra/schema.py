@@ -87,21 +87,13 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
             f"{settings.url}: {missing} does not exist and create=false; create it, "
             "or drop create=false from the URL to let cairn create it"
         )
-    # Every process sends its DDL to the same node, so that concurrent first
-    # uses are serialised by that node's schema updates instead of racing
-    # to create the same table twice on different nodes.
-    host = min(
-        (h for h in cluster.metadata.all_hosts() if h.is_up is not False),
-        key=lambda h: str(h.endpoint),
-        default=None,
-    )
     keyspace = settings.quoted_keyspace
     replication = _replication_cql(settings, cluster)
     statements = [CREATE_KEYSPACE.format(keyspace=keyspace, replication=replication)]
     statements += [cql.format(keyspace=keyspace) for cql in CREATE_TABLES]
     try:
         for cql in statements:
-            result = session.execute(cql, host=host, timeout=60)
+            result = _execute_ddl(cluster, session, cql)
             if not result.response_future.is_schema_agreed:
                 raise StoreError(
                     f"{settings.url}: the nodes did not agree on the new schema within "
@@ -112,6 +104,29 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
         raise StoreError(f"{settings.url}: cannot create {missing}: {exc}") from exc
     if _missing(cluster, settings) == _NO_POSITION:
         _add_position(session, settings)
+
+
+def _execute_ddl(cluster: Any, session: Any, cql: str) -> Any:
+    """Run one ``IF NOT EXISTS`` statement on the first node, in a fixed order, that answers.
+
+    Every process sends its DDL to the same node, so that concurrent first uses
+    are serialised by that node's schema updates instead of racing to create the
+    same table twice on different nodes. A node that is down, restarting or
+    marked down by the driver is passed over for the next one: the statements
+    are idempotent, and a store must open while one node of several is away.
+    """
+    hosts = sorted(
+        (h for h in cluster.metadata.all_hosts() if h.is_up is not False),
+        key=lambda h: str(h.endpoint),
+    )
+    for host in hosts[:-1]:
+        try:
+            return session.execute(cql, host=host, timeout=60)
+        except DRIVER_ERRORS as exc:
+            if not down_or_slow(exc):
+                raise
+            log.info("DDL not sent to %s, which is down or slow (%s); trying the next", host, exc)
+    return session.execute(cql, host=hosts[-1] if hosts else None, timeout=60)
 
 
 def check_replicas(session: Any, settings: Settings) -> None:
