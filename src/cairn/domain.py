@@ -216,11 +216,21 @@ class Aggregate:
         """Set up the aggregate's own state from the ``Created`` event's fields."""
 
     @classmethod
-    def create(cls, event_class: type[Aggregate.Created] | None = None, **kwargs: Any) -> Self:
-        """Create a new aggregate by triggering its ``Created`` event (pending until saved)."""
+    def create(
+        cls,
+        event_class: type[Aggregate.Created] | None = None,
+        *,
+        id: UUID | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Create a new aggregate by triggering its ``Created`` event (pending until saved).
+
+        ``id`` is a new random UUID unless the application chooses one, e.g. from a key
+        of its own: ``uuid5(NAMESPACE, key)``.
+        """
         event_class = event_class or cls.Created
         event = event_class(
-            originator_id=uuid4(),
+            originator_id=uuid4() if id is None else id,
             originator_version=0,
             timestamp=utcnow(),
             originator_topic=topic_of(cls),

@@ -39,10 +39,10 @@ import psycopg
 from psycopg import errors, pq, sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from cairn.errors import OutcomeUnknown, StoreError
+from cairn.errors import AlreadyProcessed, OutcomeUnknown, StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import MAX_VERSION, Record, Store
-from cairn.stores.failures import DriverErrors, refusal
+from cairn.stores.contract import MAX_VERSION, Record, Store, Tracking
+from cairn.stores.failures import DriverErrors, already_processed, refusal
 from cairn.stores.urls import Options, redact
 
 # All of the store's SQL, in one place. {schema} is the schema's quoted name.
@@ -52,11 +52,13 @@ SELECT_TABLES = (
     "SELECT c.relname, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
     "JOIN pg_namespace n ON n.oid = c.relnamespace "
     "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'originator_version' "
-    "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots', 'data_keys')"
+    "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots', 'data_keys', 'tracking')"
 )
 # Two processes running CREATE ... IF NOT EXISTS at once can still collide in the
 # catalogs (UniqueViolation on pg_type): those creating one schema queue on this lock.
 TABLES = ("events", "snapshots", "data_keys")
+# Made since process applications: a schema made before has none, and opens without it.
+OPTIONAL_TABLES = ("tracking",)
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 CREATE_TABLES = (
@@ -77,6 +79,10 @@ CREATE_TABLES = (
         originator_id uuid PRIMARY KEY,
         wrapped bytea NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS events_feed ON {schema}.events (position)",
+    # What a process application has processed of each upstream (docs/processes.md).
+    """CREATE TABLE IF NOT EXISTS {schema}.tracking (
+        upstream text PRIMARY KEY,
+        position bigint NOT NULL)""",
     # One entry per aggregate (its first event), for listing aggregates.
     """CREATE INDEX IF NOT EXISTS events_aggregates ON {schema}.events (originator_id)
         WHERE originator_version = 0""",
@@ -132,6 +138,15 @@ REWRITE_EVENT = (
     "UPDATE {schema}.events SET data = %s WHERE originator_id = %s AND originator_version = %s "
     "AND data = %s"
 )
+# A tracked position only ever increases. In a reaction's transaction, it is written
+# first: a second runner's transaction waits on the row until the first commits, then
+# finds the position not past it, changes nothing (rowcount 0), and is rolled back.
+TRACK = (
+    "INSERT INTO {schema}.tracking AS t (upstream, position) VALUES (%s, %s) "
+    "ON CONFLICT (upstream) DO UPDATE SET position = EXCLUDED.position "
+    "WHERE t.position < EXCLUDED.position"
+)
+SELECT_TRACKED = "SELECT position FROM {schema}.tracking WHERE upstream = %s"
 SELECT_DATA_KEY = "SELECT wrapped FROM {schema}.data_keys WHERE originator_id = %s"
 INSERT_DATA_KEY = (
     "INSERT INTO {schema}.data_keys (originator_id, wrapped) VALUES (%s, %s) "
@@ -254,11 +269,13 @@ class PostgresStore(Store):
         with self._errors(failure):
             found = dict(conn.execute(SELECT_TABLES, (self.schema,)).fetchall())
             narrow = [t for t in VERSIONED if found.get(t) == "integer"]
-            if set(found) == set(TABLES) and not narrow:
+            if set(found) == {*TABLES, *OPTIONAL_TABLES} and not narrow:
                 return
             row = conn.execute(SELECT_SCHEMA, (self.schema,)).fetchone()
             schema_exists = bool(row and row[0])
             if not create:
+                if set(TABLES) <= set(found) and not narrow:
+                    return  # made before the optional tables: usable without them
                 raise StoreError(self._cannot_create(found, narrow, schema_exists))
             with conn.transaction():
                 conn.execute(LOCK_SCHEMA, (f"cairn.{self.schema}",))
@@ -305,6 +322,11 @@ class PostgresStore(Store):
     def append(self, records: Sequence[Record]) -> None:
         if not records:
             return
+        self._append(records, None)
+
+    def _append(self, records: Sequence[Record], tracking: Tracking | None) -> None:
+        """The batch in one transaction; with ``tracking``, which the transaction advances
+        first (a second runner waits on its row, then finds it advanced: AlreadyProcessed)."""
         if len(records) >= 1 << TXID_BITS:
             raise StoreError(
                 f"{self.url}: a batch of {len(records)} events is too large for one save "
@@ -318,6 +340,11 @@ class PostgresStore(Store):
             committing = False
             try:
                 with conn.transaction():
+                    if (
+                        tracking is not None
+                        and conn.execute(self._sql.track, tracking).rowcount == 0
+                    ):
+                        raise AlreadyProcessed(already_processed(self.url, tracking))
                     self._insert(conn, rows)
                     committing = True  # the block's end sends COMMIT
             except errors.UniqueViolation:
@@ -430,6 +457,23 @@ class PostgresStore(Store):
         with self._connection("nothing was rewritten") as conn, conn.transaction():
             return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
 
+    # -- tracking
+
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        if not records:
+            self.track(tracking)
+            return
+        self._append(records, tracking)
+
+    def track(self, tracking: Tracking) -> None:
+        with self._connection(f"cannot track {tracking.upstream!r}") as conn:
+            conn.execute(self._sql.track, tracking)
+
+    def tracked_position(self, upstream: str) -> int:
+        with self._connection(f"cannot read the tracked position of {upstream!r}") as conn:
+            row = conn.execute(self._sql.select_tracked, (upstream,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     # -- closing
 
     def close(self) -> None:
@@ -467,6 +511,8 @@ class _Statements:
         self.replace_data_key = render(REPLACE_DATA_KEY)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
+        self.track = render(TRACK)
+        self.select_tracked = render(SELECT_TRACKED)
 
 
 def _batch_names(records: Sequence[Record]) -> str:
