@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import suppress
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar, cast
@@ -45,7 +45,7 @@ from cairn.errors import (
 )
 from cairn.feed import Feed
 from cairn.stores import Record, Store, redact
-from cairn.stores.contract import Tracking
+from cairn.stores.contract import FENCE_TOPIC, Tracking
 from cairn.stores.failures import already_processed
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Application)
 NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")  # fits a file name, a schema and a keyspace
 STORES_ENV = "CAIRN_RUN_STORES"  # how `cairn run` hands its children their stores (not argv)
+Stores = str | Mapping[str, str] | Mapping[str, str | Store]  # a template, or by application
 
 
 # --------------------------------------------------------------------------- reactions
@@ -97,15 +98,25 @@ class ReactionRepository(Repository[Any]):
             or not store.tracks_per_aggregate
         ):
             return super().get(originator_id, lte)
+        # The events first, then the record of reactions, which is written with them: if
+        # the events read include this reaction's, the record read after them says so.
+        try:
+            aggregate = super().get(originator_id)
+        except AggregateNotFound:
+            aggregate = None
         reacted = store.last_reaction(originator_id, reaction.upstream)
         if reacted is None or reacted.position < reaction.position:
-            return super().get(originator_id)
+            if aggregate is None:
+                raise AggregateNotFound(f"aggregate {originator_id} not found")
+            return aggregate
         if reacted.position > reaction.position:
             reaction.already = True
             raise AlreadyProcessed(already_processed(store.url, reaction.tracking))
         reaction.done.add(originator_id)
         if reacted.version == 0:
             raise AggregateNotFound(f"aggregate {originator_id} not found")
+        if aggregate is not None and aggregate.version <= reacted.version:
+            return aggregate  # read before the reaction was stored: as it was before it
         return super().get(originator_id, lte=reacted.version - 1)
 
 
@@ -173,11 +184,43 @@ class Process(Application):
         pending = [(a, batch) for a, batch in pending if batch]
         if not pending:
             return False
-        records = [self.mapper.to_record(e) for _, batch in pending for e in batch]
-        self.store.append_tracked(records, reaction.tracking)
+        try:
+            self._append(pending, reaction.tracking)
+        except ConcurrencyError as exc:
+            if not self._after_fences(pending, exc.stored):
+                raise
+            self._append(pending, reaction.tracking)
         with suppress(SubscriberError):  # stored all the same; the failure is logged
             self._stored(pending)
         return True
+
+    def _append(
+        self, pending: Sequence[tuple[Aggregate, Sequence[DomainEvent]]], tracking: Tracking
+    ) -> None:
+        records = [self.mapper.to_record(e) for _, batch in pending for e in batch]
+        self.store.append_tracked(records, tracking)
+
+    def _after_fences(
+        self, pending: list[tuple[Aggregate, Sequence[DomainEvent]]], stored: Collection[UUID]
+    ) -> bool:
+        """Move each creation that met only fences to the version after them; whether one
+        moved. (On Cassandra, a runner that died between its feed claim and its write left
+        a claim that a feed reader fenced off, taking the version the creation needs: the
+        id, derived from the upstream event, must still be created, after the fence.)"""
+        moved = False
+        for i, (aggregate, batch) in enumerate(pending):
+            if batch[0].originator_version != 0 or aggregate.id in stored:
+                continue
+            topics = [r.topic for r in self.store.select(aggregate.id)]
+            if not topics or any(topic != FENCE_TOPIC for topic in topics):
+                continue  # the id holds an aggregate: a true collision
+            after = len(topics)
+            shifted = [replace(e, originator_version=e.originator_version + after) for e in batch]
+            aggregate._pending_events[: len(batch)] = shifted
+            aggregate._version += after
+            pending[i] = (aggregate, shifted)
+            moved = True
+        return moved
 
 
 # --------------------------------------------------------------------------- following
@@ -296,12 +339,25 @@ class Follower:
             except ConcurrencyError as exc:
                 if attempt < self.retries:
                     continue  # an aggregate changed since the policy loaded it: react again
+                self._processed_meanwhile(upstream, position)
                 raise self._stop(upstream, record, exc, "kept colliding") from exc
             except Exception as exc:
+                self._processed_meanwhile(upstream, position)
                 raise self._stop(upstream, record, exc, "its policy raised") from exc
             self.reactions += stored
             return stored
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _processed_meanwhile(self, upstream: str, position: int) -> None:
+        """AlreadyProcessed if another runner stored this event's reaction meanwhile: the
+        policy then failed on what it found changed (an order cancelled already), not on
+        the event. (Where the store tracks per aggregate, the policy sees aggregates as
+        they were before the reaction, so it does not fail so.)"""
+        tracked = self.process.store.tracked_position(upstream)
+        if tracked >= position:
+            raise AlreadyProcessed(
+                already_processed(self.process.store.url, Tracking(upstream, position))
+            )
 
     def _stop(self, upstream: str, record: Record, exc: BaseException, why: str) -> ProcessStopped:
         assert record.position is not None
@@ -368,36 +424,40 @@ class System:
         """The names of the applications that follow others (the ones a runner runs)."""
         return list(self.follows)
 
-    def stores(self, stores: str | Mapping[str, str]) -> dict[str, str]:
-        """Each application's store URL: ``stores`` is a template with ``{name}`` (as in
-        ``sqlite:///shop-{name}.db``), or a mapping of names to URLs, in which ``"*"`` is the
-        template for the others. Two applications never share a store (each store's feed
-        is its application's events), except ``memory://``, which is new at each opening."""
+    def stores(self, stores: Stores) -> dict[str, str | Store]:
+        """Each application's store: ``stores`` is a URL template with ``{name}`` (as in
+        ``sqlite:///shop-{name}.db``), or a mapping of names to URLs (or open stores), in
+        which ``"*"`` is the template for the others. Two applications never share a store
+        (a store's feed is its application's events), except ``memory://``, new at each
+        opening."""
         templates = {"*": stores} if isinstance(stores, str) else dict(stores)
         unknown = set(templates) - {*self.apps, "*"}
         if unknown:
             raise ValueError(f"stores for applications not in the system: {sorted(unknown)}")
-        urls = {}
+        found: dict[str, str | Store] = {}
         for name in self.apps:
-            template = templates.get(name, templates.get("*"))
-            if template is None:
+            store = templates.get(name, templates.get("*"))
+            if store is None:
                 raise ValueError(f"no store for {name!r}: give its URL, or a '*' template")
-            urls[name] = template.replace("{name}", name)
+            found[name] = store.replace("{name}", name) if isinstance(store, str) else store
         shared = [
             n
-            for n, u in urls.items()
-            if not u.startswith("memory:") and list(urls.values()).count(u) > 1
+            for n, s in found.items()
+            if not (isinstance(s, str) and s.startswith("memory:"))
+            and sum(s == other for other in found.values()) > 1
         ]
         if shared:
+            url = found[shared[0]]
             raise ValueError(
-                f"{', '.join(shared)} would share the store {redact(urls[shared[0]])}: give each "
-                "application a store of its own (a template with {name})"
+                f"{', '.join(shared)} would share the store "
+                f"{redact(url) if isinstance(url, str) else url!r}: give each application a "
+                "store of its own (a template with {name})"
             )
-        return urls
+        return found
 
-    def build(self, name: str, url: str, cipher: Cipher | None = None) -> Application:
-        """The application named ``name``, on the store at ``url``."""
-        return self.apps[name](store=url, cipher=cipher)
+    def build(self, name: str, store: str | Store, cipher: Cipher | None = None) -> Application:
+        """The application named ``name``, on ``store`` (a URL, or an open store)."""
+        return self.apps[name](store=store, cipher=cipher)
 
 
 # --------------------------------------------------------------------------- runners
@@ -415,7 +475,7 @@ class Runner:
     def __init__(
         self,
         system: System,
-        stores: str | Mapping[str, str],
+        stores: Stores,
         *,
         cipher: Cipher | None = None,
         processes: Collection[str] | None = None,
@@ -494,7 +554,7 @@ class SingleThreadedRunner(Runner):
     the save returns. For tests and scripts. A process that stops raises ProcessStopped
     (within the save's SubscriberError) once; the others go on."""
 
-    def __init__(self, system: System, stores: str | Mapping[str, str], **options: Any) -> None:
+    def __init__(self, system: System, stores: Stores, **options: Any) -> None:
         super().__init__(system, stores, **options)
         self._running = False
         self._again = False
@@ -544,7 +604,7 @@ class ThreadedRunner(Runner):
     def __init__(
         self,
         system: System,
-        stores: str | Mapping[str, str],
+        stores: Stores,
         *,
         poll: float = 0.002,
         max_poll: float = 0.1,
@@ -631,7 +691,7 @@ class MultiprocessRunner:
         self,
         topic: str,
         system: System,
-        stores: str | Mapping[str, str],
+        stores: Stores,
         *,
         processes: Collection[str] | None = None,
         restart_after: float = 1.0,
@@ -704,7 +764,7 @@ class MultiprocessRunner:
 
 def run_in_this_process(
     system: System,
-    stores: str | Mapping[str, str],
+    stores: Stores,
     processes: Iterable[str],
     stop: threading.Event,
     *,

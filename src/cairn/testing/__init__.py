@@ -2,8 +2,8 @@
 
 ``StoreSuite`` (events, snapshots, data keys, scanning and rewriting),
 ``FeedSuite`` (the feed's five guarantees), ``FaultSuite`` (writers killed
-mid-save) and ``TrackingSuite`` (what process applications need of a store) are
-classes of tests. In a test module, subclass them, and register
+mid-save), ``TrackingSuite`` (what process applications need of a store) and
+``ProcessSuite`` (process applications under crashes) are classes of tests. In a test module, subclass them, and register
 the plugin that gives them their store fixtures::
 
     # conftest.py
@@ -28,18 +28,21 @@ pytest.register_assert_rewrite(
     "cairn.testing.faults",
     "cairn.testing.feed",
     "cairn.testing.plugin",
+    "cairn.testing.processes",
     "cairn.testing.stores",
     "cairn.testing.tracking",
 )
 
 from cairn.testing.faults import FaultSuite  # noqa: E402
 from cairn.testing.feed import FeedSuite, keys, whole_feed  # noqa: E402
+from cairn.testing.processes import ProcessSuite  # noqa: E402
 from cairn.testing.stores import StoreSuite, records, versions_of  # noqa: E402
 from cairn.testing.tracking import TrackingSuite  # noqa: E402
 
 __all__ = [
     "FaultSuite",
     "FeedSuite",
+    "ProcessSuite",
     "StoreSuite",
     "TrackingSuite",
     "keys",
