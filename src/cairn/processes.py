@@ -180,8 +180,10 @@ class Process(Application):
         stored before; ConcurrencyError if an aggregate changed since the policy loaded it."""
         if reaction.already:
             raise AlreadyProcessed(already_processed(self.store.url, reaction.tracking))
-        pending = [(a, a.collect_events()) for a in reaction.saved if a.id not in reaction.done]
-        pending = [(a, batch) for a, batch in pending if batch]
+        pending = [(a, a.collect_events()) for a in reaction.saved]
+        pending = [
+            (a, batch) for a, batch in pending if batch and not self._held(a, batch, reaction)
+        ]
         if not pending:
             return False
         try:
@@ -192,6 +194,22 @@ class Process(Application):
             self._append(pending, reaction.tracking)
         with suppress(SubscriberError):  # stored all the same; the failure is logged
             self._stored(pending)
+        return True
+
+    def _held(self, aggregate: Aggregate, batch: Sequence[DomainEvent], reaction: Reaction) -> bool:
+        """Whether the aggregate holds its part of the reaction already (stores that track
+        per aggregate: the repository found so for one loaded; one created is asked here,
+        one read rather than a refused write, whose feed claim readers must then void)."""
+        if aggregate.id in reaction.done:
+            return True
+        if batch[0].originator_version != 0 or not self.store.tracks_per_aggregate:
+            return False
+        reacted = self.store.last_reaction(aggregate.id, reaction.upstream)
+        if reacted is None or reacted.position < reaction.position:
+            return False
+        if reacted.position > reaction.position:
+            raise AlreadyProcessed(already_processed(self.store.url, reaction.tracking))
+        reaction.done.add(aggregate.id)
         return True
 
     def _append(
