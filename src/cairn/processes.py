@@ -615,9 +615,11 @@ class SingleThreadedRunner(Runner):
 
 class ThreadedRunner(Runner):
     """A thread per process, each following its upstreams: woken at once by a save made in
-    this OS process, else polling, from ``poll`` seconds after its last event, doubling
-    while idle, up to ``max_poll``. A StoreError is logged, and retried after a pause. A
-    process that stops is in ``failures``, and its thread ends; the others go on."""
+    this OS process, or by the upstream's store where it can tell of saves made elsewhere
+    (``Store.watch``: PostgreSQL's LISTEN/NOTIFY), and polling all the same, from ``poll``
+    seconds after its last event, doubling while idle, up to ``max_poll``. A StoreError is
+    logged, and retried after a pause. A process that stops is in ``failures``, and its
+    thread ends; the others go on."""
 
     def __init__(
         self,
@@ -633,13 +635,17 @@ class ThreadedRunner(Runner):
         self._stop = threading.Event()
         self._wakes: dict[str, threading.Event] = {}
         self._threads: list[threading.Thread] = []
+        self._unwatch: list[Callable[[], None]] = []
 
     def start(self) -> None:
         super().start()
         for name in self.names:
             self._wakes[name] = wake = threading.Event()
             for upstream in self.system.follows[name]:
-                self.apps[upstream].subscribe(_waker(wake))
+                self.apps[upstream].subscribe(_waker(wake))  # saves made here
+                unwatch = self.apps[upstream].store.watch(wake.set)  # anywhere (PostgreSQL)
+                if unwatch is not None:
+                    self._unwatch.append(unwatch)
         for name, follower in self.followers.items():
             thread = threading.Thread(
                 target=self._follow, args=(follower, self._wakes[name]), name=f"cairn-{name}"
@@ -689,6 +695,8 @@ class ThreadedRunner(Runner):
             wake.set()
         for thread in self._threads:
             thread.join()
+        for unwatch in self._unwatch:
+            unwatch()
         super().stop()
 
 

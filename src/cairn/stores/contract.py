@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, NamedTuple
 from uuid import UUID
 
@@ -177,8 +177,9 @@ class Store(ABC):
         still ``old.data``; how many were replaced. Only key rotation rewrites: events are
         otherwise immutable."""
 
-    # -- tracking (process applications, docs/processes.md): what a process has processed of
-    # each upstream, recorded with the reactions, so that each reaction is stored exactly once
+    # -- tracking and following (process applications, docs/processes.md): what a process
+    # has processed of each upstream, recorded with the reactions, so that each reaction is
+    # stored exactly once; and a wake-up when an upstream has new events
 
     # False: a reaction's events and its tracking are one transaction, and the tracked
     # position is exact. True (Cassandra: no transaction across partitions): each
@@ -215,6 +216,13 @@ class Store(ABC):
         """Where ``tracks_per_aggregate``: the last reaction to ``upstream`` stored in this
         aggregate. Elsewhere None: a reaction is stored whole or not at all, with its
         tracking, so no aggregate holds part of one."""
+        return None
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from a thread of the store's) soon after events are appended, by
+        any process, until the function returned is called; None where the store cannot
+        tell (PostgreSQL can: LISTEN/NOTIFY), and followers poll. Only a hint: a follower
+        polls all the same, less often."""
         return None
 
     def _untracked(self) -> StoreError:
