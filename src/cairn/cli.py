@@ -33,7 +33,7 @@ from uuid import UUID
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
-from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub
+from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub, store_class
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 # C0 and C1 controls, DEL, and the Unicode line separators and bidirectional
@@ -610,7 +610,12 @@ def run_system(args: argparse.Namespace) -> int:
 
     system = load_system(args.system)
     stores = system_stores(args)
-    system.stores(stores)  # checked before anything starts (ValueError: exit 3)
+    for url in system.stores(stores).values():  # checked before anything starts
+        if isinstance(url, str) and not store_class(url).durable:
+            raise UsageError(
+                f"{redact(url)} is not shared between processes: cairn run needs stores "
+                "that other processes open (sqlite, postgresql, cassandra)"
+            )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -531,34 +531,42 @@ class _Notifier:
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
         self.wanted = threading.Event()
+        self.pending = False  # a save not notified yet
         self.closed = False
+        self.thread: threading.Thread | None = None
         self.pid = 0  # the thread's process: a thread does not survive fork
 
     def saved(self) -> None:
         if self.pid != os.getpid():
             self.pid = os.getpid()
-            thread = threading.Thread(
+            self.thread = threading.Thread(
                 target=self._run, name=f"cairn-notify {self.store.url}", daemon=True
             )
-            thread.start()
+            self.thread.start()
+        self.pending = True
         self.wanted.set()
 
     def _run(self) -> None:
         while True:
             self.wanted.wait()
+            self.wanted.clear()
+            if self.pending:
+                self.pending = False
+                try:
+                    with self.store._pool.connection() as conn:
+                        conn.execute(NOTIFY, (self.store._channel,))
+                except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
+                    log.debug("%s: no notification of a save: %s", self.store.url, exc)
             if self.closed:
                 return
-            self.wanted.clear()
-            try:
-                with self.store._pool.connection() as conn:
-                    conn.execute(NOTIFY, (self.store._channel,))
-            except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
-                log.debug("%s: no notification of a save: %s", self.store.url, exc)
             time.sleep(NOTIFY_EVERY)
 
     def close(self) -> None:
+        """Send the notification of the last saves, if any, before the pool closes."""
         self.closed = True
         self.wanted.set()
+        if self.thread is not None and self.pid == os.getpid():
+            self.thread.join(timeout=1.0)
 
 
 class _Statements:
