@@ -49,7 +49,10 @@ def main() -> int:
     templates: dict[str, str] = {}
     for given in args.store:
         name, equals, url = given.partition("=")
-        templates[name if equals and name in system.apps else "*"] = url if equals else given
+        if equals and name in system.apps:
+            templates[name] = url
+        else:
+            templates["*"] = given
     filled = {k: v.replace("{unique}", unique).replace("{tmp}", tmp) for k, v in templates.items()}
     urls = {str(k): str(v) for k, v in system.stores(filled).items()}
     for name, url in urls.items():

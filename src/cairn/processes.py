@@ -100,14 +100,15 @@ class ReactionRepository(Repository[Any]):
             return super().get(originator_id, lte)
         # The events first, then the record of reactions, which is written with them: if
         # the events read include this reaction's, the record read after them says so.
+        missing: AggregateNotFound | None = None
         try:
             aggregate = super().get(originator_id)
-        except AggregateNotFound:
-            aggregate = None
+        except AggregateNotFound as exc:
+            aggregate, missing = None, exc
         reacted = store.last_reaction(originator_id, reaction.upstream)
         if reacted is None or reacted.position < reaction.position:
-            if aggregate is None:
-                raise AggregateNotFound(f"aggregate {originator_id} not found")
+            if missing is not None:
+                raise missing
             return aggregate
         if reacted.position > reaction.position:
             reaction.already = True
