@@ -36,7 +36,14 @@ from cassandra.connection import ConnectionShutdown
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement
 
-from cairn import AESCipher, Application, ConcurrencyError
+from cairn import (
+    AESCipher,
+    Aggregate,
+    AllOrNoneUnsupported,
+    Application,
+    ConcurrencyError,
+    UnreadableRecord,
+)
 from cairn.crypto import KeyRing
 from cairn.errors import OutcomeUnknown, StoreError
 from cairn.mapping import Mapper
@@ -45,9 +52,10 @@ from cairn.stores.cassandra import WRITE_PROFILE, CassandraFeed, CassandraStore,
 from cairn.stores.cassandra import feed as feed_module
 from cairn.stores.cassandra import store as store_module
 from cairn.stores.cassandra.outcomes import refusal
+from cairn.stores.cassandra.schema import down_or_slow
 from cairn.stores.cassandra.session import release
 from cairn.testing.plugin import unavailable
-from tests.conftest import engine_url
+from tests.conftest import concurrently, engine_url
 from tests.racer import Counter
 
 pytestmark = pytest.mark.cassandra
@@ -126,6 +134,25 @@ def records(originator_id: UUID, versions: range, size: int = 8) -> list[Record]
 
 def versions_of(store: CassandraStore, originator_id: UUID) -> list[int]:
     return [r.originator_version for r in store.select(originator_id)]
+
+
+class Account(Aggregate):
+    """A bank account: what the user's transfers moved money between."""
+
+    class Created(Aggregate.Created):
+        balance: int
+
+    class Changed(Aggregate.Event):
+        amount: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.balance += self.amount
+
+    def __init__(self, balance: int) -> None:
+        self.balance = balance
+
+    def change(self, amount: int) -> None:
+        self.trigger_event(Account.Changed, amount=amount)
 
 
 def closed_port() -> int:
@@ -230,6 +257,21 @@ def test_create_false_opens_an_existing_keyspace(url: str) -> None:
     store.close()
 
 
+def test_the_replica_check_at_open_passes_over_a_node_restarting_not_a_table_refused() -> None:
+    """The errors a rolling restart gave the check at open (tests/test_cluster.py opens
+    stores through one): one host's lost connection beside another's Unavailable at ALL
+    means a node is down, and the store opens; a replica that refuses the table does not."""
+    here, there = "127.0.0.3:9042", "127.0.0.4:9042"
+    unavailable = Unavailable("Cannot achieve consistency level ALL", ConsistencyLevel.ALL, 3, 2)
+    lost = ConnectionShutdown("Host has been marked down or removed")
+    refused = InvalidRequest("unconfigured table events")
+    assert down_or_slow(NoHostAvailable("no host", {here: lost, there: unavailable}))
+    assert down_or_slow(NoHostAvailable("no host", {here: OperationTimedOut("slow")}))
+    assert down_or_slow(unavailable) and down_or_slow(ConnectionRefusedError(111, "refused"))
+    assert not down_or_slow(NoHostAvailable("no host", {here: lost, there: refused}))
+    assert not down_or_slow(refused)
+
+
 def test_the_keyspace_and_tables_are_created_on_first_use_from_several_processes_at_once() -> None:
     keyspace = f"cairn_first_{uuid4().hex[:8]}"
     url = with_keyspace(BASE_URL, keyspace)
@@ -259,7 +301,10 @@ def test_a_save_over_the_servers_write_limit_is_refused_before_anything_is_writt
     small, large = uuid4(), uuid4()
     too_many = store.max_batch_size // MiB + 1
     with pytest.raises(StoreError, match=str(large)) as refused:
-        store.append([*records(small, range(2)), *records(large, range(too_many), size=MiB)])
+        store.append(
+            [*records(small, range(2)), *records(large, range(too_many), size=MiB)],
+            all_or_none=False,
+        )
     message = str(refused.value)
     assert "native_transport_max_message_size" in message and "max_mutation_size" in message
     assert "cassandra.yaml" in message and "Nothing was written" in message
@@ -285,22 +330,117 @@ def test_a_save_larger_than_batch_size_fail_threshold_is_stored_whole(
     assert versions_of(store, a) == list(range(10))
 
 
-def test_a_save_of_several_aggregates_writes_them_all_and_names_those_stored(
+def test_a_save_of_several_aggregates_is_refused_before_anything_is_written(
     store: CassandraStore,
 ) -> None:
-    """Each aggregate's batch is its own conditional write, all sent at once: a
-    conflict on one refuses that one alone, and the error lists the others, stored."""
-    a, b, c = uuid4(), uuid4(), uuid4()
-    store.append(records(a, range(2)))
-    with pytest.raises(ConcurrencyError) as refused:
-        store.append([*records(b, range(3)), *records(a, range(1, 3)), *records(c, range(2))])
-    assert refused.value.stored == (b, c)
+    """No multi-partition transactions: a save of several aggregates cannot be all or none,
+    so it is refused unless the caller opts in, with neither events nor a feed claim
+    written, and the error says why and what to do."""
+    a, b = uuid4(), uuid4()
+    store.append(records(a, range(1)))
+    head = feed_of(store).find_head()
+    with pytest.raises(AllOrNoneUnsupported) as refused:
+        store.append([*records(a, range(1, 3)), *records(b, range(2))])
     message = str(refused.value)
-    assert f"aggregate {a}: version 1 is already stored" in message
-    assert f"stored: {b}, {c}; {a}: ConcurrencyError." in message
-    assert versions_of(store, b) == [0, 1, 2]
-    assert versions_of(store, a) == [0, 1]
-    assert versions_of(store, c) == [0, 1]
+    assert message.startswith(f"{store.url}: this save has events of 2 aggregates ({a}, {b})")
+    assert "no multi-partition transactions" in message and "Nothing was written" in message
+    assert "Save each aggregate on its own" in message and "docs/processes.md" in message
+    assert "all_or_none=False" in message
+    assert isinstance(refused.value, StoreError)
+    assert versions_of(store, a) == [0] and versions_of(store, b) == []
+    assert feed_of(store).find_head() == head  # no claim either
+    many = [uuid4() for _ in range(7)]
+    with pytest.raises(AllOrNoneUnsupported, match=f"7 aggregates \\({many[0]}, .* and 2 more\\)"):
+        store.append([r for i in many for r in records(i, range(1))])
+
+
+def test_an_application_save_of_several_aggregates_is_refused_before_their_data_keys_are_made(
+    url: str,
+) -> None:
+    """Mapping a new aggregate's first event stores its data key: the application asks the
+    store before it maps anything, so a refused save leaves no trace at all."""
+    master = AESCipher(AESCipher.generate_key())
+    with Application(store=url, cipher=master, key_per_aggregate=True) as app:
+        a, b = Account.create(balance=1), Account.create(balance=2)
+        with pytest.raises(AllOrNoneUnsupported, match=f"2 aggregates \\({a.id}, {b.id}\\)"):
+            app.save(a, b)
+        assert app.store.get_data_key(a.id) is None and app.store.get_data_key(b.id) is None
+        assert a.collect_events() and b.collect_events()  # still pending
+        app.save(a)
+        app.save(b)
+        assert app.repository[a.id].balance + app.repository[b.id].balance == 3
+
+
+def test_racing_transfers_never_change_the_total(url: str) -> None:
+    """What a user hit: transfers between two accounts, each ``app.save(source, target)``,
+    raced from threads. Half-applied (one account's batch refused, the other's stored),
+    they created money. Now the save of both is refused before anything is written, so
+    the total never changes, and each aggregate saved on its own still works."""
+    with Application(store=url) as app:
+        a, b = Account.create(balance=50), Account.create(balance=50)
+        app.save(a)
+        app.save(b)
+        refused: list[BaseException] = []
+
+        def transfer(amount: int) -> None:
+            for _ in range(10):
+                source, target = app.repository[a.id], app.repository[b.id]
+                source.change(-amount)
+                target.change(amount)
+                try:
+                    app.save(source, target)
+                except (AllOrNoneUnsupported, ConcurrencyError) as exc:
+                    refused.append(exc)
+
+        concurrently(*(lambda n=n: transfer(n) for n in (10, 30, -20)))
+        total = app.repository[a.id].balance + app.repository[b.id].balance
+        assert total == 100
+        assert len(refused) == 30 and all(isinstance(e, AllOrNoneUnsupported) for e in refused)
+        assert versions_of(app.store, a.id) == [0] and versions_of(app.store, b.id) == [0]
+
+
+def test_racing_transfers_with_all_or_none_false_say_which_account_was_stored(url: str) -> None:
+    """The same race, opted in to independent per-aggregate saves: a transfer may be stored
+    in part, and its ConcurrencyError lists the accounts stored, so that the caller can
+    make up for it: what the errors say was stored accounts for every change of the total."""
+    with Application(store=url) as app:
+        a, b = Account.create(balance=50), Account.create(balance=50)
+        app.save(a, b, all_or_none=False)
+        in_part: list[tuple[ConcurrencyError, int]] = []  # (error, change of the total)
+
+        def transfer(source_id: UUID, target_id: UUID, amount: int) -> None:
+            source, target = app.repository[source_id], app.repository[target_id]
+            source.change(-amount)
+            target.change(amount)
+            try:
+                app.save(source, target, all_or_none=False)
+            except ConcurrencyError as exc:
+                if exc.stored:
+                    in_part.append((exc, -amount if exc.stored == (source_id,) else amount))
+
+        def transfers(amount: int) -> None:
+            for _ in range(10):
+                transfer(a.id, b.id, amount)
+
+        concurrently(*(lambda n=n: transfers(n) for n in (10, 30, -20)))
+        # And one transfer certain to be stored in part: a deposit takes its target's version.
+        source, target = app.repository[a.id], app.repository[b.id]
+        deposit = app.repository[b.id]
+        deposit.change(5)
+        deposit.save()
+        source.change(-40)
+        target.change(40)
+        with pytest.raises(ConcurrencyError) as refused:
+            app.save(source, target, all_or_none=False)
+        assert refused.value.stored == (a.id,)
+        in_part.append((refused.value, -40))
+        total = app.repository[a.id].balance + app.repository[b.id].balance
+        assert total == 100 + 5 + sum(change for _, change in in_part)
+        for exc, _ in in_part:
+            (stored,) = exc.stored
+            message = str(exc)
+            assert message.startswith("Of the 2 aggregates of this save (all_or_none=False")
+            assert f"1 was stored ({stored}) and 1 was not. Aggregate " in message
 
 
 def test_a_refused_save_of_several_aggregates_takes_the_class_of_its_least_certain_outcome() -> (
@@ -309,17 +449,26 @@ def test_a_refused_save_of_several_aggregates_takes_the_class_of_its_least_certa
     """cairn's rule, not Cassandra's: one refused batch among stored ones is a
     ConcurrencyError listing those stored; any unknown outcome makes the whole save's
     outcome unknown; else any other failure makes it a StoreError."""
+    where = "cassandra://db:9042/bank"  # the store where that begins its messages
     a, b, c = uuid4(), uuid4(), uuid4()
     batches = [records(a, range(1)), records(b, range(1)), records(c, range(1))]
-    conflict, lost = ConcurrencyError("a: conflict"), StoreError("b: not stored")
-    unknown = OutcomeUnknown("b: may or may not be stored")
-    refused = refusal(batches, [(batches[0], conflict)])
+    conflict = ConcurrencyError(f"aggregate {a}: version 0 is already stored")
+    lost = StoreError(f"{where}: aggregate {b}: the batch of version 0 was not stored: overloaded")
+    unknown = OutcomeUnknown(f"{where}: aggregate {b}: the batch of version 0 may or may not be")
+    refused = refusal(where, batches, [(batches[0], conflict)])
     assert type(refused) is ConcurrencyError and refused.stored == (b, c)
-    assert f"stored: {b}, {c}; {a}: ConcurrencyError." in str(refused)
-    assert type(refusal(batches, [(batches[0], conflict), (batches[1], lost)])) is StoreError
-    mixed = refusal(batches, [(batches[0], conflict), (batches[1], unknown)])
-    assert type(mixed) is OutcomeUnknown and f"{b}: OutcomeUnknown" in str(mixed)
-    assert refusal(batches[:1], [(batches[0], unknown)]) is unknown
+    lost_too = refusal(where, batches, [(batches[0], conflict), (batches[1], lost)])
+    assert type(lost_too) is StoreError and str(lost_too) == (
+        f"{where}: Of the 3 aggregates of this save (all_or_none=False: each stored on its own), "
+        f"1 was stored ({c}) and 2 were not. Aggregate {a}: version 0 is already stored. "
+        f"Aggregate {b}: the batch of version 0 was not stored: overloaded."
+    )
+    mixed = refusal(where, batches, [(batches[0], conflict), (batches[1], unknown)])
+    assert type(mixed) is OutcomeUnknown
+    assert f"1 was stored ({c}) and 2 were not, or may not be. Aggregate {a}:" in str(mixed)
+    none = refusal(where, batches[1:], [(batches[1], unknown), (batches[2], unknown)])
+    assert "none was stored and 2 may or may not be. Aggregate" in str(none)
+    assert refusal(where, batches[:1], [(batches[0], unknown)]) is unknown
 
 
 def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_round(
@@ -339,7 +488,7 @@ def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_r
         return execute(statement, *args, **kwargs)
 
     session.execute = counting
-    store.append([r for a in ids for r in records(a, range(3))])
+    store.append([r for a in ids for r in records(a, range(3))], all_or_none=False)
     assert rounds == 1
     feed = whole_feed(store)
     assert [r.originator_id for r in feed[::3]] == ids and len(feed) == 60
@@ -358,7 +507,7 @@ def test_an_application_save_of_several_aggregates_keeps_the_pending_events_of_t
         first, last = Counter.create(), Counter.create()
         stale.increment("w", 1, 0)
         with pytest.raises(ConcurrencyError) as refused:
-            app.save(first, stale, last)
+            app.save(first, stale, last, all_or_none=False)
         assert refused.value.stored == (first.id, last.id)
         assert first.collect_events() == () and last.collect_events() == ()
         assert len(stale.collect_events()) == 1
@@ -516,7 +665,7 @@ def test_a_released_response_is_freed_without_the_cyclic_collector(store: Cassan
         release(result)
         assert result.current_rows == []
         del result
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # generous: the I/O thread is slow on a loaded machine
         while future() is not None:  # the driver's I/O thread lets go of it a moment later
             assert time.monotonic() < deadline, "the response outlived its result"
             time.sleep(0.01)
@@ -631,6 +780,13 @@ def test_the_fence_topic_is_the_domains_fenced_event() -> None:
     assert topic_of(Fenced) == FENCE_TOPIC
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnreadableRecord,
+    reason="issue 12, finding 8 (to do in the Cassandra store): the feed reader writes an "
+    "unsealed fence, which an encrypted store now refuses as a keyless writer's could be "
+    "forged; the store is to write Mapper.fence()'s sealed one",
+)
 def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
     fresh_url: str,
 ) -> None:

@@ -17,9 +17,21 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application, StoreError, UnreadableRecord, cli
+from cairn import (
+    AESCipher,
+    Application,
+    ProjectionRunner,
+    SQLiteViews,
+    StoreError,
+    UnreadableRecord,
+    cli,
+)
 from cairn.crypto import KeyRing
-from cairn.examples.everything import EverythingApplication, create_example_aggregate
+from cairn.examples.everything import (
+    EverythingApplication,
+    ExampleIndex,
+    create_example_aggregate,
+)
 from cairn.stores import FENCE_TOPIC, Record, open_store
 from tests.conftest import scheme
 from tests.racer import Counter
@@ -28,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # A generated key, as 'cairn key' prints it: a text key costs each process a scrypt run
 # (a third of a second), and these tests start many. The docs run the text keys.
 KEY = "base64:" + base64.b64encode(bytes(range(32))).decode()
+# The model of the stores these tests write (Counter is cairn.testing.racer's).
+MODEL = "cairn.examples.everything,cairn.testing.racer"
 
 
 def cairn(
@@ -35,6 +49,7 @@ def cairn(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_KEY", "CAIRN_OLD_KEYS")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    env["CAIRN_MODEL"] = MODEL
     if key:
         env["CAIRN_KEY"] = key
     if old_keys:
@@ -186,6 +201,34 @@ def test_copy_is_resumable_after_a_kill_and_verified(
     assert json.loads(cairn("verify", durable_store_url, "--json").stdout)["events"] == 6000
 
 
+def test_copy_maps_feed_positions_and_move_positions_moves_a_read_model_once(
+    durable_store_url: str, tmp_path: Path
+) -> None:
+    source, views_file = f"sqlite:///{tmp_path}/source.db", tmp_path / "views.db"
+    views = SQLiteViews(str(views_file))
+    with Application(store=source) as app:
+        for n in range(5):
+            create_example_aggregate(f"n{n}").save()
+        ProjectionRunner(app.feed, ExampleIndex(), views).catch_up()
+        create_example_aggregate("later").save()
+        before = app.store.read_feed(0, 10)[4].position
+    positions = tmp_path / "positions.map"
+    copied = cairn("copy", source, durable_store_url, "--positions", str(positions)).stdout
+    assert f"wrote the feed positions of 6 events to {positions}" in copied
+    move = ["move-positions", str(positions), f"sqlite:///{views_file}"]
+    dry = json.loads(cairn(*move, "--projection", "example_index", "--json").stdout)
+    with views.transaction() as tx:
+        assert views.position(tx, "example_index") == before == dry[0]["from"]  # a dry run
+    assert "moved example_index" in cairn(*move, "--projection", "example_index", "--yes").stdout
+    again = cairn(*move, "--projection", "example_index", "--yes", check=False)
+    assert again.returncode == 3 and "already" in again.stderr
+    with Application(store=durable_store_url) as app:
+        with views.transaction() as tx:
+            assert views.position(tx, "example_index") == dry[0]["to"]
+            assert dry[0]["to"] == app.store.read_feed(0, 10)[4].position
+        assert ProjectionRunner(app.feed, ExampleIndex(), views).catch_up() == 1  # "later"
+
+
 def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     durable_store_url: str,
 ) -> None:
@@ -196,7 +239,7 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
             for counter in counters:
                 counter.increment("rotate", 0, 0)
                 counter.increment("rotate", 0, 1)
-            app.save(*counters)
+            app.save(*counters, all_or_none=False)
         sample = counters[0].id
     env = {
         **os.environ,
@@ -232,13 +275,35 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     assert still_old.returncode == 1 and "wrong key" in still_old.stdout
 
 
+def test_rotate_key_without_the_old_keys_names_the_keys_the_records_are_under(
+    populated: tuple[str, Any],
+) -> None:
+    """What a team hit: a problem line per record, "wrong key", and nothing said of where the
+    old key goes. Now it names the key ids the records are under, and $CAIRN_OLD_KEYS."""
+    url, _ = populated
+    new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    alone = cairn("rotate-key", url, "--quiet", key=new, check=False)
+    assert alone.returncode == 1
+    old_id = AESCipher(KEY).key_id.hex()
+    hint = alone.stdout.splitlines()[-1]
+    assert f"under key(s) {old_id} (" in hint and "$CAIRN_OLD_KEYS" in hint, alone.stdout
+    assert "not in $CAIRN_KEY:" in hint
+    report = json.loads(cairn("rotate-key", url, "--json", key=new, check=False).stdout)
+    assert list(report["unknown_keys"]) == [old_id] and report["unknown_keys"][old_id] >= 4
+    other = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    wrong = cairn("rotate-key", url, "--quiet", key=new, old_keys=other, check=False)
+    assert "not in $CAIRN_KEY nor $CAIRN_OLD_KEYS" in wrong.stdout.splitlines()[-1]
+    done = cairn("rotate-key", url, "--quiet", key=new, old_keys=KEY)
+    assert "under key(s)" not in done.stdout
+
+
 def test_rotate_key_rewraps_the_data_keys_of_a_store_with_a_key_per_aggregate(
     durable_store_url: str,
 ) -> None:
     new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
     with Application(store=durable_store_url, cipher=AESCipher(KEY), key_per_aggregate=True) as app:
         kept, secret = create_example_aggregate("kept"), create_example_aggregate("secret")
-        app.save(kept, secret)
+        app.save(kept, secret, all_or_none=False)
         app.forget(secret.id)
     rotated = cairn("rotate-key", durable_store_url, "--json", key=new, old_keys=KEY)
     report = json.loads(rotated.stdout)
@@ -253,7 +318,7 @@ def test_forget_destroys_one_data_key_only_with_yes(durable_store_url: str) -> N
     master = AESCipher(KEY)
     with Application(store=durable_store_url, cipher=master, key_per_aggregate=True) as app:
         secret, kept = create_example_aggregate("secret"), create_example_aggregate("kept")
-        app.save(secret, kept)
+        app.save(secret, kept, all_or_none=False)
     keyless = cairn("forget", durable_store_url, str(secret.id), "--yes", check=False)
     assert keyless.returncode == 2 and "CAIRN_KEY" in keyless.stderr  # it seals the tombstone
     dry = cairn("forget", durable_store_url, str(secret.id), key=KEY)
@@ -275,9 +340,11 @@ def test_forget_destroys_one_data_key_only_with_yes(durable_store_url: str) -> N
 def cairn_env(
     *args: str, env: dict[str, str], check: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """``cairn`` with exactly these extra environment variables (no key unless given)."""
+    """``cairn`` with exactly these extra environment variables (no key unless given),
+    and the model of the stores these tests write."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
     base["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    base["CAIRN_MODEL"] = MODEL
     result = subprocess.run([sys.executable, "-m", "cairn.cli", *args], env={**base, **env},
                             capture_output=True, text=True, timeout=600)  # fmt: skip
     if check:

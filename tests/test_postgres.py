@@ -14,6 +14,7 @@ The module is also the client process of two tests:
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -32,7 +33,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cairn import Application, PostgresViews, Projection, ProjectionRunner
+from cairn import Application, PostgresViews, Projection, ProjectionError, ProjectionRunner
 from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
 from cairn.examples.everything import ExampleAggregateRoot, create_example_aggregate
 from cairn.stores import Record, open_store, postgres, redact
@@ -582,8 +583,9 @@ def test_a_postgres_read_model_commits_with_its_position_exactly_once(
             a.foo = a.foo + " changed"
         app.save(*aggregates)
         views = PostgresViews(views_url)
-        with pytest.raises(RuntimeError, match="crash"):
+        with pytest.raises(ProjectionError, match="raised RuntimeError") as crashed:
             ProjectionRunner(app.feed, CrashingIndex(), views, page_size=100).run_once()
+        assert isinstance(crashed.value.__cause__, RuntimeError)
         with views.transaction() as tx:
             assert views.position(tx, "name_index") == 0  # the crashed page left nothing
         # (its table too: set up in the same transaction, so rolled back with it)
@@ -595,3 +597,21 @@ def test_a_postgres_read_model_commits_with_its_position_exactly_once(
         concurrently(*(runner.catch_up for runner in runners))
         rows = dict(views.connection().execute("SELECT id, foo FROM name_index").fetchall())
     assert rows == {a.id: a.foo for a in aggregates}
+
+
+def test_a_url_without_a_schema_says_the_store_is_in_public(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a team hit: no ?schema= in the URL, and the tables silently in ``public``."""
+    url = "postgresql://me:s3cret@127.0.0.1:1/db?connect_timeout=1"  # (nothing answers there)
+    with caplog.at_level(logging.WARNING, logger="cairn.stores.postgres"):
+        with pytest.raises(StoreError) as refused:
+            open_store(url)
+        with pytest.raises(StoreError):
+            open_store(url)  # said once per URL and process
+        with pytest.raises(StoreError):
+            open_store(url.replace("db?", "db?schema=mine&"))
+    assert "?connect_timeout=1&schema=public: cannot connect" in str(refused.value)
+    (told,) = [r.getMessage() for r in caplog.records]
+    assert "names no schema: the store is in schema public, the default" in told
+    assert "s3cret" not in told and "s3cret" not in str(refused.value)

@@ -37,7 +37,7 @@ def stored_bytes(recorder: Store, originator_id: Any) -> list[bytes]:
 
 def test_each_aggregate_has_its_own_key_wrapped_by_the_master_key(app: Application) -> None:
     one, two = create_example_aggregate("one"), create_example_aggregate("two")
-    app.save(one, two)
+    app.save(one, two, all_or_none=False)
     key_ids = {r.data[1 : 1 + KEY_ID_SIZE] for a in (one, two) for r in app.store.select(a.id)}
     assert len(key_ids) == 2 and MASTER.key_id not in key_ids
     wrapped = app.store.get_data_key(one.id)
@@ -49,7 +49,7 @@ def test_forgetting_makes_an_aggregate_unreadable_and_leaves_the_rest(app: Appli
     secret.create_new_example()
     secret.foo = "more secret"
     other = create_example_aggregate("kept")
-    app.save(secret, other)
+    app.save(secret, other, all_or_none=False)
     positions = [p for p, _ in app.feed.read()]
     versions = [r.originator_version for r in app.store.select(secret.id)]
     assert app.snapshots.get_snapshot(secret.id) is not None
@@ -155,7 +155,7 @@ def test_rotating_the_master_key_rewraps_data_keys_and_leaves_their_records(
         one, two, gone = (create_example_aggregate(name) for name in ("one", "two", "gone"))
         for aggregate in (one, two, gone):
             aggregate.foo = f"{aggregate.foo}, changed"
-        app.save(one, two, gone)
+        app.save(one, two, gone, all_or_none=False)
         app.repository.take_snapshot(one.id)
         app.forget(gone.id)
     before = {a.id: stored_bytes(recorder, a.id) for a in (one, two)}
@@ -214,7 +214,7 @@ def test_a_forged_blank_tombstone_is_an_unreadable_record_not_a_silent_skip(
     the repository, the feed and verify must report it, not pass over it for good."""
     with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
         victim, other = create_example_aggregate("victim"), create_example_aggregate("other")
-        app.save(victim, other)
+        app.save(victim, other, all_or_none=False)
     fresh_recorder.forget_data_key(victim.id)  # the store's own blank tombstone: b""
 
     with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
@@ -236,7 +236,7 @@ def test_a_tombstone_moved_from_another_aggregate_is_an_unreadable_record(
 ) -> None:
     with Application(store=fresh_recorder, cipher=MASTER, key_per_aggregate=True) as app:
         victim, gone = create_example_aggregate("victim"), create_example_aggregate("gone")
-        app.save(victim, gone)
+        app.save(victim, gone, all_or_none=False)
         app.forget(gone.id)
     wrapped, tombstone = (
         fresh_recorder.get_data_key(victim.id),
@@ -308,7 +308,7 @@ def test_a_forgotten_data_key_leaves_no_copy_in_the_sqlite_files(tmp_path: Path)
     path = tmp_path / "people.db"
     with Application(store=f"sqlite:///{path}", cipher=MASTER, key_per_aggregate=True) as app:
         people = [create_example_aggregate(f"person {n}") for n in range(50)]
-        app.save(*people)
+        app.save(*people, all_or_none=False)
         forgotten = people[17]
         wrapped = app.store.get_data_key(forgotten.id)
         assert wrapped is not None
@@ -329,7 +329,7 @@ def test_a_copy_resumed_after_a_forget_forgets_in_the_target_too(
     source = open_store("memory://")
     with Application(store=source, cipher=MASTER, key_per_aggregate=True) as app:
         secret, kept = create_example_aggregate("secret"), create_example_aggregate("kept")
-        app.save(secret, kept)
+        app.save(secret, kept, all_or_none=False)
         copy_store(source, fresh_recorder)
         app.forget(secret.id)
     copy_store(source, fresh_recorder)  # resumed: nothing new but the tombstone
@@ -338,3 +338,34 @@ def test_a_copy_resumed_after_a_forget_forgets_in_the_target_too(
         with pytest.raises(AggregateForgotten):
             app.repository[secret.id]
         assert app.repository[kept.id].foo == "kept"
+
+
+def test_a_key_per_aggregate_store_opened_without_the_flag_says_to_pass_it(
+    app: Application,
+) -> None:
+    """What a team hit: "wrong key: encrypted with key ..., this key is ...", with the right
+    master key. The message now says the aggregate has a data key of its own, and what to do."""
+    account = create_example_aggregate("secret info")
+    account.foo = "more"
+    account.save()  # (a snapshot too: every second event)
+    with Application(store=app.store, cipher=MASTER) as without_the_flag:
+        reads = [
+            lambda: without_the_flag.repository[account.id],
+            lambda: list(without_the_flag.events.get(account.id)),
+            lambda: without_the_flag.snapshots.get_snapshot(account.id),
+            without_the_flag.feed.read,
+        ]
+        for read in reads:
+            with pytest.raises(UnreadableRecord) as unreadable:
+                read()
+            message = str(unreadable.value)
+            assert f"aggregate {account.id} has a data key of its own" in message
+            assert "open the application with key_per_aggregate=True" in message
+            assert "secret" not in message
+        other = create_example_aggregate("under the master key")
+        other.save()
+        with pytest.raises(UnreadableRecord) as wrong:  # a wrong key is only that
+            Application(store=app.store, cipher=AESCipher(AESCipher.generate_key())).repository[
+                other.id
+            ]
+        assert "key_per_aggregate" not in str(wrong.value)

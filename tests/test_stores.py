@@ -38,7 +38,7 @@ def test_a_store_lacking_a_method_cannot_be_made_and_python_names_what_it_lacks(
         "put_data_key",
         "forget_data_key",
         "replace_data_key",
-        "read_feed",
+        "read_feed_page",
         "aggregate_ids",
         "rewrite",
     ):

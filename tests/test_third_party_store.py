@@ -15,6 +15,9 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
+
+import pytest
 
 from cairn.testing import FaultSuite, FeedSuite, StoreSuite
 
@@ -102,19 +105,32 @@ def environment(folder: Path) -> Path:
     return python
 
 
-def test_a_store_from_another_package_registers_its_scheme_and_passes_the_suites(
-    tmp_path: Path,
-) -> None:
+class Installed(NamedTuple):
+    source: Path  # the package's folder
+    python: Path  # the python of the environment it is installed in
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """The page's package, installed with ``pip install -e`` in an environment of its own."""
+    tmp_path = tmp_path_factory.mktemp("third-party")
     source = package(tmp_path / "cairn-dictstore")
     python = environment(tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "PYTHON"))}
-    installed = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index",
          "--no-deps", "--no-build-isolation", "--quiet", "-e", str(source)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    return Installed(source, python, env)
 
+
+def test_a_store_from_another_package_registers_its_scheme_and_passes_the_suites(
+    installed: Installed,
+) -> None:
+    source, python, env = installed
     opened = subprocess.run(
         [str(python), "-c", "from cairn import open_store; print(open_store('dict://'))"],
         env=env, capture_output=True, text=True, timeout=60,
@@ -134,3 +150,14 @@ def test_a_store_from_another_package_registers_its_scheme_and_passes_the_suites
     summary = run.stdout.strip().splitlines()[-1]
     assert summary.startswith(f"{len(tests) - 3} passed, 3 skipped in "), run.stdout
     assert run.stdout.count("no store under test is durable") == 3, run.stdout
+
+
+def test_the_read_only_commands_open_a_store_from_another_package(installed: Installed) -> None:
+    """They add create=false to the URL (never create a store): the page's store accepts it."""
+    for command in (["aggregates", "dict://"], ["verify", "--quiet", "dict://"]):
+        run = subprocess.run(
+            [str(installed.python), "-m", "cairn.cli", *command],
+            env=installed.env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "unknown option" not in run.stderr

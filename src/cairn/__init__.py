@@ -20,12 +20,15 @@ from cairn.errors import (
     AggregateDiscarded,
     AggregateForgotten,
     AggregateNotFound,
+    AllOrNoneUnsupported,
     CairnError,
     ConcurrencyError,
     EncodingError,
+    InvalidId,
     KeyExhausted,
     NoApplication,
     OutcomeUnknown,
+    ProjectionError,
     StoreError,
     SubscriberError,
     TopicError,
@@ -33,9 +36,10 @@ from cairn.errors import (
 )
 from cairn.feed import Feed
 from cairn.mapping import JSONTranscoder, Mapper, Snapshot
+from cairn.model import Model
 from cairn.projections import PostgresViews, Projection, ProjectionRunner, SQLiteViews, Views
 from cairn.renamed import module_aliases
-from cairn.stores import Record, Store, open_store
+from cairn.stores import FeedPage, Record, Store, open_store
 
 __all__ = [
     "AESCipher",
@@ -43,6 +47,7 @@ __all__ = [
     "AggregateDiscarded",
     "AggregateForgotten",
     "AggregateNotFound",
+    "AllOrNoneUnsupported",
     "Application",
     "CairnError",
     "ConcurrencyError",
@@ -52,14 +57,18 @@ __all__ = [
     "Entity",
     "Events",
     "Feed",
+    "FeedPage",
+    "InvalidId",
     "JSONTranscoder",
     "KeyExhausted",
     "KeyRing",
     "Mapper",
+    "Model",
     "NoApplication",
     "OutcomeUnknown",
     "PostgresViews",
     "Projection",
+    "ProjectionError",
     "ProjectionRunner",
     "Record",
     "Repository",

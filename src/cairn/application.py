@@ -9,19 +9,20 @@ snapshot at or below the wanted version, then the events after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
-from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
-from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError
-from cairn.feed import Feed
-from cairn.mapping import Mapper, Snapshot
+from cairn.domain import Aggregate, DomainEvent, open_applications, topic_of
+from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError, UnreadableRecord
+from cairn.feed import Feed, explained
+from cairn.mapping import MAX_PAYLOAD, Mapper, Snapshot
+from cairn.model import Declared, Model
 from cairn.renamed import Alias, module_aliases
-from cairn.stores import Store, open_store
+from cairn.stores import Store, aggregate_id, open_store
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,10 @@ class Events:
         self.store = store
         self.mapper = mapper
 
-    def put(self, events: Sequence[DomainEvent]) -> None:
-        """Store a batch atomically (every event is mapped before anything is written)."""
-        self.store.append([self.mapper.to_record(e) for e in events])
+    def put(self, events: Sequence[DomainEvent], *, all_or_none: bool = True) -> None:
+        """Store a batch atomically (every event is mapped before anything is written);
+        ``all_or_none`` as :meth:`Application.save` says."""
+        self.store.append([self.mapper.to_record(e) for e in events], all_or_none=all_or_none)
 
     def get(
         self,
@@ -53,8 +55,11 @@ class Events:
     ) -> Iterator[DomainEvent]:
         """One aggregate's events in version order, decoded as they stream in."""
         to_event = self.mapper.to_event
-        for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
-            yield to_event(record)
+        try:
+            for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+                yield to_event(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
 
 class Snapshots:
@@ -69,8 +74,11 @@ class Snapshots:
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
         """The newest snapshot taken at or below event version ``lte``, or None."""
-        record = self.store.get_snapshot(originator_id, lte=lte)
-        return None if record is None else self.mapper.to_snapshot(record)
+        record = self.store.get_snapshot(aggregate_id(originator_id), lte=lte)
+        try:
+            return None if record is None else self.mapper.to_snapshot(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
         self.store.put_snapshot(self.mapper.snapshot_to_record(snapshot))
@@ -100,9 +108,10 @@ class Repository(Generic[A]):
         """The aggregate as it is now, or as it was after event version ``lte``.
 
         :class:`~cairn.AggregateNotFound` (a ``KeyError``) if it has no events
-        at or below ``lte``, or was discarded by then.
+        at or below ``lte``, or was discarded by then. :class:`~cairn.InvalidId` if
+        ``originator_id`` is not a UUID.
         """
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             at = "" if lte is None else f" at version {lte}"
             raise AggregateNotFound(f"aggregate {originator_id} not found{at}")
@@ -117,7 +126,7 @@ class Repository(Generic[A]):
 
     def take_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot:
         """Store a snapshot of the aggregate after event version ``lte`` (default: the latest)."""
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             raise AggregateNotFound(f"aggregate {originator_id} has no events to snapshot")
         snapshot = snapshot_of(aggregate)
@@ -133,10 +142,10 @@ class Repository(Generic[A]):
                 # Discarded by then: rebuild from events so the caller sees how far it got.
                 snapshot = None
             else:
-                aggregate = aggregate_from_snapshot(snapshot)
+                aggregate = aggregate_from_snapshot(snapshot, self.application.model)
                 gt = snapshot.originator_version
         for event in self.events.get(originator_id, gt=gt, lte=lte):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+            aggregate = event.mutate(aggregate)
         return cast("A | None", aggregate)
 
 
@@ -152,9 +161,9 @@ def snapshot_of(aggregate: Aggregate) -> Snapshot:
     return Snapshot(aggregate._id, aggregate._version - 1, topic_of(type(aggregate)), state)
 
 
-def aggregate_from_snapshot(snapshot: Snapshot) -> Any:
-    """Rebuild an aggregate object from a snapshot's state."""
-    cls = resolve_topic(snapshot.topic)
+def aggregate_from_snapshot(snapshot: Snapshot, model: Model) -> Any:
+    """Rebuild an aggregate object from a snapshot's state (its class one of the model's)."""
+    cls = model.aggregate_class(snapshot.topic)
     aggregate = object.__new__(cls)
     aggregate.__dict__.update(snapshot.state or {})
     aggregate._pending_events = []
@@ -186,13 +195,18 @@ class Application:
     """An event-sourced application over one store.
 
     ``store`` is a store URL (else ``$CAIRN_STORE``, else a SQLite file in the
-    working folder) or an open :class:`~cairn.stores.Store`. ``cipher`` encrypts every
-    event and snapshot; ``always_encrypt`` also refuses unencrypted records on
-    read; ``compress`` zlib-compresses payloads; ``snapshot_every`` takes a
-    snapshot every N events; ``key_per_aggregate`` encrypts each aggregate with
-    a data key of its own, wrapped by ``cipher``, so that :meth:`forget` can
-    shred one. Use it as a context manager: inside ``with app:``
-    new aggregates are saved by ``aggregate.save()``.
+    working folder) or an open :class:`~cairn.stores.Store`. ``cipher`` encrypts
+    every event and snapshot, and then only what it sealed is read
+    (``always_encrypt`` is implied; False is refused: encrypt a plaintext store
+    with ``cairn rotate-key`` first); ``compress`` zlib-compresses payloads;
+    ``snapshot_every`` takes a snapshot every N events; ``key_per_aggregate``
+    encrypts each aggregate with a data key of its own, wrapped by ``cipher``,
+    so that :meth:`forget` can shred one. ``model`` declares classes, modules
+    or packages (by name: imported once, here) whose enums and value objects
+    stored data may build, beyond those defined beside the aggregate, event and
+    entity classes (see :class:`~cairn.model.Model`); ``max_payload`` bounds
+    one record's payload, in bytes. Use it as a context manager: inside ``with
+    app:`` new aggregates are saved by ``aggregate.save()``.
     """
 
     recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
@@ -202,20 +216,29 @@ class Application:
         store: str | Store | None = None,
         *,
         cipher: Cipher | None = None,
-        always_encrypt: bool = False,
+        always_encrypt: bool | None = None,
         compress: bool = False,
         snapshot_every: int | None = None,
         key_per_aggregate: bool = False,
+        model: Model | Iterable[Declared] | None = None,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
-        self._owns_store = not isinstance(store, Store)  # close only what it opened
-        self.store = store if isinstance(store, Store) else open_store(store)
         if key_per_aggregate and cipher is None:
             raise ValueError(
                 "key_per_aggregate=True needs a cipher: the master key that wraps them"
             )
+        Mapper.check_options(cipher, always_encrypt, max_payload)  # before a store is opened
+        self.model = Model.of(model)
+        self._owns_store = not isinstance(store, Store)  # close only what it opened
+        self.store = store if isinstance(store, Store) else open_store(store)
         data_keys = DataKeys(cipher, self.store) if key_per_aggregate and cipher else None
         self.mapper = Mapper(
-            cipher=cipher, compress=compress, always_encrypt=always_encrypt, data_keys=data_keys
+            cipher=cipher,
+            compress=compress,
+            always_encrypt=always_encrypt,
+            data_keys=data_keys,
+            model=self.model,
+            max_payload=max_payload,
         )
         self.events = Events(self.store, self.mapper)
         self.snapshots = Snapshots(self.store, self.mapper)
@@ -233,20 +256,28 @@ class Application:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.remove(subscriber)
 
-    def save(self, *aggregates: Aggregate) -> None:
-        """Store the pending events of these aggregates as one atomic batch.
+    def save(self, *aggregates: Aggregate, all_or_none: bool = True) -> None:
+        """Store the pending events of these aggregates as one atomic batch: all or none.
 
-        On SQLite, PostgreSQL and memory it is all or none. On Cassandra each
-        aggregate's batch is atomic on its own, and all are written at once; a
-        :class:`ConcurrencyError` then lists in ``stored`` the aggregates that
-        were stored.
+        Cassandra cannot store several aggregates all or none (it has no
+        multi-partition transactions): there, a save of more than one aggregate
+        raises :class:`~cairn.AllOrNoneUnsupported` and writes nothing. Save each
+        aggregate on its own, or make the change a process application
+        (``docs/processes.md``), or pass ``all_or_none=False``: each aggregate's
+        batch is then stored all or none on its own (all sent at once), and a
+        :class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates that
+        were stored. SQLite, PostgreSQL and memory take ``all_or_none=False`` and
+        stay all or none.
         """
         pending = [(a, a.collect_events()) for a in aggregates]
         events = [e for _, batch in pending for e in batch]
         if not events:
             return
+        if all_or_none and not self.store.atomic_across_aggregates:
+            # Before the events are mapped: mapping may store a new aggregate's data key.
+            self.store.check_all_or_none(list(dict.fromkeys(a.id for a, batch in pending if batch)))
         try:
-            self.events.put(events)
+            self.events.put(events, all_or_none=all_or_none)
         except ConcurrencyError as exc:
             self._stored([(a, b) for a, b in pending if a.id in exc.stored])
             raise
@@ -288,7 +319,7 @@ class Application:
                 "forget() needs an application with key_per_aggregate=True: "
                 "with one key for all aggregates, no one aggregate can be shredded"
             )
-        self.mapper.data_keys.forget(originator_id)
+        self.mapper.data_keys.forget(aggregate_id(originator_id))
 
     def close(self) -> None:
         """Close the store's connections (unless the store was opened by someone else)."""

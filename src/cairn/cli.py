@@ -33,9 +33,13 @@ from uuid import UUID
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
+from cairn.model import Model
+from cairn.positions import PositionMap
+from cairn.projections import PostgresViews, SQLiteViews, Views
 from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub, store_class
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
+MODEL_ENV = "CAIRN_MODEL"
 # C0 and C1 controls, DEL, and the Unicode line separators and bidirectional
 # overrides: a stored topic or value must not move the cursor, recolour, retitle
 # or reorder what a terminal shows.
@@ -91,7 +95,7 @@ def printable(text: str) -> str:
 
 def store_urls(args: argparse.Namespace) -> list[str]:
     """Every store URL the command was given, to hide their passwords from messages."""
-    urls = [getattr(args, name, None) for name in ("store", "source", "target")]
+    urls = [getattr(args, name, None) for name in ("store", "source", "target", "views")]
     urls += [u.partition("=")[2] or u for u in getattr(args, "stores", None) or ()]  # (run)
     urls += _run_stores().values()
     return [u for u in (*urls, os.environ.get(STORE_ENV)) if isinstance(u, str)]
@@ -112,9 +116,8 @@ def resolve_stores(args: argparse.Namespace) -> None:
 
 
 def existing(url: str) -> str:
-    """The URL with ``create=false``: the store must exist, and is never created."""
-    if url.startswith("memory:"):
-        return url
+    """The URL with ``create=false``: the store must exist, and is never created (every
+    store accepts the option: ``docs/writing-a-store.md``)."""
     return url + ("&" if "?" in url.rpartition("@")[2] else "?") + "create=false"
 
 
@@ -126,14 +129,20 @@ def open_existing(url: str) -> Store:
         raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
 
 
-def mapper_from_env(recorder: Store) -> Mapper:
-    """A mapper with the key in the environment, which also reads aggregates that have a
-    data key of their own (``key_per_aggregate``). With a key, it reads only what the
-    key sealed (``always_encrypt``): a plaintext record is a problem, not data."""
+def model_from_env() -> Model:
+    """The model of the application whose store is read: the modules or packages named in
+    ``$CAIRN_MODEL`` (comma-separated), imported once. A record never names what to import."""
+    return Model([name for name in os.environ.get(MODEL_ENV, "").split(",") if name])
+
+
+def mapper_from_env(store: Store) -> Mapper:
+    """A mapper with the key and model in the environment, which also reads aggregates
+    that have a data key of their own (``key_per_aggregate``). With a key, it reads only
+    what the key sealed (a Mapper with a cipher implies ``always_encrypt``): a plaintext
+    record is a problem, not data."""
     cipher = cipher_from_env()
-    if cipher is None:
-        return Mapper()
-    return Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder), always_encrypt=True)
+    data_keys = DataKeys(cipher, store) if cipher else None
+    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env())
 
 
 class Progress:
@@ -177,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
             f"cassandra://host:9042/keyspace; left out, ${STORE_ENV} (which keeps a password "
             f"out of the process list). Encrypted stores: put the key in ${KEY_ENV} (its "
             f"text, or base64:... as 'cairn key' prints), and during a rotation the old keys "
-            f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. Exit codes: 0 ok, "
-            "1 problems found, 2 bad usage, 3 could not do the work."
+            f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. To decode records, "
+            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated). "
+            "Exit codes: 0 ok, 1 problems found, 2 bad usage, 3 could not do the work."
         ),
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
@@ -332,6 +342,30 @@ def build_parser() -> argparse.ArgumentParser:
         quiet=True,
     )
     copy.add_argument("urls", metavar="[SRC_URL] DST_URL", nargs="+")
+    copy.add_argument(
+        "--positions",
+        metavar="FILE",
+        type=Path,
+        help="also write where each event landed in the target's feed, for read models "
+        "(cairn move-positions): feed positions are a store's own",
+    )
+    move = command(
+        "move-positions",
+        run_move_positions,
+        "move read models' positions to the feed of a copy (dry run without --yes)",
+        "Moves each named projection's saved feed position, in the views at VIEWS_URL "
+        "(sqlite:///views.db or postgresql://...), from the source's feed to the copy's, "
+        "with the map that 'cairn copy --positions FILE' wrote; once per copy. Stop the "
+        "projections' runners first. Without --yes, says what it would do.",
+        store=False,
+        as_json=True,
+    )
+    move.add_argument("map", metavar="MAP_FILE", type=Path)
+    move.add_argument("views", metavar="VIEWS_URL")
+    move.add_argument(
+        "--projection", metavar="NAME", action="append", required=True, help="(repeatable)"
+    )
+    move.add_argument("--yes", action="store_true", help="really move them")
     run = command(
         "run",
         run_system,
@@ -482,15 +516,18 @@ def run_snapshots(args: argparse.Namespace) -> int:
 def run_snapshot(args: argparse.Namespace) -> int:
     progress = Progress("snapshotting aggregates", args.quiet)
     cipher = cipher_from_env()
-    keyed = cipher is not None  # then only what the key sealed is read
-    recorder = open_existing(args.store)
+    store = open_existing(args.store)
     try:
+        # With a key, only what it sealed is read (the cipher implies always_encrypt).
         with Application(
-            store=recorder, cipher=cipher, always_encrypt=keyed, key_per_aggregate=keyed
+            store=store,
+            cipher=cipher,
+            key_per_aggregate=cipher is not None,
+            model=model_from_env(),
         ) as app:
             taken = tools.rebuild_snapshots(app, args.every, progress)
     finally:
-        recorder.close()
+        store.close()
     progress.done(f"{taken:,} snapshots stored")
     return EXIT_OK
 
@@ -527,7 +564,7 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     progress = Progress("re-encrypting records", args.quiet)
     recorder = open_existing(args.store)
     try:
-        mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder), always_encrypt=True)
+        mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder))
         report = tools.rotate_key(
             recorder, mapper, progress, encrypt_plaintext=args.encrypt_plaintext
         )
@@ -545,8 +582,23 @@ def run_rotate_key(args: argparse.Namespace) -> int:
             f"; encrypted {report.plaintext_encrypted:,} records that were not encrypted "
             "(--encrypt-plaintext)"
         )
-    emit(args, vars(report), [*report.problems, summary])
+    lines = [*report.problems, summary]
+    if report.unknown_keys:
+        lines.append(old_keys_hint(report.unknown_keys))
+    emit(args, vars(report), lines)
     return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def old_keys_hint(unknown_keys: dict[str, int]) -> str:
+    """What to do about records under keys that rotate-key was not given."""
+    under = ", ".join(f"{key_id} ({n:,})" for key_id, n in sorted(unknown_keys.items()))
+    given = f"${KEY_ENV} nor ${OLD_KEYS_ENV}" if os.environ.get(OLD_KEYS_ENV) else f"${KEY_ENV}"
+    return (
+        f"records and data keys left as they are are under key(s) {under} (key id: how "
+        f"many), which are not in {given}: put the old keys in ${OLD_KEYS_ENV} "
+        f"(comma-separated, as ${KEY_ENV} takes one), keep the new key in ${KEY_ENV}, "
+        "and run it again"
+    )
 
 
 def run_forget(args: argparse.Namespace) -> int:
@@ -600,7 +652,12 @@ def run_copy(args: argparse.Namespace) -> int:
         f"{report.aggregates:,} aggregates from {redact(args.source)} to {redact(args.target)}; "
         + ("verified: identical" if not problems else f"{len(problems)} aggregates differ")
     )
-    emit(args, {**vars(report), "problems": problems}, [*problems, summary])
+    lines = [*problems, summary]
+    if args.positions is not None and problems:
+        lines.append(f"no position map written to {args.positions}: the copy differs")
+    elif args.positions is not None:
+        lines.append(map_positions(args, args.positions))
+    emit(args, {**vars(report), "problems": problems}, lines)
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
@@ -681,6 +738,61 @@ def _run_stores() -> dict[str, str]:
     if not isinstance(stores, dict) or not all(isinstance(v, str) for v in stores.values()):
         raise UsageError(f"${STORES_ENV} is not a JSON object of names and store URLs")
     return stores
+
+
+def map_positions(args: argparse.Namespace, path: Path) -> str:
+    """Write the position map of the copy just made and verified; a line that says so."""
+    source, target = open_existing(args.source), open_existing(args.target)
+    try:
+        mapping = Progress("mapping feed positions", args.quiet)
+        positions = PositionMap.of_copy(source, target, mapping)
+        mapping.done(f"{len(positions):,} events")
+    finally:
+        source.close()
+        target.close()
+    positions.save(path)
+    return (
+        f"wrote the feed positions of {len(positions):,} events to {path}: move read models "
+        f"with cairn move-positions {path} VIEWS_URL --projection NAME"
+    )
+
+
+def open_views(url: str) -> Views[Any]:
+    """The views (read models and their positions) at ``sqlite:///FILE`` (an existing file)
+    or ``postgresql://...``."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such views file")
+        return SQLiteViews(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresViews(url)
+    raise UsageError(f"views are sqlite:///FILE or postgresql://..., not {redact(url)!r}")
+
+
+def run_move_positions(args: argparse.Namespace) -> int:
+    positions = PositionMap.load(args.map)
+    views = open_views(args.views)
+    rows = []
+    for name in args.projection:
+        if args.yes:
+            old, new = views.move_position(name, positions)
+        else:
+            with views.transaction() as tx:
+                old = views.position(tx, name)
+            new = positions.translate(old)
+        rows.append({"projection": name, "from": old, "to": new, "moved": args.yes})
+    done = "moved" if args.yes else "would move (run again with --yes to move)"
+    emit(
+        args,
+        rows,
+        [
+            f"{done} {r['projection']} from position {r['from']} of {positions.source} "
+            f"to {r['to']} of {positions.target}"
+            for r in rows
+        ],
+    )
+    return EXIT_OK
 
 
 def run_demo(args: argparse.Namespace) -> int:

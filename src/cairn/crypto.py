@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from cairn.errors import AggregateForgotten, KeyExhausted, UnreadableRecord
+from cairn.errors import AggregateForgotten, CairnError, KeyExhausted, UnreadableRecord
 from cairn.renamed import module_aliases
 from cairn.stores import Store
 
@@ -135,6 +135,11 @@ class AESCipher:
                 "AES-GCM authentication failed: the bytes were altered or copied from another record"
             ) from None
 
+    @property
+    def key_ids(self) -> frozenset[bytes]:
+        """The ids of the keys it decrypts with: its own."""
+        return frozenset((self.key_id,))
+
     def __repr__(self) -> str:
         return f"AESCipher(<{self.key_size * 8}-bit key {self.key_id.hex()}>)"
 
@@ -203,6 +208,11 @@ class KeyRing:
                 f"key ring ({known})"
             )
         return key.decrypt(message, associated_data)
+
+    @property
+    def key_ids(self) -> frozenset[bytes]:
+        """The ids of the keys it decrypts with: the current key's and the older ones'."""
+        return frozenset(self._by_id)
 
     def __repr__(self) -> str:
         return f"KeyRing(current={self.current!r}, keys={len(self._by_id)})"
@@ -388,6 +398,23 @@ class DataKeys:
             # overwritten; look again at what is there now.
             if self.store.replace_data_key(originator_id, wrapped, rewrapped):
                 return outcome
+
+
+def own_key_hint(error: UnreadableRecord, store: Store, originator_id: UUID) -> UnreadableRecord:
+    """``error`` (a record the master key alone could not read), saying what to do when the
+    aggregate has a data key of its own: the application was opened without
+    ``key_per_aggregate=True`` on a store written with it."""
+    try:
+        wrapped = store.get_data_key(originator_id)
+    except CairnError:
+        wrapped = None  # the hint is a guess worth a read, never a second failure
+    if wrapped is None:
+        return error
+    return UnreadableRecord(
+        f"{error} (aggregate {originator_id} has a data key of its own: this store was "
+        "written with key_per_aggregate=True; open the application with "
+        "key_per_aggregate=True to read it)"
+    )
 
 
 def _wrapping(originator_id: UUID) -> bytes:

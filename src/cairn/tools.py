@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from cairn.application import Application, snapshot_of
+from cairn.crypto import KEY_ID_SIZE
 from cairn.errors import AggregateForgotten, CairnError, UnreadableRecord
 from cairn.mapping import ENCRYPTED, Mapper
 from cairn.renamed import module_aliases
@@ -278,6 +279,9 @@ class RotateReport:
     plaintext: int = 0  # records not encrypted: left as they are unless encrypt_plaintext
     plaintext_encrypted: int = 0  # of which encrypted now, as asked
     problems: list[str] = field(default_factory=list)  # records and keys left as they are
+    # Records and data keys left as they are because they are under a key the mapper
+    # does not have: the key's id (hex) and how many.
+    unknown_keys: dict[str, int] = field(default_factory=dict)
 
 
 def rotate_key(
@@ -313,6 +317,7 @@ def rotate_key(
                 outcome = mapper.data_keys.rewrap(originator_id)
             except UnreadableRecord as exc:
                 _problem(report, str(exc))
+                _unknown_key(report, mapper, recorder.get_data_key(originator_id) or b"")
                 continue
             if outcome == "forgotten":
                 report.forgotten += 1
@@ -355,10 +360,9 @@ def _resealed(
     *,
     snapshot: bool = False,
 ) -> Record | None:
-    """The record under the current key, or None if it stays as it is (counted)."""
-    if record.topic == FENCE_TOPIC and not record.data:  # a feed reader's fence: no data
-        report.current += 1
-        return None
+    """The record under the current key, or None if it stays as it is (counted). A feed
+    reader's fence is resealed like any record when sealed; an unsealed one (no data) is
+    left alone by ``mapper.reseal``."""
     if is_plaintext(record):
         report.plaintext += 1
         if not encrypt_plaintext:
@@ -369,10 +373,19 @@ def _resealed(
         resealed = mapper.reseal(record, snapshot=snapshot)
     except UnreadableRecord as exc:
         _problem(report, f"{exc}: left as it is")
+        if record.data[:1] and record.data[0] & ENCRYPTED:
+            _unknown_key(report, mapper, record.data[1:])
         return None
     if resealed is None:
         report.current += not snapshot
     return resealed
+
+
+def _unknown_key(report: RotateReport, mapper: Mapper, sealed: bytes) -> None:
+    """Count what ``sealed`` (a ciphertext: key id first) is under, if the mapper lacks that key."""
+    key_id = sealed[:KEY_ID_SIZE]
+    if len(key_id) == KEY_ID_SIZE and mapper.cipher and key_id not in mapper.cipher.key_ids:
+        report.unknown_keys[key_id.hex()] = report.unknown_keys.get(key_id.hex(), 0) + 1
 
 
 def _problem(report: RotateReport, line: str, *, always: bool = False) -> None:
@@ -392,7 +405,7 @@ def rebuild_snapshots(app: Application, every: int, progress: Progress = _no_pro
     for n, originator_id in enumerate(iter_aggregate_ids(app.store), 1):
         aggregate = None
         for event in app.events.get(originator_id):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+            aggregate = event.mutate(aggregate)
             if aggregate is None:  # a creation fenced off by a feed reader: no aggregate
                 break
             if (event.originator_version + 1) % every == 0:

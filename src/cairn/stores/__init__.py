@@ -1,6 +1,8 @@
 """Stores: the ``Store`` contract, and ``open_store(url)`` to open one by URL.
 
-``contract`` holds ``Record`` and ``Store``; ``registry`` finds the engine a URL
+``contract`` holds ``Record``, ``FeedPage`` and ``Store``, and the checks every store
+makes of its arguments (``aggregate_id``, ``check_ids``; ``filter_feed`` for a store
+that filters the feed after reading it); ``registry`` finds the engine a URL
 names (cairn's own, or another package's by entry point); ``urls`` and
 ``failures`` are what every engine shares (URL options and passwords hidden in
 messages, error messages). Each engine is a module of the same shape:
@@ -13,7 +15,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cairn.renamed import module_aliases
-from cairn.stores.contract import FENCE_TOPIC, MAX_VERSION, Record, Store
+from cairn.stores.contract import (
+    FENCE_TOPIC,
+    MAX_VERSION,
+    FeedPage,
+    Record,
+    Store,
+    aggregate_id,
+    check_ids,
+    filter_feed,
+)
 from cairn.stores.registry import (
     DEFAULT_STORE,
     ENGINES,
@@ -32,9 +43,13 @@ __all__ = [
     "FENCE_TOPIC",
     "MAX_VERSION",
     "STORE_ENV",
+    "FeedPage",
     "Options",
     "Record",
     "Store",
+    "aggregate_id",
+    "check_ids",
+    "filter_feed",
     "open_store",
     "query_params",
     "redact",

@@ -1,6 +1,7 @@
 """The in-memory store: for tests and examples; gone when the process ends.
 
-URL: ``memory://`` (each open is a new, empty store; it takes no options).
+URL: ``memory://`` (each open is a new, empty store). Its one option is every store's
+``create``, which means nothing here: there is nothing to create before it is used.
 """
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from uuid import UUID
 
 from cairn.errors import AlreadyProcessed, ConcurrencyError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import Record, Store, Tracking
+from cairn.stores.contract import (
+    FeedPage,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+    filter_feed,
+)
 from cairn.stores.failures import already_processed, already_stored, repeated
 from cairn.stores.urls import Options
 
@@ -35,12 +44,13 @@ class MemoryStore(Store):
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
-        Options(url, url.partition("?")[2], known=())
+        Options(url, url.partition("?")[2], known=("create",)).flag("create", True)
         return cls()
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+        check_ids(records)
         with self._lock:
             # Check the whole batch before changing anything: all or none.
             seen: set[tuple[UUID, int]] = set()
@@ -77,10 +87,12 @@ class MemoryStore(Store):
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
         with self._lock:
             self._snapshots.setdefault(record.originator_id, {})[record.originator_version] = record
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        aggregate_id(originator_id)
         with self._lock:
             snapshots = self._snapshots.get(originator_id, {})
             versions = [v for v in snapshots if lte is None or v <= lte]
@@ -109,9 +121,14 @@ class MemoryStore(Store):
 
     # -- the feed
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
+        return filter_feed(self._feed_slice, after, limit, topics)
+
+    def _feed_slice(self, after: int, limit: int) -> list[Record]:
         with self._lock:
-            return self._feed[max(after, 0) : max(after, 0) + limit]
+            return self._feed[after : after + limit]
 
     # -- scanning and rewriting
 

@@ -5,7 +5,9 @@ out comes from libpq's ``PG*`` environment variables (``PGHOST``, ``PGPORT``,
 ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``...) or ``~/.pgpass``, so
 ``postgresql://?schema=name`` is a whole URL. cairn's own query parameters:
 
-- ``schema=NAME`` (default ``public``): where the tables live;
+- ``schema=NAME`` (default ``public``): where the tables live. Left out, the store says
+  so: it logs a warning (once per URL and process), and the URL in its messages (and
+  its ``url``) ends ``schema=public``, so that no one mistakes whose tables they are;
 - ``create=false``: never create the schema or its tables, nor widen a table made
   with 32-bit versions (a missing or narrow one is an error);
 - ``pool_min=N``, ``pool_max=N`` (default 1 and 10): connections kept open, and at most;
@@ -43,7 +45,15 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from cairn.errors import AlreadyProcessed, OutcomeUnknown, StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import MAX_VERSION, Record, Store, Tracking
+from cairn.stores.contract import (
+    MAX_VERSION,
+    FeedPage,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+)
 from cairn.stores.failures import DriverErrors, already_processed, refusal
 from cairn.stores.urls import Options, redact
 
@@ -123,6 +133,19 @@ SELECT_FEED = (
     f"WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
     "ORDER BY position"
 )
+# Filtered by topic, the same page, and beside it ``seen``: the last event below the
+# horizon, which a short page has looked at (and past) in full. It is an event's
+# position, so that it moves only when events are stored (xmin moves with every
+# transaction of the server). A LEFT JOIN, so that an empty page still says it.
+SELECT_FEED_OF_TOPICS = (
+    "SELECT h.seen, p.position, p.originator_id, p.originator_version, p.topic, p.data FROM ("
+    "SELECT (SELECT max(position) FROM {schema}.events WHERE position < x.horizon) AS seen "
+    f"FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS} "
+    "AS horizon) x) h LEFT JOIN ("
+    "SELECT position, originator_id, originator_version, topic, data FROM {schema}.events "
+    "WHERE position > %s AND topic = ANY(%s) ORDER BY position LIMIT %s) p "
+    "ON p.position <= h.seen ORDER BY p.position"
+)
 SELECT_IDS = (
     "SELECT originator_id FROM {schema}.events WHERE originator_version = 0 "
     "AND originator_id > %s ORDER BY originator_id LIMIT %s"
@@ -180,12 +203,13 @@ NOTIFY_EVERY = 0.005  # seconds: at most one NOTIFY this often, for all the save
 # INSERT 28k, COPY 24k, executemany 23k; 1000-event batches COPY 212k, INSERT 90k,
 # executemany 85k; INSERT and COPY cross near 15 events).
 MULTI_ROW_MAX = 16
+DEFAULT_SCHEMA = "public"
+log = logging.getLogger(__name__)
+_told_default_schema: set[str] = set()  # URLs whose default schema was logged
 OPTIONS = ("schema", "create", "pool_min", "pool_max", "pool_timeout")
 LIBPQ_PARAMS = frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
 CONNECT_TIMEOUT = 10  # seconds; libpq would wait forever, psycopg 130 s
 IDLE_CHECK = 5.0  # seconds unused after which a pooled connection is checked before use
-
-log = logging.getLogger(__name__)
 
 
 class PostgresStore(Store):
@@ -250,9 +274,12 @@ class PostgresStore(Store):
                 f"need pool_min <= pool_max, not pool_min={pool_min}, pool_max={pool_max}"
             )
         libpq = options.passed_on()
+        schema = options.text("schema")
+        if schema is None:
+            schema, url = DEFAULT_SCHEMA, _with_default_schema(url)
         return cls(
             f"{base}?{urlencode(libpq, quote_via=quote)}" if libpq else base,
-            schema=options.text("schema", "public") or "public",
+            schema=schema,
             create=options.flag("create", True),
             pool_min=pool_min,
             pool_max=pool_max,
@@ -330,7 +357,7 @@ class PostgresStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
         self._append(records, None)
@@ -338,6 +365,7 @@ class PostgresStore(Store):
     def _append(self, records: Sequence[Record], tracking: Tracking | None) -> None:
         """The batch in one transaction; with ``tracking``, which the transaction advances
         first (a second runner waits on its row, then finds it advanced: AlreadyProcessed)."""
+        check_ids(records)
         if len(records) >= 1 << TXID_BITS:
             raise StoreError(
                 f"{self.url}: a batch of {len(records)} events is too large for one save "
@@ -413,12 +441,13 @@ class PostgresStore(Store):
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
         row = (record.originator_id, record.originator_version, record.topic, record.data)
         with self._connection(f"the snapshot of {record.originator_id} was not stored") as conn:
             conn.execute(self._sql.upsert_snapshot, row)
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        params = (originator_id, MAX_VERSION if lte is None else lte)
+        params = (aggregate_id(originator_id), MAX_VERSION if lte is None else lte)
         with self._connection(f"cannot read snapshots of {originator_id}") as conn:
             row = conn.execute(self._sql.select_snapshot, params, binary=True).fetchone()
         return None if row is None else Record(originator_id, row[0], row[1], row[2])
@@ -450,10 +479,25 @@ class PostgresStore(Store):
 
     # -- the feed
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
+        if topics is not None:
+            return self._read_feed_of(after, limit, topics)
         with self._connection("cannot read the feed") as conn:
             rows = conn.execute(self._sql.select_feed, (after, limit), binary=True).fetchall()
-        return [Record(i, v, t, d, p) for p, i, v, t, d in rows]
+        records = [Record(i, v, t, d, p) for p, i, v, t, d in rows]
+        return FeedPage(records, rows[-1][0] if rows else after, caught_up=len(rows) < limit)
+
+    def _read_feed_of(self, after: int, limit: int, topics: tuple[str, ...]) -> FeedPage[Record]:
+        params = (after, list(topics), limit)
+        with self._connection("cannot read the feed") as conn:
+            rows = conn.execute(self._sql.select_feed_of_topics, params, binary=True).fetchall()
+        seen = rows[0][0] if rows else None
+        records = [Record(i, v, t, d, p) for _, p, i, v, t, d in rows if p is not None]
+        if len(records) == limit:
+            return FeedPage(records, records[-1].position or after, caught_up=False)
+        return FeedPage(records, max(after, seen or 0), caught_up=True)
 
     # -- scanning and rewriting
 
@@ -592,6 +636,7 @@ class _Statements:
         self.select_events_desc = render(SELECT_EVENTS, order="DESC")
         self.select_stored_version = render(SELECT_STORED_VERSION)
         self.select_feed = render(SELECT_FEED)
+        self.select_feed_of_topics = render(SELECT_FEED_OF_TOPICS)
         self.select_ids = render(SELECT_IDS)
         self.rewrite_event = render(REWRITE_EVENT)
         self.select_data_key = render(SELECT_DATA_KEY)
@@ -602,6 +647,21 @@ class _Statements:
         self.select_snapshot = render(SELECT_SNAPSHOT)
         self.track = render(TRACK)
         self.select_tracked = render(SELECT_TRACKED)
+
+
+def _with_default_schema(url: str) -> str:
+    """The URL, naming the schema it leaves out (for messages), said once in the log."""
+    shown = redact(url)
+    if shown not in _told_default_schema:
+        _told_default_schema.add(shown)
+        log.warning(
+            "%s names no schema: the store is in schema %s, the default (name one with "
+            "?schema=NAME; ?schema=%s says it is meant)",
+            shown,
+            DEFAULT_SCHEMA,
+            DEFAULT_SCHEMA,
+        )
+    return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
 
 
 def _batch_names(records: Sequence[Record]) -> str:

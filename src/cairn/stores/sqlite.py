@@ -26,7 +26,15 @@ from uuid import UUID
 
 from cairn.errors import AlreadyProcessed, StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import MAX_VERSION, Record, Store, Tracking
+from cairn.stores.contract import (
+    MAX_VERSION,
+    FeedPage,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+)
 from cairn.stores.failures import DriverErrors, already_processed, refusal
 from cairn.stores.urls import Options
 
@@ -84,6 +92,13 @@ SELECT_FEED = (
     "SELECT position, originator_id, originator_version, topic, data FROM events "
     "WHERE position > ? ORDER BY position LIMIT ?"
 )
+# Filtered by topic: {topics} is one ? per topic. The feed's end, read before the page
+# (a later snapshot sees all an earlier one saw), is how far a short page looked.
+SELECT_FEED_OF_TOPICS = (
+    "SELECT position, originator_id, originator_version, topic, data FROM events "
+    "WHERE position > ? AND topic IN ({topics}) ORDER BY position LIMIT ?"
+)
+SELECT_FEED_END = "SELECT max(position) FROM events"
 SELECT_IDS = (
     "SELECT originator_id FROM events WHERE originator_version = 0 AND originator_id > ? "
     "ORDER BY originator_id LIMIT ?"
@@ -209,9 +224,10 @@ class SQLiteStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
+        check_ids(records)
         rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
         conn = self._connection()
         try:
@@ -262,12 +278,13 @@ class SQLiteStore(Store):
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
         row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)
         with self._errors("the snapshot was not stored"):
             self._connection().execute(UPSERT_SNAPSHOT, row)
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        params = (originator_id.bytes, MAX_VERSION if lte is None else lte)
+        params = (aggregate_id(originator_id).bytes, MAX_VERSION if lte is None else lte)
         try:
             row = self._connection().execute(SELECT_SNAPSHOT, params).fetchone()
         except sqlite3.Error as exc:
@@ -311,16 +328,29 @@ class SQLiteStore(Store):
 
     # -- the feed
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
+        end = None
         try:
-            rows = self._connection().execute(SELECT_FEED, (after, limit)).fetchall()
+            conn = self._connection()
+            if topics is None:
+                rows = conn.execute(SELECT_FEED, (after, limit)).fetchall()
+            else:
+                (end,) = conn.execute(SELECT_FEED_END).fetchone()
+                sql = SELECT_FEED_OF_TOPICS.format(topics=",".join("?" * len(topics)))
+                rows = conn.execute(sql, (after, *topics, limit)).fetchall()
         except sqlite3.Error as exc:
             raise self._errors.error("cannot read the feed", exc) from exc
         ids: dict[bytes, UUID] = {}  # a page holds many events of few aggregates
-        return [
+        records = [
             Record(ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p)
             for p, i, v, t, d in rows
         ]
+        last = rows[-1][0] if rows else after
+        if len(rows) == limit:
+            return FeedPage(records, last, caught_up=False)
+        return FeedPage(records, max(last, end or 0), caught_up=True)
 
     # -- scanning and rewriting
 
@@ -349,6 +379,7 @@ class SQLiteStore(Store):
     # -- tracking
 
     def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        check_ids(records)
         rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
         conn = self._connection()
         try:

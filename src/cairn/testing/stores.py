@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from cairn.application import Application
-from cairn.errors import ConcurrencyError
+from cairn.errors import AllOrNoneUnsupported, ConcurrencyError, InvalidId
 from cairn.stores import Record, Store
 from cairn.testing import racer
 from cairn.testing.racer import Counter
@@ -101,14 +101,70 @@ class StoreSuite:
         store.append(records(b, range(2)))
         assert versions_of(store, a) == versions_of(store, b) == [0, 1]
 
-    def test_a_batch_of_several_aggregates_is_stored(self, store: Store) -> None:
-        a, b = uuid4(), uuid4()
-        store.append([*records(a, range(2)), *records(b, range(3))])
+    def test_a_batch_of_several_aggregates_is_all_or_none_else_refused_unwritten(
+        self, store: Store
+    ) -> None:
+        """On a store that claims it (``atomic_across_aggregates``), a batch of several
+        aggregates is stored whole, or refused whole; on one that cannot (Cassandra), it is
+        refused, before anything is written, with AllOrNoneUnsupported saying what to do."""
+        a, b, c = uuid4(), uuid4(), uuid4()
+        store.append(records(b, range(2)))
+        batch = [*records(a, range(2)), *records(b, range(2, 3)), *records(c, range(1))]
+        stale = [*records(c, range(1, 2)), *records(b, range(2, 4)), *records(a, range(2, 3))]
+        if store.atomic_across_aggregates:
+            store.append(batch)
+            with pytest.raises(ConcurrencyError, match=f"{b}: version 2") as refused:
+                store.append(stale)
+            assert refused.value.stored == ()
+            expected = {a: [0, 1], b: [0, 1, 2], c: [0]}
+        else:
+            with pytest.raises(AllOrNoneUnsupported, match="all_or_none=False"):
+                store.append(batch)
+            expected = {a: [], b: [0, 1], c: []}
+        assert {i: versions_of(store, i) for i in (a, b, c)} == expected
+
+    def test_all_or_none_false_stores_each_aggregate_whole_and_names_those_stored(
+        self, store: Store
+    ) -> None:
+        """``all_or_none=False`` is taken by every store: one atomic across aggregates stays
+        so; one that is not stores each aggregate's batch whole or not at all, and its
+        ConcurrencyError lists in ``stored`` the aggregates stored all the same."""
+        a, b, c = uuid4(), uuid4(), uuid4()
+        store.append([*records(a, range(2)), *records(b, range(3))], all_or_none=False)
+        assert versions_of(store, a) == [0, 1] and versions_of(store, b) == [0, 1, 2]
+        with pytest.raises(ConcurrencyError, match=f"{a}: version 1") as refused:
+            store.append([*records(c, range(2)), *records(a, range(1, 3))], all_or_none=False)
         assert versions_of(store, a) == [0, 1]
-        assert versions_of(store, b) == [0, 1, 2]
+        if store.atomic_across_aggregates:
+            assert refused.value.stored == () and versions_of(store, c) == []
+        else:
+            assert refused.value.stored == (c,) and versions_of(store, c) == [0, 1]
 
     def test_an_empty_batch_stores_nothing(self, store: Store) -> None:
         store.append([])
+
+    def test_an_id_that_is_not_a_uuid_is_refused_alike_by_every_store(self, store: Store) -> None:
+        """A string id (even a UUID's text) or a number: one error, InvalidId, from every
+        entry point that takes an id, before anything is read or written; its message
+        says what to pass instead, and never quotes the id (it may be application data)."""
+        a = uuid4()
+        calls: list[Any] = [
+            lambda bad: list(store.select(bad)),
+            lambda bad: store.get_item(bad, eq=0),
+            lambda bad: store.append([*records(a, range(1)), Record(bad, 0, "t:E", b"\x00")]),
+            store.get_snapshot,
+            lambda bad: store.put_snapshot(Record(bad, 0, "m:Agg", b"\x00")),
+        ]
+        for bad in (str(a), "acct-1", a.int):
+            for call in calls:
+                with pytest.raises(InvalidId, match="an aggregate id must be a UUID") as refused:
+                    call(bad)
+                assert str(a) not in str(refused.value) and "acct-1" not in str(refused.value)
+        assert versions_of(store, a) == [] and store.get_snapshot(a) is None
+        with pytest.raises(InvalidId, match=r"pass uuid\.UUID"):
+            store.get_item(str(a), eq=0)  # type: ignore[arg-type]
+        with pytest.raises(InvalidId, match="uuid5"):
+            store.get_item("acct-1", eq=0)  # type: ignore[arg-type]
 
     def test_racing_threads_one_winner_per_version(self, store: Store) -> None:
         a = uuid4()

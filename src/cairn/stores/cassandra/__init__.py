@@ -2,11 +2,13 @@
 
 A save of one aggregate is one ``INSERT ... IF NOT EXISTS`` per event in a
 single conditional batch on the aggregate's partition: Paxos applies it whole
-or not at all. A save of several aggregates is one such batch per aggregate,
-sent together (up to 128 at a time) after one Paxos round has claimed their
-feed positions; each is atomic on its own (Cassandra has no multi-partition
-transactions), and a :class:`~cairn.ConcurrencyError` lists in ``stored`` the
-aggregates stored all the same. The feed's protocol (claims, resolved by
+or not at all. A save of several aggregates cannot be all or none (Cassandra
+has no multi-partition transactions): it is refused, unwritten, with
+:class:`~cairn.AllOrNoneUnsupported`, unless the caller passes
+``all_or_none=False``. Then it is one such batch per aggregate, sent together
+(up to 128 at a time) after one Paxos round has claimed their feed positions;
+each is atomic on its own, and a :class:`~cairn.ConcurrencyError` lists in
+``stored`` the aggregates stored all the same. The feed's protocol (claims, resolved by
 readers, fenced when abandoned) is told once, in ``docs/feed.md``.
 
 One concern a module: ``settings`` (the URL and its options), ``statements``

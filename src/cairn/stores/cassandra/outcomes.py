@@ -8,8 +8,9 @@ or leaves the outcome unknown (a timeout, a lost connection, a failure during Pa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
+from uuid import UUID
 
 from cassandra import (
     ConsistencyLevel,
@@ -22,8 +23,8 @@ from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionException
 from cassandra.protocol import ErrorMessage, IsBootstrappingErrorMessage, OverloadedErrorMessage
 
-from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
-from cairn.stores.contract import FENCE_TOPIC, Record
+from cairn.errors import AllOrNoneUnsupported, ConcurrencyError, OutcomeUnknown, StoreError
+from cairn.stores.contract import FENCE_TOPIC, Record, not_all_or_none
 from cairn.stores.failures import already_stored
 
 # Errors the driver raises from a request.
@@ -96,31 +97,61 @@ def not_applied(
     )
 
 
+def several_aggregates(url: str, originator_ids: Collection[UUID]) -> AllOrNoneUnsupported:
+    """The error for a save of several aggregates asked all or none: refused, unwritten."""
+    why = "Cassandra has no multi-partition transactions, and each aggregate is a partition"
+    return AllOrNoneUnsupported(not_all_or_none(url, originator_ids, why))
+
+
 def refusal(
+    url: str,
     batches: Sequence[Sequence[Record]],
     failed: Sequence[tuple[Sequence[Record], ConcurrencyError | StoreError]],
 ) -> ConcurrencyError | StoreError:
     """One error for a save some of whose batches were not stored (or may not be).
 
     Its class is the least certain outcome among them: OutcomeUnknown, else a
-    StoreError, else ConcurrencyError, which then lists the aggregates stored."""
+    StoreError, else ConcurrencyError, which then lists the aggregates stored. Its
+    message says first what became of the save, then each failure in a sentence."""
     first = failed[0][1]
     if len(batches) == 1:
         return first
     errors = [e for _, e in failed]
     not_stored = {b[0].originator_id for b, _ in failed}
     stored = [b[0].originator_id for b in batches if b[0].originator_id not in not_stored]
+    unknown = sum(isinstance(e, OutcomeUnknown) for e in errors)
     message = (
-        f"{first} This save had {len(batches)} aggregates, written at once; "
-        f"stored: {', '.join(map(str, stored)) or 'none'}; "
-        + "; ".join(f"{b[0].originator_id}: {type(e).__name__}" for b, e in failed)
-        + "."
+        f"Of the {len(batches)} aggregates of this save (all_or_none=False: each stored on "
+        f"its own), {_stored_words(stored)} and {_failed_words(len(errors), unknown)}. "
+        + " ".join(_sentence(url, e) for e in errors)
     )
-    if any(isinstance(e, OutcomeUnknown) for e in errors):
-        return OutcomeUnknown(message)
+    if unknown:
+        return OutcomeUnknown(f"{url}: {message}")
     if not all(isinstance(e, ConcurrencyError) for e in errors):
-        return StoreError(message)
+        return StoreError(f"{url}: {message}")
     return ConcurrencyError(message, stored)
+
+
+def _stored_words(stored: Sequence[Any]) -> str:
+    if not stored:
+        return "none was stored"
+    ids = ", ".join(map(str, stored))
+    return f"{len(stored)} {'was' if len(stored) == 1 else 'were'} stored ({ids})"
+
+
+def _failed_words(failed: int, unknown: int) -> str:
+    if unknown == failed:
+        return f"{failed} may or may not be"
+    was = "was" if failed == 1 else "were"
+    return f"{failed} {was} not" + (", or may not be" if unknown else "")
+
+
+def _sentence(url: str, error: BaseException) -> str:
+    """One batch's error as a sentence of the save's message: without the store's URL
+    (the message begins with it), capitalised, ending with a full stop."""
+    text = str(error).removeprefix(f"{url}: ").strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 def column(result: Any, name: str) -> Any:

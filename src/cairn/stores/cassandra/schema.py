@@ -10,6 +10,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from cassandra import ConsistencyLevel, OperationTimedOut, ReadTimeout, Unavailable
+from cassandra.cluster import NoHostAvailable
+from cassandra.connection import ConnectionException
+from cassandra.protocol import IsBootstrappingErrorMessage, OverloadedErrorMessage
 from cassandra.query import SimpleStatement
 
 from cairn.errors import StoreError
@@ -38,6 +41,17 @@ _SCHEMA_SETTLING = re.compile(
 )
 _NO_POSITION = "the events' position column"
 _NO_TRACKING = "the tracking table or the events' tracked columns"
+# A node down (Unavailable: the coordinator knows; a lost or refused connection: the
+# driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
+_DOWN_OR_SLOW = (
+    Unavailable,
+    ReadTimeout,
+    OperationTimedOut,
+    ConnectionException,
+    IsBootstrappingErrorMessage,
+    OverloadedErrorMessage,
+    OSError,
+)
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -111,7 +125,8 @@ def check_replicas(session: Any, settings: Settings) -> None:
     """Read each table once from every replica, so that none is used before every
     node serves it: schema agreement says the nodes have the same schema version,
     yet a replica can refuse a table made a moment ago (INCOMPATIBLE_SCHEMA). A
-    node that is down or slow is not waited for."""
+    node that is down, restarting or slow is not waited for: the store works at
+    QUORUM without it, and it learns the schema when it is back."""
     for table in TABLES:
         query = SimpleStatement(
             SELECT_ANY_ROW.format(keyspace=settings.quoted_keyspace, table=table),
@@ -119,10 +134,22 @@ def check_replicas(session: Any, settings: Settings) -> None:
         )
         try:
             session.execute(query, timeout=SCHEMA_WAIT)
-        except (Unavailable, ReadTimeout, OperationTimedOut):
-            return  # a node down or slow: it learns the schema when it is back
         except DRIVER_ERRORS as exc:
+            if down_or_slow(exc):
+                log.info(
+                    "%s: a replica did not answer at open, not waited for: %s", settings.url, exc
+                )
+                return
             raise StoreError(f"{settings.url}: cannot read table {table}: {exc}") from exc
+
+
+def down_or_slow(exc: BaseException) -> bool:
+    """Whether a read's error says only that nodes are down, restarting or slow (rather
+    than that one refuses the table). The driver's NoHostAvailable wraps each host's error:
+    during a rolling restart one host's lost connection beside another's Unavailable."""
+    if isinstance(exc, NoHostAvailable):
+        return all(down_or_slow(e) for e in (getattr(exc, "errors", None) or {}).values())
+    return isinstance(exc, _DOWN_OR_SLOW)
 
 
 def server_write_limit(session: Any, settings: Settings) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from cairn.stores.cassandra.outcomes import (
     not_applied,
     not_stored,
     refusal,
+    several_aggregates,
     size,
     write_error,
 )
@@ -27,7 +28,17 @@ from cairn.stores.cassandra.session import WRITE_PROFILE, Connection, connect, r
 from cairn.stores.cassandra.settings import Settings, parse_url
 from cairn.stores.cassandra.statements import prepare
 from cairn.stores.cassandra.tracking import CassandraTracking
-from cairn.stores.contract import MAX_VERSION, Reacted, Record, Store, Tracking
+from cairn.stores.contract import (
+    MAX_VERSION,
+    FeedPage,
+    Reacted,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+    filter_feed,
+)
 from cairn.stores.failures import DriverErrors, repeated
 
 WRITES_IN_FLIGHT = 128  # a save's batches sent at once, at most: a larger save goes in waves
@@ -46,6 +57,8 @@ class CassandraStore(Store):
     already stored, byte for byte, is not a conflict: a save repeated after
     :class:`~cairn.errors.OutcomeUnknown` is safe.
     """
+
+    atomic_across_aggregates = False  # a conditional batch stays inside one partition
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -90,11 +103,17 @@ class CassandraStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record]) -> None:
-        """Store each aggregate's batch as one conditional write: sent together, in
-        waves of WRITES_IN_FLIGHT (after one Paxos round claims their feed positions),
-        each whole or not at all. A refusal names the aggregates stored all the same."""
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+        """Store the batch as one conditional write on its aggregate's partition: whole or
+        not at all. A batch of several aggregates cannot be all or none here: refused
+        (AllOrNoneUnsupported) before anything is written, unless ``all_or_none=False``;
+        then each aggregate's batch is one conditional write, sent together, in waves of
+        WRITES_IN_FLIGHT (after one Paxos round claims their feed positions), and a
+        refusal names the aggregates stored all the same."""
+        check_ids(records)
         batches = _by_aggregate(records)
+        if all_or_none and len(batches) > 1:
+            self.check_all_or_none([b[0].originator_id for b in batches])
         for batch in batches:  # check every batch before writing any
             self._check(batch)
         # Claimed first, so that a claim is older than its events: a reader that
@@ -110,8 +129,12 @@ class CassandraStore(Store):
             ]
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
         if failed:
-            error = refusal(batches, failed)
+            error = refusal(self.url, batches, failed)
             raise error from error.__cause__ or failed[0][1].__cause__
+
+    def check_all_or_none(self, originator_ids: Collection[UUID]) -> None:
+        if len(originator_ids) > 1:
+            raise several_aggregates(self.url, originator_ids)
 
     def _check(self, batch: Sequence[Record]) -> None:
         """Refuse, before anything is sent, a batch that repeats a version or is too large."""
@@ -201,6 +224,7 @@ class CassandraStore(Store):
     # -- snapshots
 
     def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
         row = (record.originator_id, record.originator_version, record.topic, record.data)
         failure = (
             f"the snapshot of {record.originator_id} at version "
@@ -209,7 +233,7 @@ class CassandraStore(Store):
         self._execute("insert_snapshot", row, failure)
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        params = (originator_id, MAX_VERSION if lte is None else lte)
+        params = (aggregate_id(originator_id), MAX_VERSION if lte is None else lte)
         failure = f"cannot read snapshots of {originator_id}"
         row = self._execute("select_snapshot", params, failure).one()
         return None if row is None else Record(originator_id, row[0], row[1], row[2])
@@ -244,15 +268,18 @@ class CassandraStore(Store):
 
     # -- the feed
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
         """The feed, as ``docs/feed.md`` tells: claims resolved in order, abandoned ones
-        fenced off once ``feed_fence_after`` old."""
+        fenced off once ``feed_fence_after`` old. A claim does not say its events' topics:
+        a filtered page is read whole and filtered here, before anything is decoded."""
         if self.feed is None:
             raise StoreError(
                 f"{self.url}: the feed is off for this store (feed=false in its URL); "
                 "events saved with it off are not in the feed"
             )
-        return self.feed.read(after, limit)
+        return filter_feed(self.feed.read, after, limit, topics)
 
     # -- scanning and rewriting
 

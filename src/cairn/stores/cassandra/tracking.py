@@ -40,7 +40,7 @@ from cairn.stores.cassandra.statements import (
     SELECT_REACTED,
     SELECT_TRACKED,
 )
-from cairn.stores.contract import Reacted, Record, Tracking
+from cairn.stores.contract import Reacted, Record, Tracking, check_ids
 from cairn.stores.failures import already_processed
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class CassandraTracking:
         if not records:
             self.track(tracking)
             return
+        check_ids(records)
         batches = _by_aggregate(records)
         for batch in batches:  # every batch checked before any is written
             self.store._check(batch)
