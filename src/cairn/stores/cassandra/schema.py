@@ -21,8 +21,10 @@ from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
     ADD_POSITION,
+    ADD_TRACKED,
     CREATE_KEYSPACE,
     CREATE_TABLES,
+    CREATE_TRACKING,
     SELECT_ANY_ROW,
     SELECT_SETTINGS,
     TABLES,
@@ -38,6 +40,7 @@ _SCHEMA_SETTLING = re.compile(
     r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
 )
 _NO_POSITION = "the events' position column"
+_NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
 # driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
 _DOWN_OR_SLOW = (
@@ -81,6 +84,10 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
         return
     if missing == _NO_POSITION:
         _add_position(session, settings)
+        missing = _missing(cluster, settings)
+    if missing == _NO_TRACKING:
+        if settings.create:  # else: a keyspace for any application but a process
+            _add_tracking(cluster, session, settings)
         return
     if not settings.create:
         raise StoreError(
@@ -90,7 +97,7 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
     keyspace = settings.quoted_keyspace
     replication = _replication_cql(settings, cluster)
     statements = [CREATE_KEYSPACE.format(keyspace=keyspace, replication=replication)]
-    statements += [cql.format(keyspace=keyspace) for cql in CREATE_TABLES]
+    statements += [cql.format(keyspace=keyspace) for cql in (*CREATE_TABLES, CREATE_TRACKING)]
     try:
         for cql in statements:
             result = _execute_ddl(cluster, session, cql)
@@ -185,6 +192,8 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
             return f"table {settings.keyspace}.{table}"
     if "position" not in keyspace.tables["events"].columns:
         return _NO_POSITION
+    if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
+        return _NO_TRACKING
     return None
 
 
@@ -201,6 +210,19 @@ def _add_position(session: Any, settings: Settings) -> None:
     except DRIVER_ERRORS as exc:
         if "conflicts with an existing column" not in str(exc):  # another process added it
             raise StoreError(f"{settings.url}: cannot add the events' position: {exc}") from exc
+
+
+def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:
+    """Give a keyspace made before process applications its tracking table and the events'
+    tracked columns (another process may be adding them too)."""
+    keyspace = settings.quoted_keyspace
+    try:
+        session.execute(CREATE_TRACKING.format(keyspace=keyspace), timeout=60)
+        if "tracked" not in cluster.metadata.keyspaces[settings.keyspace].tables["events"].columns:
+            session.execute(ADD_TRACKED.format(keyspace=keyspace), timeout=60)
+    except DRIVER_ERRORS as exc:
+        if "conflicts with an existing column" not in str(exc):
+            raise StoreError(f"{settings.url}: cannot add {_NO_TRACKING}: {exc}") from exc
 
 
 def _replication_cql(settings: Settings, cluster: Any) -> str:
