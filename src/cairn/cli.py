@@ -244,6 +244,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     copy.add_argument("source", metavar="SRC_URL")
     copy.add_argument("target", metavar="DST_URL")
+    ui = command(
+        "ui",
+        run_ui,
+        "browse a store in a local web page (read-only)",
+        "Serves a read-only web page over the store (its aggregates, events, states, feed, "
+        f"projections and checks), decrypting with ${KEY_ENV} when it is set, and prints "
+        "its URL with a token that every request needs. Needs pip install 'cairn[ui]'.",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    ui.add_argument("--views", action="append", default=[], metavar="URL",
+                    help="a view store whose projections to follow (sqlite:///views.db, "
+                    "postgresql://...); repeatable")  # fmt: skip
+    ui.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="a module of the application: its classes may be built, to replay "
+                    "states (nothing a record names is imported); repeatable")  # fmt: skip
     return parser
 
 
@@ -443,6 +459,12 @@ def run_copy(args: argparse.Namespace) -> int:
     )
     emit(args, {**vars(report), "problems": problems}, [*problems, summary])
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from cairn.ui import serve  # its web stack is the optional extra cairn[ui]
+
+    return serve(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:
