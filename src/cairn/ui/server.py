@@ -493,6 +493,7 @@ class Server:
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
+        self.socket.listen(128)  # connections wait from now on, even before uvicorn serves
         self.port: int = self.socket.getsockname()[1]
         self.host = host
         netloc = f"[{host}]:{self.port}" if family == socket.AF_INET6 else f"{host}:{self.port}"

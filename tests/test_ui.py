@@ -1,0 +1,444 @@
+"""``cairn ui`` without a browser: the token, the headers, read-only, escaping, what it reads.
+
+The pages in a real browser are tested in ``test_ui_browser.py``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID, uuid4
+
+import orjson
+import pytest
+
+from cairn import AESCipher, Application
+from cairn.examples.everything import EverythingApplication, create_example_aggregate
+from cairn.projections import ProjectionRunner, SQLiteViews
+from cairn.stores import Record, open_store
+from cairn.ui.catalogue import Catalogue
+from cairn.ui.server import UI, Server, wait_for
+from cairn.ui.source import Source
+from cairn.ui.tracking import Tracker
+from cairn.ui.values import Malformed, Obj, diff, render
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "0123456789abcdef"
+MODEL = ["cairn.examples.everything"]
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+class Client:
+    """HTTP to a running UI, redirects not followed, with the token's cookie once it has it."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.cookie = ""
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> tuple[int, http.client.HTTPMessage, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
+        try:
+            sent = {"Host": f"127.0.0.1:{self.server.port}", **(headers or {})}
+            if self.cookie:
+                sent.setdefault("Cookie", self.cookie)
+            conn.request(method, path, headers=sent)
+            response = conn.getresponse()
+            return response.status, response.headers, response.read().decode()
+        finally:
+            conn.close()
+
+    def login(self) -> None:
+        status, headers, _ = self.request(f"/?token={self.server.ui.token}")
+        assert status == 303
+        self.cookie = headers["set-cookie"].split(";")[0]
+
+    def page(self, path: str) -> str:
+        status, _, body = self.request(path)
+        assert status == 200, (path, status, body[:500])
+        return body
+
+
+def serve(source: Source, **options: Any) -> Server:
+    server = Server(UI(source, poll=0.1, sample_every=0.2, **options))
+    server.start()
+    assert wait_for(lambda: server.ui.catalogue.progress().caught_up)
+    return server
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[str]:
+    """A SQLite store with an encrypted aggregate (snapshots every second event), a plain one
+    whose fields hold HTML, and a forgotten one."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    with EverythingApplication(store=url, cipher=AESCipher(KEY), key_per_aggregate=True) as app:
+        secret = create_example_aggregate("secret foo")
+        secret.create_new_example()
+        secret.foo = "secret bar"
+        secret.save()
+        forgotten = create_example_aggregate("forget me")
+        forgotten.save()
+        app.forget(forgotten.id)
+    with Application(store=url):
+        html = create_example_aggregate(HOSTILE)
+        html.foo = "<b>bold</b>"
+        html.save()
+    yield url
+
+
+@pytest.fixture
+def client(store: str) -> Iterator[Client]:
+    server = serve(Source(store, cipher=AESCipher(KEY), model=MODEL))
+    client = Client(server)
+    yield client
+    server.stop()
+    server.ui.source.close()
+
+
+def nested(depth: int) -> Any:
+    """A list in a list in ... (``depth`` deep)."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def ids_of(source: Source) -> dict[str, UUID]:
+    """The store's aggregates by their first `foo` (a plain or decrypted Created field)."""
+    found = {}
+    for record in source.feed(0, 1000):
+        if record.originator_version == 0:
+            opened = source.open_event(record)
+            found[opened.field("foo") or opened.status] = record.originator_id
+    return found
+
+
+# --------------------------------------------------------------------------- the guard
+
+
+def test_every_request_needs_the_token_and_the_cookie_keeps_it(client: Client) -> None:
+    for path in ("/", "/aggregates", "/feed", "/static/ui.js", "/status?live=1"):
+        status, _, body = client.request(path)
+        assert status == 403 and "token" in body
+    for wrong in ("nope", "é" * 43, client.server.ui.token[:-1], ""):
+        status, _, _ = client.request(f"/?token={quote(wrong)}")
+        assert status == 403
+    status, headers, _ = client.request(f"/feed?x=1&token={client.server.ui.token}")
+    assert status == 303 and headers["location"] == "/feed?x=1"  # the token leaves the URL
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    client.cookie = cookie.split(";")[0]
+    assert "The feed" in client.page("/feed")
+    client.cookie = client.cookie[:-2] + "xx"
+    assert client.request("/feed")[0] == 403
+
+
+def test_a_page_asked_for_under_another_host_name_is_refused(client: Client) -> None:
+    """DNS rebinding: a page of another site, its name pointed at 127.0.0.1, gets nothing."""
+    client.login()
+    status, _, _ = client.request("/", headers={"Host": f"evil.example:{client.server.port}"})
+    assert status == 403
+
+
+def test_every_response_tells_the_browser_not_to_store_it(client: Client) -> None:
+    for path in ("/", "/static/ui.css"):
+        _, headers, _ = client.request(path)  # refused, without the token
+        assert headers["cache-control"] == "no-store, max-age=0"
+    client.login()
+    for path in ("/", "/feed", "/static/ui.js", "/aggregates/not-an-id"):
+        _, headers, _ = client.request(path)
+        assert headers["cache-control"] == "no-store, max-age=0"
+        assert "script-src 'self'" in headers["content-security-policy"]
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_nothing_can_be_changed_from_the_pages(client: Client) -> None:
+    client.login()
+    for method, path in [("PUT", "/"), ("DELETE", "/aggregates"), ("PATCH", "/feed")]:
+        assert client.request(path, method)[0] == 405
+    assert client.request("/aggregates", "POST", {"Origin": client.server.base})[0] == 405
+    # The checks' one POST: refused to a form of another site (the cookie is SameSite too).
+    status, _, _ = client.request("/health/verify", "POST", {"Origin": "http://evil.example"})
+    assert status == 403 and client.server.ui.verification.state == "idle"
+    status, headers, _ = client.request("/health/verify", "POST", {"Origin": client.server.base})
+    assert status == 303 and headers["location"] == "/health"
+
+
+# --------------------------------------------------------------------------- what it shows
+
+
+def test_fields_that_hold_html_are_shown_as_text(client: Client) -> None:
+    client.login()
+    originator_id = ids_of(client.server.ui.source)[HOSTILE]
+    for path in (
+        f"/aggregates/{originator_id}",
+        f"/aggregates/{originator_id}/state?version=1",
+        f"/aggregates/{originator_id}/diff?a=0&b=1",
+        "/feed",
+        f"/aggregates?q={quote(HOSTILE)}",
+        f"/aggregates/{quote(HOSTILE)}",  # not an id: a 404 page that names it
+    ):
+        body = client.request(path)[2]
+        assert "<script>alert" not in body and "<img src=x" not in body and "<b>bold" not in body
+    body = client.page(f"/aggregates/{originator_id}")
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in body
+    assert "&lt;b&gt;bold&lt;/b&gt;" in body
+
+
+def test_a_hostile_record_is_shown_as_text_and_imports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record naming a module (as its topic, or in a tagged value) never makes the UI
+    import it, on any page or in the checks; its HTML is shown as text."""
+    marker = tmp_path / "imported"
+    (tmp_path / "ui_trap.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nclass Trap:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    url = f"sqlite:///{tmp_path}/store.db"
+    recorder = open_store(url)
+    trap = uuid4()
+    fields = {
+        "timestamp": {"#": "dt", "v": "2026-01-01T00:00:00+00:00"},
+        "originator_topic": "ui_trap:Trap",
+        "value": {"#": "obj", "t": "ui_trap:Trap", "v": {"html": HOSTILE}},
+        "weird": {"#": ["not", "a", "tag"]},
+        "deep": nested(60),
+    }
+    recorder.append(
+        [
+            Record(trap, 0, f"ui_trap:Trap.Created{HOSTILE}", b"\x00" + orjson.dumps(fields)),
+            Record(trap, 1, "ui_trap:Trap.Changed", b"\x00not json"),
+        ]
+    )
+    recorder.put_snapshot(Record(trap, 1, "ui_trap:Trap", b"\x00" + orjson.dumps(fields)))
+    recorder.close()
+    server = serve(Source(url, model=MODEL))
+    client = Client(server)
+    try:
+        client.login()
+        pages = [
+            f"/aggregates/{trap}",
+            f"/aggregates/{trap}/state?version=0",
+            f"/aggregates/{trap}/state?version=1",
+            f"/aggregates/{trap}/diff?a=0&b=1",
+            "/feed",
+            "/aggregates",
+            "/",
+        ]
+        for path in pages:
+            body = client.page(path)
+            assert "<script>alert" not in body and "<img src=x" not in body, path
+        body = client.page(f"/aggregates/{trap}")
+        assert "Trap.Created&lt;script&gt;" in body  # the topic, escaped
+        assert "unreadable" in body and "cannot decode" in body  # the record that is not JSON
+        assert "ui_trap:Trap" in body  # the value object, named
+        assert "not in the model" in client.page(f"/aggregates/{trap}/state?version=0")
+        assert "the snapshot at version 1" in client.page(f"/aggregates/{trap}/state?version=1")
+        assert client.request("/health/verify", "POST", {"Origin": server.base})[0] == 303
+        assert wait_for(lambda: server.ui.verification.state == "done")
+        assert server.ui.verification.figures["problems"]  # the record that is not JSON
+    finally:
+        server.stop()
+        server.ui.source.close()
+    assert not marker.exists() and "ui_trap" not in sys.modules
+
+
+def test_encrypted_records_without_a_key_are_shown_as_such(store: str) -> None:
+    server = serve(Source(store, model=MODEL))  # no cipher
+    client = Client(server)
+    try:
+        client.login()
+        ids = ids_of(server.ui.source)
+        body = client.page(f"/aggregates/{ids['encrypted']}")
+        assert "secret" not in body
+        assert "encrypted" in body and "$CAIRN_KEY" in body
+        assert HOSTILE.split(">")[0].replace("<", "&lt;") in client.page(
+            f"/aggregates/{ids[HOSTILE]}"
+        )
+        body = client.page(f"/aggregates/{ids['forgotten']}")
+        assert "forgotten" in body and "forget me" not in body
+    finally:
+        server.stop()
+        server.ui.source.close()
+
+
+def test_a_missing_sqlite_file_is_refused_not_made(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="does not exist"):
+        Source(f"sqlite:///{tmp_path}/nothing.db")
+    assert not (tmp_path / "nothing.db").exists()
+
+
+# --------------------------------------------------------------------------- the source, on every store
+
+
+def test_the_source_opens_decodes_and_replays_on_every_store(fresh_store_url: str) -> None:
+    recorder = open_store(fresh_store_url)
+    try:
+        with EverythingApplication(store=recorder, cipher=AESCipher(KEY)):
+            aggregate = create_example_aggregate("one")
+            aggregate.create_new_example()
+            aggregate.foo = "two"
+            aggregate.foo = "three"
+            aggregate.save()  # snapshots at versions 1 and 3
+        with_model = Source(recorder, cipher=AESCipher(KEY), model=MODEL)
+        first = with_model.open_event(with_model.events(aggregate.id, limit=1)[0])
+        assert first.status == "decrypted" and first.field("foo") == "one"
+        state = with_model.state(aggregate.id, 2)
+        assert (
+            state.exact and state.value["_foo"] == "two" and "snapshot at version 1" in state.basis
+        )
+        example = next(iter(state.value["_examples"].values()))
+        assert isinstance(example, Obj) and example.kind == "entity"
+        # Without the model, only the snapshots' states can be shown: exact at their versions.
+        without = Source(recorder, cipher=AESCipher(KEY))
+        assert without.state(aggregate.id, 3).exact
+        at_two = without.state(aggregate.id, 2)
+        assert not at_two.exact and at_two.value["_foo"] == "one" and "--import" in at_two.note
+        no_key = Source(recorder)
+        assert no_key.open_event(no_key.head(aggregate.id)).status == "encrypted"  # type: ignore[arg-type]
+        assert no_key.state(aggregate.id, 3).value is None
+        assert [r.originator_version for r in no_key.snapshots(aggregate.id)] == [3, 1]
+    finally:
+        recorder.close()
+
+
+def test_the_catalogue_lists_every_aggregate_and_follows_the_feed(fresh_store_url: str) -> None:
+    recorder = open_store(fresh_store_url)
+    try:
+        with Application(store=recorder) as app:
+            made = [create_example_aggregate(str(n)) for n in range(5)]
+            app.save(*made)
+            source = Source(recorder)
+            catalogue = Catalogue(source, page=2)
+            while catalogue.read_once():
+                pass
+            assert catalogue.progress().caught_up and catalogue.progress().events == 5
+            kind = "cairn.examples.everything:ExampleAggregateRoot"
+            assert catalogue.types() == [(kind, 5)]
+            newest, total = catalogue.newest(kind, 0, 2)
+            assert total == 5 and [e.id for e in newest] == [made[4].id, made[3].id]
+            assert [e.id for e in catalogue.newest(None, 4, 10)[0]] == [made[0].id]
+            text = str(made[2].id)
+            assert [e.id for e in catalogue.search(text[:13], None, 10) or []] == [made[2].id]
+            assert [e.id for e in catalogue.search(text.replace("-", ""), kind, 10) or []] == [
+                made[2].id
+            ]
+            assert catalogue.search("not hex", None, 10) is None
+            made[2].foo = "changed"
+            made[2].save()
+            catalogue.read_once()
+            entry = catalogue.get(made[2].id)
+            assert entry is not None and entry.version == 2 and entry.last > entry.first
+            assert catalogue.events_after(entry.first) == 3
+            assert catalogue.recent(1)[0].originator_id == made[2].id
+    finally:
+        recorder.close()
+
+
+def test_a_projection_s_lag_is_counted_in_events_and_seconds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    views = SQLiteViews(str(tmp_path / "views.db"))
+    with EverythingApplication(store=url, cipher=AESCipher(KEY)) as app:
+        from cairn.examples.everything import ExampleIndex
+
+        runner = ProjectionRunner(app.feed, ExampleIndex(), views, page_size=2)
+        for n in range(3):
+            create_example_aggregate(str(n)).save()
+        runner.run_once()  # 2 of 3 events
+        source = Source(url, cipher=AESCipher(KEY))
+        catalogue = Catalogue(source)
+        catalogue.read_once()
+        tracker = Tracker(source, catalogue, [f"sqlite:///{tmp_path}/views.db"])
+        time.sleep(0.05)
+        tracker.sample_once()
+        (projection,), errors = tracker.snapshot()
+        assert projection.name == "example_index" and not any(errors.values())
+        assert projection.last.lag_events == 1 and projection.last.lag_seconds >= 0.05
+        assert not projection.at_least  # the waiting event's own time was read
+        runner.catch_up()
+        tracker.sample_once()
+        assert tracker.snapshot()[0][0].last.lag_events == 0
+        assert tracker.snapshot()[0][0].last.lag_seconds == 0
+        source.close()
+    missing = Tracker(source, catalogue, [f"sqlite:///{tmp_path}/none.db"])
+    missing.sample_once()
+    assert "does not exist" in next(iter(missing.snapshot()[1].values()))
+
+
+# --------------------------------------------------------------------------- values
+
+
+def test_rendered_values_are_escaped_and_bounded() -> None:
+    html = render({HOSTILE: [HOSTILE, Obj("value object", HOSTILE, {"a": HOSTILE})]})
+    assert "<script>" not in html and "<img" not in html and "&lt;script&gt;" in html
+    assert len(render(list(range(100_000)))) < 20_000
+    assert len(render("x" * 1_000_000)) < 5_000
+    assert len(render(nested(500))) < 5_000
+    assert "&lt;" in render(Malformed(HOSTILE, HOSTILE))
+
+
+def test_a_difference_names_each_changed_attribute() -> None:
+    changes = diff({"a": 1, "b": [1, 2], "gone": 0}, {"a": 2, "b": [1, 2, 3], "new": "x"})
+    assert [(c.path, c.kind) for c in changes] == [
+        ("a", "changed"),
+        ("gone", "removed"),
+        ("b[2]", "added"),
+        ("new", "added"),
+    ]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_cairn_ui_prints_a_url_with_a_token_and_decrypts_with_cairn_key(store: str) -> None:
+    source = Source(store, cipher=AESCipher(KEY))
+    secret = ids_of(source)["secret foo"]
+    source.close()
+    env = {k: v for k, v in os.environ.items() if k != "CAIRN_KEY"}
+    env.update(PYTHONPATH=str(ROOT / "src"), CAIRN_KEY=KEY)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cairn.cli", "ui", store, "--import", MODEL[0]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]{40,})", line)
+        assert match, line
+        conn = http.client.HTTPConnection("127.0.0.1", int(match[1]), timeout=30)
+        conn.request("GET", f"/?token={match[2]}")
+        response = conn.getresponse()
+        cookie = response.headers["set-cookie"].split(";")[0]
+        response.read()
+        conn.request("GET", f"/aggregates/{secret}", headers={"Cookie": cookie})
+        body = conn.getresponse().read().decode()
+        assert "secret foo" in body and "decrypted" in body
+        conn.close()
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert KEY not in err and match[2] not in err
+
+
+def test_cairn_ui_refuses_a_module_it_cannot_import(store: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cairn.cli", "ui", store, "--import", "no_such_module_here"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        timeout=60,
+    )
+    assert result.returncode == 3 and "no_such_module_here" in result.stderr
