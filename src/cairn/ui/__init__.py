@@ -35,7 +35,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"cairn ui: --import: {exc}", file=sys.stderr)
         return EXIT_ERROR
     try:
-        server = Server(UI(source, views=args.views), host=args.host, port=args.port)
+        ui = UI(source, views=args.views, freeze=True)  # the process is the UI's alone
+        server = Server(ui, host=args.host, port=args.port)
         print(f"cairn ui: {source.url}, read-only; stop it with Ctrl-C", file=sys.stderr)
         if args.host not in ("127.0.0.1", "::1", "localhost"):
             print(

@@ -62,7 +62,11 @@ SECURITY_HEADERS = [
 
 
 class UI:
-    """A store's pages: the source, its catalogue, the projections' tracker, the checks."""
+    """A store's pages: the source, its catalogue, the projections' tracker, the checks.
+
+    ``freeze``: once the catalogue is read, take the process's objects out of the cyclic
+    garbage collector's sight (for a process that serves the UI and nothing else).
+    """
 
     def __init__(
         self,
@@ -72,10 +76,11 @@ class UI:
         token: str | None = None,
         poll: float = 0.5,
         sample_every: float = 1.0,
+        freeze: bool = False,
     ) -> None:
         self.source = source
         self.token = token or secrets.token_urlsafe(32)
-        self.catalogue = Catalogue(source, poll=poll)
+        self.catalogue = Catalogue(source, poll=poll, freeze=freeze)
         self.tracker = Tracker(source, self.catalogue, views, interval=sample_every)
         self.verification = Verification(source)
         self.env = Environment(

@@ -37,7 +37,7 @@ from cairn import tools
 from cairn.application import aggregate_from_snapshot, state_of
 from cairn.cli import cipher_from_env
 from cairn.crypto import Cipher, DataKeys
-from cairn.domain import Aggregate, DomainEvent, Fenced, topic_of
+from cairn.domain import Aggregate, Fenced, topic_of
 from cairn.errors import AggregateForgotten, CairnError, StoreError
 from cairn.mapping import ENCRYPTED, TAG, JSONTranscoder, Mapper, decode_value
 from cairn.stores import Record, Recorder, open_store, redact
@@ -123,8 +123,19 @@ class Model:
         for name in modules:
             importlib.import_module(name)  # the operator's choice, made at start
         self.modules = (*ALWAYS_MODEL, *modules)
+        self._known: dict[str, bool] = {}  # topic -> allowed (a few topics, each asked often)
 
-    def allows(self, topic: str) -> bool:
+    def allows(self, topic: Any) -> bool:
+        if not isinstance(topic, str):
+            return False
+        known = self._known.get(topic)
+        if known is None:
+            known = self._allows(topic)
+            if len(self._known) < 10_000:  # a hostile store may name any number of topics
+                self._known[topic] = known
+        return known
+
+    def _allows(self, topic: str) -> bool:
         module_name, _, qualname = topic.partition(":")
         if not any(module_name == m or module_name.startswith(m + ".") for m in self.modules):
             return False
@@ -136,17 +147,26 @@ class Model:
         # Defined where the topic says: not reached through an attribute of another object.
         return isinstance(obj, type) and topic_of(obj) == topic
 
-    def check(self, record: Record, raw: Any) -> None:
-        """Raise :class:`NotInModel` unless every class the record names is in the model."""
-        named = [record.topic, *_topics(raw)]
-        if isinstance(raw, dict) and isinstance(raw.get("originator_topic"), str):
+    def check_payload(self, raw: Any) -> None:
+        """Raise :class:`NotInModel` unless every class a decoded payload names is allowed."""
+        named = list(_topics(raw))
+        if isinstance(raw, dict) and "originator_topic" in raw:
             named.append(raw["originator_topic"])  # a Created event names its aggregate's class
         for topic in named:
-            if not (isinstance(topic, str) and self.allows(topic)):
-                raise NotInModel(
-                    f"{str(topic)[:200]!r} (of aggregate {record.originator_id} version "
-                    f"{record.originator_version}) is not in the model"
-                )
+            if not self.allows(topic):
+                raise NotInModel(f"{str(topic)[:200]!r} is not in the model")
+
+
+class _ModelJSON(JSONTranscoder):
+    """cairn's decoding, for payloads whose every named class is in the model (else
+    :class:`NotInModel`, before any class is looked up)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def decode(self, data: bytes) -> Any:
+        self.model.check_payload(orjson.loads(data))
+        return super().decode(data)
 
 
 def _topics(node: Any, depth: int = 0) -> Iterator[Any]:
@@ -235,7 +255,7 @@ class Source:
         # Two mappers on one key cache: one opens payloads to plain JSON, the other builds
         # events (only ever for records whose classes the model allows).
         self._raw = Mapper(_RawJSON(), cipher=cipher, data_keys=data_keys)
-        self._full = Mapper(cipher=cipher, data_keys=data_keys)
+        self._full = Mapper(_ModelJSON(self.model), cipher=cipher, data_keys=data_keys)
         self._key_states: dict[UUID, tuple[KeyState, float]] = {}
 
     @property
@@ -379,23 +399,29 @@ class Source:
         gt, basis = None, "replayed from version 0"
         snapshot = self.recorder.get_snapshot(originator_id, lte=version)
         if snapshot is not None:
-            raw = self._raw.to_snapshot(snapshot).state
-            if isinstance(raw, dict):
-                self.model.check(snapshot, raw)
-                aggregate = aggregate_from_snapshot(self._full.to_snapshot(snapshot))
+            built = self._build(snapshot, snapshot=True)
+            if built.state is not None:
+                aggregate = aggregate_from_snapshot(built)
                 gt = snapshot.originator_version
                 basis = f"the snapshot at version {gt}, then its events replayed"
-        records = self.recorder.select(originator_id, gt=gt, lte=version, limit=MAX_REPLAY)
-        for record in records:
-            if record.topic != FENCED_TOPIC:
-                self.model.check(record, self._raw._open(record, b"e", "event"))
-            event: DomainEvent = self._full.to_event(record)
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        for record in self.recorder.select(originator_id, gt=gt, lte=version, limit=MAX_REPLAY):
+            aggregate = self._build(record).mutate(aggregate)
         if aggregate is None:
             return State(version, None, True, basis, "no aggregate at this version")
         assert isinstance(aggregate, Aggregate)
         encoded = orjson.loads(JSONTranscoder().encode_value(state_of(aggregate)))
         return State(version, neutral(encoded), True, basis, discarded=aggregate.is_discarded)
+
+    def _build(self, record: Record, *, snapshot: bool = False) -> Any:
+        """The event (or snapshot) a record holds, built from the model's classes only:
+        :class:`NotInModel` if it names another."""
+        where = f"(aggregate {record.originator_id} version {record.originator_version})"
+        if not (record.topic == FENCED_TOPIC or self.model.allows(record.topic)):
+            raise NotInModel(f"{record.topic[:200]!r} {where} is not in the model")
+        try:
+            return self._full.to_snapshot(record) if snapshot else self._full.to_event(record)
+        except NotInModel as exc:
+            raise NotInModel(f"{exc} {where}") from None
 
     # ---- checks
 
@@ -440,15 +466,15 @@ class _CheckingMapper(Mapper):
 
     def to_event(self, record: Record) -> Any:
         if record.topic == FENCED_TOPIC:
-            return super().to_event(record)
+            return super().to_event(record)  # a fence: nothing to decode
+        try:
+            return self.source._build(record)  # decrypted once, built, its fields checked
+        except NotInModel:
+            pass
         raw = self._open(record, b"e", "event")
         if type(raw) is not dict:
             raise self._corrupt(record, "event", "payload is not a JSON object")
-        try:
-            self.source.model.check(record, raw)
-        except NotInModel:
-            return None
-        return self.source._full.to_event(record)
+        return None
 
 
 TRACKING_SQL = "SELECT name, position FROM cairn_tracking ORDER BY name"
