@@ -29,6 +29,7 @@ from cairn.ui.server import UI, Server, wait_for
 from cairn.ui.source import Source
 from cairn.ui.tracking import Tracker
 from cairn.ui.values import Malformed, Obj, diff, render
+from tests.conftest import STORES
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "0123456789abcdef"
@@ -171,6 +172,20 @@ def test_nothing_can_be_changed_from_the_pages(client: Client) -> None:
     assert status == 403 and client.server.ui.verification.state == "idle"
     status, headers, _ = client.request("/health/verify", "POST", {"Origin": client.server.base})
     assert status == 303 and headers["location"] == "/health"
+
+
+def test_a_live_part_unchanged_is_answered_not_modified(client: Client, store: str) -> None:
+    client.login()
+    status, headers, body = client.request("/feed?live=1")
+    assert status == 200 and "<html" not in body and "table" in body  # the live part alone
+    etag = headers["etag"]
+    assert client.request("/feed?live=1", headers={"If-None-Match": etag})[0] == 304
+    with Application(store=store) as app:
+        app.save(create_example_aggregate("newcomer"))
+    assert wait_for(
+        lambda: client.request("/feed?live=1", headers={"If-None-Match": etag})[0] == 200
+    )
+    assert "newcomer" not in client.page("/feed")  # the feed shows events, not their fields
 
 
 # --------------------------------------------------------------------------- what it shows
@@ -442,3 +457,47 @@ def test_cairn_ui_refuses_a_module_it_cannot_import(store: str) -> None:
         timeout=60,
     )
     assert result.returncode == 3 and "no_such_module_here" in result.stderr
+
+
+POSTGRES = [u.partition("?")[0] for u in STORES if u.startswith("postgresql:")][:1]
+
+
+@pytest.mark.parametrize("server_url", POSTGRES)
+def test_projections_of_a_postgresql_view_store_are_followed(
+    server_url: str, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from cairn.projections import PostgresViews, Projection
+
+    class Counted(Projection[Any]):
+        name = "counted"
+
+        def process(self, tx: Any, event: Any) -> None:
+            tx.execute("SELECT 1")
+
+    schema = "ui" + uuid4().hex[:12]
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            views_url = f"{server_url}?options=-csearch_path%3D{schema}"
+            url = f"sqlite:///{tmp_path}/store.db"
+            with Application(store=url) as app:
+                app.save(create_example_aggregate("a"), create_example_aggregate("b"))
+                ProjectionRunner(app.feed, Counted(), PostgresViews(views_url)).catch_up()
+                app.save(create_example_aggregate("c"))
+            source = Source(url)
+            catalogue = Catalogue(source)
+            catalogue.read_once()
+            tracker = Tracker(source, catalogue, [views_url])
+            tracker.sample_once()
+            (projection,), errors = tracker.snapshot()
+            assert not any(errors.values()) and projection.name == "counted"
+            assert projection.last.position == 2 and projection.last.lag_events == 1
+            source.close()
+        finally:
+            admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+if not POSTGRES:  # no PostgreSQL under test: no test, as for test_postgres.py (never a skip)
+    del test_projections_of_a_postgresql_view_store_are_followed

@@ -36,7 +36,11 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     try:
         ui = UI(source, views=args.views, freeze=True)  # the process is the UI's alone
-        server = Server(ui, host=args.host, port=args.port)
+        try:
+            server = Server(ui, host=args.host, port=args.port)
+        except OSError as exc:
+            print(f"cairn ui: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"cairn ui: {source.url}, read-only; stop it with Ctrl-C", file=sys.stderr)
         if args.host not in ("127.0.0.1", "::1", "localhost"):
             print(
