@@ -169,7 +169,7 @@ def w3_replay(app: Application, n_events: int, setup_batch: int, repeats: int) -
 def w4_read_all(app: Application, page: int, expected: int) -> dict[str, Any]:
     """Read the whole feed in pages: raw records, then records decoded to events."""
     out: dict[str, Any] = {"page_size": page}
-    read_feed = app.recorder.read_feed
+    read_feed = app.store.read_feed
     to_event = app.mapper.to_event
     for mode in ("raw", "decoded"):
         n = pages = 0

@@ -17,8 +17,8 @@ Measured in one run, on new aggregates (no conflicts):
    and the ratio cairn / driver (1.0 would be no overhead).
 2. **saves in flight**: 10-event saves/s from 1, 4, 8, 16 and 32 threads sharing
    one application; from one thread saving 8, 32 and 128 aggregates per
-   ``app.save(*aggregates)`` (their batches are sent at once, after one Paxos
-   round claims all their feed positions); and the bare driver with 32 requests
+   ``app.save(*aggregates, all_or_none=False)`` (their batches are sent at once,
+   after one Paxos round claims all their feed positions); and the bare driver with 32 requests
    in flight (``execute_async``) as the ceiling.
 
 A small table goes to stderr and one JSON line to stdout (``summary`` has the
@@ -41,7 +41,7 @@ from functools import partial
 from typing import Any
 
 from cairn import Aggregate, Application
-from cairn.stores.cassandra import CassandraRecorder
+from cairn.stores.cassandra import CassandraStore
 
 INSERT = (
     'INSERT INTO "{keyspace}".events (originator_id, originator_version, topic, data) '
@@ -81,7 +81,7 @@ def log(message: str) -> None:
 # -- the bare driver, configured as cairn's write path is
 
 
-def bare_session(recorder: CassandraRecorder) -> tuple[Any, Any]:
+def bare_session(recorder: CassandraStore) -> tuple[Any, Any]:
     from cassandra import ConsistencyLevel, ProtocolVersion
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy, FallthroughRetryPolicy, TokenAwarePolicy
@@ -189,11 +189,12 @@ def cairn_rate(app: Application, threads: int, saves: int) -> float:
 
 
 def grouped_rate(app: Application, per_save: int, saves: int) -> float:
-    """10-event aggregates saved per second, ``per_save`` of them in each ``app.save``."""
+    """10-event aggregates saved per second, ``per_save`` of them in each ``app.save`` (each
+    whole on its own: ``all_or_none=False``, without which Cassandra refuses the save)."""
     items = [new_item(10) for _ in range(max(per_save, saves - saves % per_save))]
     t = time.perf_counter()
     for k in range(0, len(items), per_save):
-        app.save(*items[k : k + per_save])
+        app.save(*items[k : k + per_save], all_or_none=False)
     return len(items) / (time.perf_counter() - t)
 
 
@@ -218,8 +219,8 @@ def measure(
     url: str, saves: int, blocks: int, thread_counts: Sequence[int], groups: Sequence[int]
 ) -> dict[str, Any]:
     app = Application(store=url)
-    recorder = app.recorder
-    assert isinstance(recorder, CassandraRecorder), f"{url} is not a Cassandra store"
+    recorder = app.store
+    assert isinstance(recorder, CassandraStore), f"{url} is not a Cassandra store"
     cluster, session = bare_session(recorder)
     insert = session.prepare(INSERT.format(keyspace=recorder.settings.keyspace))
     out: dict[str, Any] = {"url": recorder.url, "saves": saves, "blocks": blocks}
@@ -338,9 +339,9 @@ def main() -> None:
 
 
 def drop(url: str) -> None:
-    recorder = CassandraRecorder.from_url(url)
+    recorder = CassandraStore.from_url(url)
     try:
-        recorder._session().execute(
+        recorder.connection().session.execute(
             f'DROP KEYSPACE IF EXISTS "{recorder.settings.keyspace}"', timeout=120
         )
     finally:

@@ -12,7 +12,7 @@ on the feed log (``feed=false``). "Feed on, no reader" is the feed's cost to wri
 alone (the follower shares the writers' process and its two cores otherwise).
 
 On Cassandra it also measures claims/s, the rate at which the feed's one hot
-partition hands out positions (``_claim`` alone, no events written): one thread
+partition hands out positions (the feed's claim alone, no events written): one thread
 (one Paxos round per claim), ``--writers`` threads of one process (their claims
 combined into one round), and ``--processes`` processes of ``--writers`` threads
 competing for the head. ``--no-claims`` skips it.
@@ -33,21 +33,21 @@ import uuid
 from typing import Any
 from uuid import UUID
 
-from cairn.stores import Record, Recorder, open_store
+from cairn.stores import Record, Store, open_store
 
 
 def fill(url: str) -> str:
     return url.replace("{unique}", "b" + uuid.uuid4().hex[:12])
 
 
-def feed_off(url: str) -> Recorder:
+def feed_off(url: str) -> Store:
     """The same store, without what its feed costs writers."""
     scheme = url.split(":", 1)[0]
     if scheme.startswith("postgres"):
         from cairn.stores import postgres
 
         recorder = open_store(url)
-        assert isinstance(recorder, postgres.PostgresRecorder)
+        assert isinstance(recorder, postgres.PostgresStore)
         with recorder._pool.connection() as conn:
             conn.execute(f'CREATE SEQUENCE IF NOT EXISTS "{recorder.schema}".naive_positions')
         naive = f"nextval('\"{recorder.schema}\".naive_positions') + 0 * %s"
@@ -62,7 +62,7 @@ def feed_off(url: str) -> Recorder:
     return open_store(f"{url}{separator}feed=false")
 
 
-def discard(recorder: Recorder) -> None:
+def discard(recorder: Store) -> None:
     """Drop the benchmark's schema or keyspace, then close the store."""
     schema = getattr(recorder, "schema", None)
     if schema and hasattr(recorder, "_pool"):
@@ -70,14 +70,13 @@ def discard(recorder: Recorder) -> None:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     settings = getattr(recorder, "settings", None)
     keyspace = getattr(settings, "keyspace", None)
-    if keyspace and hasattr(recorder, "_session"):
-        recorder._session().execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=60)
+    if keyspace and hasattr(recorder, "connection"):
+        session = recorder.connection().session
+        session.execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=60)
     recorder.close()
 
 
-def run(
-    recorder: Recorder, writers: int, batch: int, seconds: float, follow: bool
-) -> dict[str, Any]:
+def run(recorder: Store, writers: int, batch: int, seconds: float, follow: bool) -> dict[str, Any]:
     saved: dict[UUID, float] = {}  # first event's aggregate -> when its save started
     appeared: dict[UUID, float] = {}
     stop = threading.Event()
@@ -138,15 +137,15 @@ def claim_for(url: str, threads: int, start: float, seconds: float) -> int:
     """Claims made by ``threads`` threads of a fresh recorder from ``start`` (a wall-clock
     time) for ``seconds``; run in a process of its own."""
     recorder = open_store(url)
-    claim = recorder._claim  # type: ignore[attr-defined]
-    claim([Record(uuid.uuid4(), 0, "bench:E", b"")])  # connected, head found
+    claim = recorder.feed.claim  # type: ignore[attr-defined]  # a CassandraStore's
+    claim([[Record(uuid.uuid4(), 0, "bench:E", b"")]])  # connected, head found
     counts = [0] * threads
 
     def loop(n: int) -> None:
         while time.time() < start:
             time.sleep(0.001)
         while time.time() < start + seconds:
-            claim([Record(uuid.uuid4(), 0, "bench:E", b"")])
+            claim([[Record(uuid.uuid4(), 0, "bench:E", b"")]])
             counts[n] += 1
 
     workers = [threading.Thread(target=loop, args=(n,)) for n in range(threads)]

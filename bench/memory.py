@@ -6,7 +6,7 @@ process opens it and measures one operation:
 
 - ``replay``: ``app.repository.get(id)`` of one aggregate of N events (no snapshot);
 - ``feed``: read the whole feed of N events in pages of 1,000, decoding each
-  record to an event (``app.recorder.read_feed`` + ``app.mapper.to_event``).
+  record to an event (``app.store.read_feed`` + ``app.mapper.to_event``).
 
 Reported per run: the process's resident set before the operation, its peak
 during it (Linux's VmHWM, reset just before the operation through
@@ -76,7 +76,7 @@ def replay(app: Application, ids: list[UUID], n: int) -> int:
 
 
 def read_feed(app: Application, ids: list[UUID], n: int) -> int:
-    read, to_event = app.recorder.read_feed, app.mapper.to_event
+    read, to_event = app.store.read_feed, app.mapper.to_event
     count = after = 0
     while records := read(after, 1000):
         for record in records:

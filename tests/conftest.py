@@ -1,43 +1,52 @@
-"""Fixtures shared by the tests: the stores every conformance test runs against.
+"""Fixtures shared by the tests: cairn.testing's store fixtures, over the stores under test.
 
 ``CAIRN_TEST_STORES`` lists store URLs (comma-separated), as the shared
 acceptance test's ``CAIRN_ACCEPTANCE_STORES`` does: ``{tmp}`` becomes a fresh
 temporary folder and ``{unique}`` a fresh lower-case name. Without it, the
-tests run on the in-memory and SQLite stores. A listed store that cannot be
-reached is an error, never a skip.
+tests run on the in-memory and SQLite stores. It is the one variable every
+store test reads: an engine's own tests (``test_postgres.py``,
+``test_cassandra.py``) use its URL, and are reported as skipped when it lists
+none, or when the server does not answer; with ``CAIRN_FORBID_SKIPS=1`` (as
+in CI) those skips are failures.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from cairn.stores import Recorder, open_store
+from cairn.stores import Store
+from cairn.testing.plugin import FILLED, configured, fill, scheme, unavailable
 
-DEFAULT_STORES = "memory://,sqlite:///{tmp}/cairn.db"
-STORES = [
-    s.strip() for s in os.environ.get("CAIRN_TEST_STORES", DEFAULT_STORES).split(",") if s.strip()
-]
+pytest_plugins = ["cairn.testing.plugin"]
 
+STORES = configured()
 
-def scheme(url: str) -> str:
-    return url.split(":", 1)[0]
+__all__ = ["STORES", "concurrently", "engine_url", "fill", "scheme"]
 
 
-FILLED: list[str] = []  # URLs with a {unique} name, to drop at the end of the session
+@pytest.fixture
+def recorder(store: Store) -> Store:
+    """The old name of ``store``, for the tests that still use it."""
+    return store
 
 
-def fill(url: str, tmp: Path) -> str:
-    """A store URL with its placeholders filled in: a fresh, empty store."""
-    filled = url.replace("{tmp}", str(tmp)).replace("{unique}", "t" + uuid.uuid4().hex[:12])
-    if "{unique}" in url:
-        FILLED.append(filled)
-    return filled
+def engine_url(engine: str) -> str:
+    """The configured URL of an engine, for that engine's own tests (placeholders kept);
+    without one, the calling module is skipped (failed under CAIRN_FORBID_SKIPS=1)."""
+    for url in STORES:
+        if scheme(url) == engine:
+            return url
+    unavailable(f"no {engine}:// store in CAIRN_TEST_STORES", module=True)
+
+
+# Outage tests restart (or kill) servers: they run in a pytest run of their own.
+collect_ignore = []
+if os.environ.get("CAIRN_OUTAGE_TESTS") != "1":
+    collect_ignore += ["test_outages.py", "test_cluster.py"]
 
 
 def drop(url: str) -> None:
@@ -62,88 +71,13 @@ def drop(url: str) -> None:
             cluster.shutdown()
 
 
-@pytest.fixture(params=STORES, ids=scheme, scope="session")
-def store_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The URL of a fresh store of each configured kind, shared by the session's tests
-    (each test works on aggregates of its own, with fresh ids)."""
-    return fill(request.param, tmp_path_factory.mktemp(scheme(request.param)))
-
-
-@pytest.fixture(scope="session")
-def _session_recorders() -> Iterator[dict[str, Recorder]]:
-    opened: dict[str, Recorder] = {}
-    yield opened
-    for recorder in opened.values():
-        recorder.close()
-
-
-@pytest.fixture
-def recorder(store_url: str, _session_recorders: dict[str, Recorder]) -> Recorder:
-    """An open recorder on the session's store of each configured kind."""
-    if store_url not in _session_recorders:
-        _session_recorders[store_url] = open_store(store_url)
-    return _session_recorders[store_url]
-
-
-@pytest.fixture
-def fresh_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Like ``store_url``, but a store of its own for this one test."""
-    yield fill(request.param, tmp_path)
-
-
-@pytest.fixture
-def durable_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Like ``fresh_store_url``, for the stores that outlive a process (all but memory)."""
-    yield fill(request.param, tmp_path)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "fresh_store_url" in metafunc.fixturenames:
-        metafunc.parametrize("fresh_store_url", STORES, ids=scheme, indirect=True)
-    if "durable_store_url" in metafunc.fixturenames:
-        durable = [url for url in STORES if scheme(url) != "memory"]
-        metafunc.parametrize("durable_store_url", durable, ids=scheme, indirect=True)
-
-
-# Each engine's own tests run when that engine is among the stores under test.
-ENGINE_TESTS = {
-    "postgresql": ["test_postgres.py"],
-    "cassandra": ["test_cassandra.py", "test_cluster.py"],
-}
-collect_ignore = [
-    module
-    for engine, modules in ENGINE_TESTS.items()
-    if engine not in {scheme(u) for u in STORES}
-    for module in modules
-]
-# Outage tests restart (or kill) servers: they run in a pytest run of their own.
-if os.environ.get("CAIRN_OUTAGE_TESTS") != "1":
-    collect_ignore += ["test_outages.py", "test_cluster.py"]
-
-
-def engine_url(engine: str) -> str:
-    """The configured URL of an engine, for that engine's own tests (placeholders kept)."""
-    for url in STORES:
-        if scheme(url) == engine:
-            return url
-    raise LookupError(f"no {engine} store in CAIRN_TEST_STORES")
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Drop the schemas and keyspaces made for the session; with CAIRN_FORBID_SKIPS=1
-    (as in CI), a skipped test fails the run."""
+    """Drop the schemas and keyspaces made for the session."""
     for url in FILLED:
         try:
             drop(url)
         except Exception as exc:  # clean-up must not hide the tests' own outcome
             print(f"\ncould not drop the store of {url}: {exc}")
-    if os.environ.get("CAIRN_FORBID_SKIPS") != "1":
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter else []
-    if skipped:
-        print(f"\nCAIRN_FORBID_SKIPS=1: {len(skipped)} test(s) skipped, which counts as a failure")
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def concurrently(*calls: Callable[[], object]) -> None:

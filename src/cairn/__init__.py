@@ -2,34 +2,44 @@
 
 Aggregates publish their events in atomic batches with optimistic concurrency
 control; events and snapshots can be encrypted (AES-GCM) and compressed.
+Everything the documentation teaches is importable from here.
 """
+
+from typing import TYPE_CHECKING
 
 from cairn.application import (
     Application,
-    EventStore,
-    Feed,
+    Events,
     Repository,
-    SnapshotStore,
+    Snapshots,
     SnapshottingPolicy,
 )
-from cairn.crypto import AESCipher, KeyRing
+from cairn.crypto import AESCipher, DataKeys, KeyRing, cipher_from_env
 from cairn.domain import Aggregate, DomainEvent, Entity, attribute
 from cairn.errors import (
     AggregateDiscarded,
     AggregateForgotten,
     AggregateNotFound,
+    AllOrNoneUnsupported,
     CairnError,
     ConcurrencyError,
     EncodingError,
-    IntegrityError,
+    InvalidId,
+    KeyExhausted,
     NoApplication,
     OutcomeUnknown,
+    ProjectionError,
     StoreError,
     SubscriberError,
     TopicError,
+    UnreadableRecord,
 )
+from cairn.feed import Feed
 from cairn.mapping import JSONTranscoder, Mapper, Snapshot
-from cairn.stores import Record, Recorder, open_store
+from cairn.model import Model
+from cairn.projections import PostgresViews, Projection, ProjectionRunner, SQLiteViews, Views
+from cairn.renamed import module_aliases
+from cairn.stores import FeedPage, Record, Store, open_store
 
 __all__ = [
     "AESCipher",
@@ -37,29 +47,59 @@ __all__ = [
     "AggregateDiscarded",
     "AggregateForgotten",
     "AggregateNotFound",
+    "AllOrNoneUnsupported",
     "Application",
     "CairnError",
     "ConcurrencyError",
+    "DataKeys",
     "DomainEvent",
     "EncodingError",
     "Entity",
-    "EventStore",
+    "Events",
     "Feed",
-    "IntegrityError",
+    "FeedPage",
+    "InvalidId",
     "JSONTranscoder",
+    "KeyExhausted",
     "KeyRing",
     "Mapper",
+    "Model",
     "NoApplication",
     "OutcomeUnknown",
+    "PostgresViews",
+    "Projection",
+    "ProjectionError",
+    "ProjectionRunner",
     "Record",
-    "Recorder",
     "Repository",
+    "SQLiteViews",
     "Snapshot",
-    "SnapshotStore",
+    "Snapshots",
     "SnapshottingPolicy",
+    "Store",
     "StoreError",
     "SubscriberError",
     "TopicError",
+    "UnreadableRecord",
+    "Views",
     "attribute",
+    "cipher_from_env",
     "open_store",
 ]
+
+if TYPE_CHECKING:
+    EventStore = Events
+    IntegrityError = UnreadableRecord
+    Recorder = Store
+    SnapshotStore = Snapshots
+else:
+    __getattr__ = module_aliases(
+        __name__,
+        {
+            "EventStore": "Events",
+            "IntegrityError": "UnreadableRecord",
+            "Recorder": "Store",
+            "SnapshotStore": "Snapshots",
+        },
+        globals(),
+    )

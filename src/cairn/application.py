@@ -9,18 +9,20 @@ snapshot at or below the wanted version, then the events after it.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextvars import Token
 from types import TracebackType
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
-from cairn.domain import Aggregate, DomainEvent, open_applications, resolve_topic, topic_of
-from cairn.errors import AggregateForgotten, AggregateNotFound, ConcurrencyError, SubscriberError
-from cairn.mapping import Mapper, Snapshot
-from cairn.stores import Record, Recorder, open_store
+from cairn.domain import Aggregate, DomainEvent, open_applications, topic_of
+from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError, UnreadableRecord
+from cairn.feed import Feed, explained
+from cairn.mapping import MAX_PAYLOAD, Mapper, Snapshot
+from cairn.model import Declared, Model
+from cairn.renamed import Alias, module_aliases
+from cairn.stores import Store, aggregate_id, open_store
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,19 @@ A = TypeVar("A", bound=Aggregate)
 Subscriber = Callable[[Sequence[DomainEvent]], None]
 
 
-class EventStore:
-    """Domain events in, domain events out, over one recorder."""
+class Events:
+    """Domain events in, domain events out, over one store (formerly ``EventStore``)."""
 
-    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
-        self.recorder = recorder
+    recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
+
+    def __init__(self, store: Store, mapper: Mapper) -> None:
+        self.store = store
         self.mapper = mapper
 
-    def put(self, events: Sequence[DomainEvent]) -> None:
-        """Store a batch atomically (every event is mapped before anything is written)."""
-        self.recorder.append([self.mapper.to_record(e) for e in events])
+    def put(self, events: Sequence[DomainEvent], *, all_or_none: bool = True) -> None:
+        """Store a batch atomically (every event is mapped before anything is written);
+        ``all_or_none`` as :meth:`Application.save` says."""
+        self.store.append([self.mapper.to_record(e) for e in events], all_or_none=all_or_none)
 
     def get(
         self,
@@ -50,74 +55,33 @@ class EventStore:
     ) -> Iterator[DomainEvent]:
         """One aggregate's events in version order, decoded as they stream in."""
         to_event = self.mapper.to_event
-        for record in self.recorder.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
-            yield to_event(record)
-
-
-class Feed:
-    """Every event of the application's store, in one order that never changes.
-
-    Positions increase along the feed (they need not be consecutive). Keep the
-    last position you processed and read on from it: nothing is ever missed,
-    and nothing appears behind a position once it has been read past.
-    """
-
-    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
-        self.recorder = recorder
-        self.mapper = mapper
-
-    def read(self, after: int = 0, limit: int = 1000) -> list[tuple[int, DomainEvent]]:
-        """At most ``limit`` (position, event) pairs after position ``after``.
-
-        Events of forgotten aggregates (crypto-shredded) are passed over: their
-        positions stay, their content can no longer be read.
-        """
-        records = self.recorder.read_feed(after, limit)
-        to_event = self.mapper.to_event
         try:
-            return [(r.position, to_event(r)) for r in records]  # type: ignore[misc]
-        except AggregateForgotten:
-            return [(r.position, e) for r in records if (e := self._readable(r)) is not None]  # type: ignore[misc]
-
-    def _readable(self, record: Record) -> DomainEvent | None:
-        try:
-            return self.mapper.to_event(record)
-        except AggregateForgotten:
-            return None
-
-    def follow(
-        self,
-        after: int = 0,
-        *,
-        limit: int = 1000,
-        poll_interval: float = 0.1,
-        stop: threading.Event | None = None,
-    ) -> Iterator[tuple[int, DomainEvent]]:
-        """(position, event) pairs from ``after`` on, waiting for new ones until ``stop`` is set."""
-        stop = stop or threading.Event()
-        while not stop.is_set():
-            page = self.read(after, limit)
-            yield from page
-            if page:
-                after = page[-1][0]
-            if len(page) < limit:
-                stop.wait(poll_interval)
+            for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
+                yield to_event(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
 
-class SnapshotStore:
-    """Snapshots of aggregates' state (the seed's ``snapshot_strategy``)."""
+class Snapshots:
+    """Snapshots of aggregates' state (the seed's ``snapshot_strategy``; formerly
+    ``SnapshotStore``)."""
 
-    def __init__(self, recorder: Recorder, mapper: Mapper) -> None:
-        self.recorder = recorder
+    recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
+
+    def __init__(self, store: Store, mapper: Mapper) -> None:
+        self.store = store
         self.mapper = mapper
 
     def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot | None:
         """The newest snapshot taken at or below event version ``lte``, or None."""
-        record = self.recorder.get_snapshot(originator_id, lte=lte)
-        return None if record is None else self.mapper.to_snapshot(record)
+        record = self.store.get_snapshot(aggregate_id(originator_id), lte=lte)
+        try:
+            return None if record is None else self.mapper.to_snapshot(record)
+        except UnreadableRecord as exc:
+            raise explained(exc, self.mapper, self.store, originator_id) from None
 
     def put_snapshot(self, snapshot: Snapshot) -> None:
-        self.recorder.put_snapshot(self.mapper.snapshot_to_record(snapshot))
+        self.store.put_snapshot(self.mapper.snapshot_to_record(snapshot))
 
 
 class Repository(Generic[A]):
@@ -144,9 +108,10 @@ class Repository(Generic[A]):
         """The aggregate as it is now, or as it was after event version ``lte``.
 
         :class:`~cairn.AggregateNotFound` (a ``KeyError``) if it has no events
-        at or below ``lte``, or was discarded by then.
+        at or below ``lte``, or was discarded by then. :class:`~cairn.InvalidId` if
+        ``originator_id`` is not a UUID.
         """
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             at = "" if lte is None else f" at version {lte}"
             raise AggregateNotFound(f"aggregate {originator_id} not found{at}")
@@ -161,7 +126,7 @@ class Repository(Generic[A]):
 
     def take_snapshot(self, originator_id: UUID, lte: int | None = None) -> Snapshot:
         """Store a snapshot of the aggregate after event version ``lte`` (default: the latest)."""
-        aggregate = self._rebuild(originator_id, lte)
+        aggregate = self._rebuild(aggregate_id(originator_id), lte)
         if aggregate is None:
             raise AggregateNotFound(f"aggregate {originator_id} has no events to snapshot")
         snapshot = snapshot_of(aggregate)
@@ -177,10 +142,10 @@ class Repository(Generic[A]):
                 # Discarded by then: rebuild from events so the caller sees how far it got.
                 snapshot = None
             else:
-                aggregate = aggregate_from_snapshot(snapshot)
+                aggregate = aggregate_from_snapshot(snapshot, self.application.model)
                 gt = snapshot.originator_version
         for event in self.events.get(originator_id, gt=gt, lte=lte):
-            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+            aggregate = event.mutate(aggregate)
         return cast("A | None", aggregate)
 
 
@@ -196,9 +161,9 @@ def snapshot_of(aggregate: Aggregate) -> Snapshot:
     return Snapshot(aggregate._id, aggregate._version - 1, topic_of(type(aggregate)), state)
 
 
-def aggregate_from_snapshot(snapshot: Snapshot) -> Any:
-    """Rebuild an aggregate object from a snapshot's state."""
-    cls = resolve_topic(snapshot.topic)
+def aggregate_from_snapshot(snapshot: Snapshot, model: Model) -> Any:
+    """Rebuild an aggregate object from a snapshot's state (its class one of the model's)."""
+    cls = model.aggregate_class(snapshot.topic)
     aggregate = object.__new__(cls)
     aggregate.__dict__.update(snapshot.state or {})
     aggregate._pending_events = []
@@ -230,38 +195,54 @@ class Application:
     """An event-sourced application over one store.
 
     ``store`` is a store URL (else ``$CAIRN_STORE``, else a SQLite file in the
-    working folder) or an open :class:`Recorder`. ``cipher`` encrypts every
-    event and snapshot; ``always_encrypt`` also refuses unencrypted records on
-    read; ``compress`` zlib-compresses payloads; ``snapshot_every`` takes a
-    snapshot every N events; ``key_per_aggregate`` encrypts each aggregate with
-    a data key of its own, wrapped by ``cipher``, so that :meth:`forget` can
-    shred one. Use it as a context manager: inside ``with app:``
-    new aggregates are saved by ``aggregate.save()``.
+    working folder) or an open :class:`~cairn.stores.Store`. ``cipher`` encrypts
+    every event and snapshot, and then only what it sealed is read
+    (``always_encrypt`` is implied; False is refused: encrypt a plaintext store
+    with ``cairn rotate-key`` first); ``compress`` zlib-compresses payloads;
+    ``snapshot_every`` takes a snapshot every N events; ``key_per_aggregate``
+    encrypts each aggregate with a data key of its own, wrapped by ``cipher``,
+    so that :meth:`forget` can shred one. ``model`` declares classes, modules
+    or packages (by name: imported once, here) whose enums and value objects
+    stored data may build, beyond those defined beside the aggregate, event and
+    entity classes (see :class:`~cairn.model.Model`); ``max_payload`` bounds
+    one record's payload, in bytes. Use it as a context manager: inside ``with
+    app:`` new aggregates are saved by ``aggregate.save()``.
     """
+
+    recorder: Alias[Store] = Alias("store")  # deprecated: the old name of ``store``
 
     def __init__(
         self,
-        store: str | Recorder | None = None,
+        store: str | Store | None = None,
         *,
         cipher: Cipher | None = None,
-        always_encrypt: bool = False,
+        always_encrypt: bool | None = None,
         compress: bool = False,
         snapshot_every: int | None = None,
         key_per_aggregate: bool = False,
+        model: Model | Iterable[Declared] | None = None,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
-        self._owns_recorder = not isinstance(store, Recorder)  # close only what it opened
-        self.recorder = store if isinstance(store, Recorder) else open_store(store)
         if key_per_aggregate and cipher is None:
             raise ValueError(
                 "key_per_aggregate=True needs a cipher: the master key that wraps them"
             )
-        data_keys = DataKeys(cipher, self.recorder) if key_per_aggregate and cipher else None
+        Mapper.check_options(cipher, always_encrypt, max_payload)  # before a store is opened
+        self.model = Model.of(model)
+        self._owns_store = not isinstance(store, Store)  # close only what it opened
+        self.store = store if isinstance(store, Store) else open_store(store)
+        data_keys = DataKeys(cipher, self.store) if key_per_aggregate and cipher else None
         self.mapper = Mapper(
-            cipher=cipher, compress=compress, always_encrypt=always_encrypt, data_keys=data_keys
+            cipher=cipher,
+            compress=compress,
+            always_encrypt=always_encrypt,
+            data_keys=data_keys,
+            model=self.model,
+            max_payload=max_payload,
         )
-        self.events = EventStore(self.recorder, self.mapper)
-        self.snapshots = SnapshotStore(self.recorder, self.mapper)
-        self.feed = Feed(self.recorder, self.mapper)
+        self.events = Events(self.store, self.mapper)
+        self.snapshots = Snapshots(self.store, self.mapper)
+        self.feed = Feed(self.store, self.mapper)
         self.repository: Repository[Any] = Repository(self)
         self._subscribers: list[Subscriber] = []
         self._tokens: list[Token[tuple[Any, ...]]] = []
@@ -275,20 +256,28 @@ class Application:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.remove(subscriber)
 
-    def save(self, *aggregates: Aggregate) -> None:
-        """Store the pending events of these aggregates as one atomic batch.
+    def save(self, *aggregates: Aggregate, all_or_none: bool = True) -> None:
+        """Store the pending events of these aggregates as one atomic batch: all or none.
 
-        On SQLite, PostgreSQL and memory it is all or none. On Cassandra each
-        aggregate's batch is atomic on its own, and all are written at once; a
-        :class:`ConcurrencyError` then lists in ``stored`` the aggregates that
-        were stored.
+        Cassandra cannot store several aggregates all or none (it has no
+        multi-partition transactions): there, a save of more than one aggregate
+        raises :class:`~cairn.AllOrNoneUnsupported` and writes nothing. Save each
+        aggregate on its own, or make the change a process application
+        (``docs/processes.md``), or pass ``all_or_none=False``: each aggregate's
+        batch is then stored all or none on its own (all sent at once), and a
+        :class:`~cairn.ConcurrencyError` lists in ``stored`` the aggregates that
+        were stored. SQLite, PostgreSQL and memory take ``all_or_none=False`` and
+        stay all or none.
         """
         pending = [(a, a.collect_events()) for a in aggregates]
         events = [e for _, batch in pending for e in batch]
         if not events:
             return
+        if all_or_none and not self.store.atomic_across_aggregates:
+            # Before the events are mapped: mapping may store a new aggregate's data key.
+            self.store.check_all_or_none(list(dict.fromkeys(a.id for a, batch in pending if batch)))
         try:
-            self.events.put(events)
+            self.events.put(events, all_or_none=all_or_none)
         except ConcurrencyError as exc:
             self._stored([(a, b) for a, b in pending if a.id in exc.stored])
             raise
@@ -322,18 +311,20 @@ class Application:
         """Crypto-shred an aggregate: destroy its data key, so that its events and snapshots
         can no longer be read by anyone (the master key included). Needs
         ``key_per_aggregate=True``. The aggregate's versions stay, and the feed keeps its
-        positions; reading the aggregate raises :class:`~cairn.AggregateForgotten`."""
+        positions; reading the aggregate raises :class:`~cairn.AggregateForgotten`.
+        Refused (ValueError) for an aggregate with no data key of its own, such as one
+        created before ``key_per_aggregate`` was on, which the master key still reads."""
         if self.mapper.data_keys is None:
             raise ValueError(
                 "forget() needs an application with key_per_aggregate=True: "
                 "with one key for all aggregates, no one aggregate can be shredded"
             )
-        self.mapper.data_keys.forget(originator_id)
+        self.mapper.data_keys.forget(aggregate_id(originator_id))
 
     def close(self) -> None:
         """Close the store's connections (unless the store was opened by someone else)."""
-        if self._owns_recorder:
-            self.recorder.close()
+        if self._owns_store:
+            self.store.close()
 
     def __enter__(self) -> Any:
         self._tokens.append(open_applications.set((*open_applications.get(), self)))
@@ -347,3 +338,12 @@ class Application:
     ) -> None:
         open_applications.reset(self._tokens.pop())
         self.close()
+
+
+if TYPE_CHECKING:
+    EventStore = Events
+    SnapshotStore = Snapshots
+else:
+    __getattr__ = module_aliases(
+        __name__, {"EventStore": "Events", "SnapshotStore": "Snapshots"}, globals()
+    )

@@ -3,6 +3,11 @@
 Exit codes: 0 success; 1 a check found problems; 2 bad usage; 3 the work could
 not be done (store unreachable, bad key, ...). ``--json`` prints one JSON
 document on stdout; progress goes to stderr.
+
+A store's URL comes from the command line or ``$CAIRN_STORE`` (which keeps a
+password out of the process list). Only ``demo`` and ``copy``'s target ever
+create a store: every other command opens an existing one, or fails naming it.
+Whatever is printed from a store has its control characters escaped.
 """
 
 from __future__ import annotations
@@ -11,21 +16,35 @@ import argparse
 import base64
 import json
 import os
+import re
+import stat
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
-from cairn import AESCipher, Application, CairnError, ConcurrencyError, tools
-from cairn.crypto import Cipher, DataKeys, KeyRing
+from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
+from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
 from cairn.mapping import Mapper
-from cairn.stores import Record, Recorder, open_store, redact
+from cairn.model import Model
+from cairn.positions import PositionMap
+from cairn.projections import PostgresViews, SQLiteViews, Views
+from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
-KEY_ENV = "CAIRN_KEY"
-OLD_KEYS_ENV = "CAIRN_OLD_KEYS"
+MODEL_ENV = "CAIRN_MODEL"
+# C0 and C1 controls, DEL, and the Unicode line separators and bidirectional
+# overrides: a stored topic or value must not move the cursor, recolour, retitle
+# or reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+class UsageError(Exception):
+    """The command line is incomplete: exit 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,38 +55,89 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        resolve_stores(args)
         code: int = args.run(args)
-    except (CairnError, ValueError) as exc:
-        print(f"cairn {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        warn(args, str(exc))
+        return EXIT_USAGE
+    except (CairnError, ValueError, OSError) as exc:
+        warn(args, f"{type(exc).__name__}: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"cairn {args.command}: interrupted", file=sys.stderr)
+        warn(args, "interrupted")
         return 130
+    except Exception as exc:  # a bug: its traceback, with no password in it
+        warn(args, f"unexpected {type(exc).__name__}; the traceback follows")
+        for line in "".join(traceback.format_exception(exc)).splitlines():
+            say(scrub(line, *store_urls(args)), sys.stderr)
+        return EXIT_ERROR
     return code
 
 
-def parse_key(text: str) -> AESCipher:
-    """A key given as ``base64:...`` (as ``cairn key`` prints it) or as the key's own text."""
-    if text.startswith("base64:"):
-        return AESCipher(base64.b64decode(text.removeprefix("base64:"), validate=True))
-    return AESCipher(text)
+def warn(args: argparse.Namespace, message: str) -> None:
+    """``cairn COMMAND: message`` on stderr, with any password of the command's stores hidden."""
+    say(f"cairn {args.command}: {scrub(message, *store_urls(args))}", sys.stderr)
 
 
-def cipher_from_env() -> Cipher | None:
-    """The key in ``$CAIRN_KEY``, with the old keys of ``$CAIRN_OLD_KEYS`` (comma-separated)
-    in a key ring behind it when there are any."""
-    text = os.environ.get(KEY_ENV)
-    if not text:
-        return None
-    old = [parse_key(k) for k in os.environ.get(OLD_KEYS_ENV, "").split(",") if k]
-    return KeyRing(parse_key(text), *old) if old else parse_key(text)
+def say(line: str, out: TextIO | None = None) -> None:
+    """Print a line, its control characters escaped (``\\x1b``, ``\\u202e``)."""
+    print(printable(line), file=out or sys.stdout)
 
 
-def mapper_from_env(recorder: Recorder) -> Mapper:
-    """A mapper with the key in the environment, which also reads aggregates that have a
-    data key of their own (``key_per_aggregate``)."""
+def printable(text: str) -> str:
+    return _CONTROL.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text
+    )
+
+
+def store_urls(args: argparse.Namespace) -> list[str]:
+    """Every store URL the command was given, to hide their passwords from messages."""
+    urls = [getattr(args, name, None) for name in ("store", "source", "target", "views")]
+    return [u for u in (*urls, os.environ.get(STORE_ENV)) if isinstance(u, str)]
+
+
+def resolve_stores(args: argparse.Namespace) -> None:
+    """Fill in the store URL from ``$CAIRN_STORE`` where the command line leaves it out."""
+    if getattr(args, "urls", None) is not None:  # copy: [SRC_URL] DST_URL
+        if len(args.urls) > 2:
+            raise UsageError("give a source URL and a target URL, no more")
+        args.source, args.target = (None, *args.urls) if len(args.urls) == 1 else args.urls
+    for name in ("store", "source") if args.store_from_env or args.command == "copy" else ():
+        if hasattr(args, name) and not getattr(args, name):
+            url = os.environ.get(STORE_ENV)
+            if not url:
+                raise UsageError(f"name the store: give its URL, or set ${STORE_ENV}")
+            setattr(args, name, url)
+
+
+def existing(url: str) -> str:
+    """The URL with ``create=false``: the store must exist, and is never created (every
+    store accepts the option: ``docs/writing-a-store.md``)."""
+    return url + ("&" if "?" in url.rpartition("@")[2] else "?") + "create=false"
+
+
+def open_existing(url: str) -> Store:
+    """Open a store that must exist; the error says why a missing one is not created."""
+    try:
+        return open_store(existing(url))
+    except StoreError as exc:
+        raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
+
+
+def model_from_env() -> Model:
+    """The model of the application whose store is read: the modules or packages named in
+    ``$CAIRN_MODEL`` (comma-separated), imported once. A record never names what to import."""
+    return Model([name for name in os.environ.get(MODEL_ENV, "").split(",") if name])
+
+
+def mapper_from_env(store: Store) -> Mapper:
+    """A mapper with the key and model in the environment, which also reads aggregates
+    that have a data key of their own (``key_per_aggregate``). With a key, it reads only
+    what the key sealed (a Mapper with a cipher implies ``always_encrypt``): a plaintext
+    record is a problem, not data."""
     cipher = cipher_from_env()
-    return Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder) if cipher else None)
+    data_keys = DataKeys(cipher, store) if cipher else None
+    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env())
 
 
 class Progress:
@@ -108,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Event sourcing for Python: try cairn out, look inside a store, copy it, check it.",
         epilog=(
             f"Store URLs: memory://, sqlite:///file.db, postgresql://user:pw@host/db?schema=s, "
-            f"cassandra://host:9042/keyspace. Encrypted stores: put the key in ${KEY_ENV} "
-            f"(its text, or base64:... as 'cairn key' prints), and during a rotation the old "
-            f"keys in ${OLD_KEYS_ENV}. Exit codes: 0 ok, 1 problems "
-            "found, 2 bad usage, 3 could not do the work."
+            f"cassandra://host:9042/keyspace; left out, ${STORE_ENV} (which keeps a password "
+            f"out of the process list). Encrypted stores: put the key in ${KEY_ENV} (its "
+            f"text, or base64:... as 'cairn key' prints), and during a rotation the old keys "
+            f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. To decode records, "
+            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated). "
+            "Exit codes: 0 ok, 1 problems found, 2 bad usage, 3 could not do the work."
         ),
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
@@ -130,14 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         """A subcommand with the arguments most commands share."""
         sub = commands.add_parser(name, help=help, description=description)
         if store:
-            sub.add_argument("store", metavar="STORE_URL")
+            sub.add_argument("store", metavar="STORE_URL", nargs="?", help=f"default: ${STORE_ENV}")
         if aggregate:
             sub.add_argument("id", metavar="ID", type=UUID)
         if as_json:
             sub.add_argument("--json", action="store_true", help="print JSON")
         if quiet:
             sub.add_argument("--quiet", action="store_true", help="no progress on stderr")
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, store_from_env=store)
         return sub
 
     demo = command(
@@ -151,17 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--store",
-        default="sqlite:///cairn-demo.db",
-        help="store URL (default: %(default)s, a file in the working folder, made afresh)",
+        help="a new or empty store's URL (default: a new SQLite file in a temporary folder); "
+        "the demo deletes nothing and refuses a store that holds data",
     )
     key = command(
         "key",
         run_key,
         "print a new random AES key",
-        "Prints a new 256-bit key for $CAIRN_KEY.",
+        f"Prints a new 256-bit key (base64:...) for ${KEY_ENV}, or AESCipher(...).",
         store=False,
     )
     key.add_argument("--bytes", type=int, default=32, choices=(16, 24, 32), help="key size")
+    key.add_argument(
+        "--output",
+        metavar="FILE",
+        type=Path,
+        help="write it to a new file that only you can read (0600), not to stdout",
+    )
     aggregates = command(
         "aggregates",
         run_aggregates,
@@ -174,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         "events",
         run_events,
         "show the events of one aggregate",
-        f"Shows an aggregate's events, decoded (decrypted with ${KEY_ENV} when they are "
-        "encrypted), or as stored when they cannot be decoded.",
+        f"Shows an aggregate's events, decoded (with ${KEY_ENV}, only those it sealed), or "
+        "as stored when they cannot be decoded.",
         aggregate=True,
         as_json=True,
     )
@@ -201,12 +279,13 @@ def build_parser() -> argparse.ArgumentParser:
         run_verify,
         "check every record of a store (changes nothing)",
         "Reads every event and each aggregate's newest snapshot: checks that each decrypts "
-        f"(with ${KEY_ENV}) and decodes, and that each aggregate's versions have no gap. "
-        "Exits 1 if it finds a problem.",
+        f"(with ${KEY_ENV}: each must be sealed by it) and decodes, and that each aggregate's "
+        "versions have no gap. Without a key, records not encrypted in a store whose others "
+        "are encrypted are problems. Exits 1 if it finds a problem.",
         as_json=True,
         quiet=True,
     )
-    command(
+    rotate = command(
         "rotate-key",
         run_rotate_key,
         "re-encrypt every record with a new key (resumable)",
@@ -215,18 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
         "already under the new key are left alone, so it resumes after an interruption. "
         "Aggregates with a key of their own (key_per_aggregate) have that key re-wrapped "
         "instead, their records left as they are. "
-        "Meanwhile applications keep reading with KeyRing(new, *old).",
+        "Meanwhile applications keep reading with KeyRing(new, *old). A record that is not "
+        "encrypted is left as it is and reported (exit 1), unless --encrypt-plaintext.",
         as_json=True,
         quiet=True,
+    )
+    rotate.add_argument(
+        "--encrypt-plaintext",
+        action="store_true",
+        help="also encrypt records that are not encrypted: for a store being encrypted for "
+        "the first time (check it with 'cairn verify' first: any record in it gets sealed)",
     )
     forget = command(
         "forget",
         run_forget,
         "crypto-shred one aggregate (destroys its data key)",
-        "Destroys the data key of one aggregate of a store written with key_per_aggregate=True: "
-        "its events and snapshots can then be read by no one, the master key included; the "
-        "rest of the store, the feed and the versions stay. This cannot be undone, so it does "
-        "nothing without --yes.",
+        "Destroys the data key of one aggregate of a store written with key_per_aggregate=True, "
+        f"leaving a tombstone sealed by the master key in ${KEY_ENV}: its events and snapshots "
+        "can then be read by no one, the master key included; the rest of the store, the "
+        "feed and the versions stay. This cannot be undone, so it does nothing without --yes.",
         aggregate=True,
     )
     forget.add_argument("--yes", action="store_true", help="really destroy the key")
@@ -237,13 +323,36 @@ def build_parser() -> argparse.ArgumentParser:
         "Copies every event, in feed order, and each aggregate's newest snapshot, from one "
         "store to another (e.g. SQLite to Cassandra); records stay encrypted as they are. "
         "Run it again after an interruption: it resumes where it stopped. Verifies the "
-        "copy at the end.",
+        f"copy at the end. With one URL, it is the target, and the source is ${STORE_ENV}.",
         store=False,
         as_json=True,
         quiet=True,
     )
-    copy.add_argument("source", metavar="SRC_URL")
-    copy.add_argument("target", metavar="DST_URL")
+    copy.add_argument("urls", metavar="[SRC_URL] DST_URL", nargs="+")
+    copy.add_argument(
+        "--positions",
+        metavar="FILE",
+        type=Path,
+        help="also write where each event landed in the target's feed, for read models "
+        "(cairn move-positions): feed positions are a store's own",
+    )
+    move = command(
+        "move-positions",
+        run_move_positions,
+        "move read models' positions to the feed of a copy (dry run without --yes)",
+        "Moves each named projection's saved feed position, in the views at VIEWS_URL "
+        "(sqlite:///views.db or postgresql://...), from the source's feed to the copy's, "
+        "with the map that 'cairn copy --positions FILE' wrote; once per copy. Stop the "
+        "projections' runners first. Without --yes, says what it would do.",
+        store=False,
+        as_json=True,
+    )
+    move.add_argument("map", metavar="MAP_FILE", type=Path)
+    move.add_argument("views", metavar="VIEWS_URL")
+    move.add_argument(
+        "--projection", metavar="NAME", action="append", required=True, help="(repeatable)"
+    )
+    move.add_argument("--yes", action="store_true", help="really move them")
     ui = command(
         "ui",
         run_ui,
@@ -266,19 +375,42 @@ def build_parser() -> argparse.ArgumentParser:
 def emit(args: argparse.Namespace, document: Any, lines: Sequence[str]) -> None:
     """Print ``document`` as JSON with --json, else the human-readable lines."""
     if getattr(args, "json", False):
-        print(json.dumps(document, indent=2, default=str))
+        print(json.dumps(document, indent=2, default=str))  # (ASCII: controls as \\u escapes)
     else:
         for line in lines:
-            print(line)
+            say(line)
 
 
 def run_key(args: argparse.Namespace) -> int:
-    print("base64:" + base64.b64encode(AESCipher.generate_key(args.bytes)).decode())
+    key = "base64:" + base64.b64encode(AESCipher.generate_key(args.bytes)).decode()
+    if args.output is not None:
+        # Created for its owner only, and never over an existing file (another key).
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(key + "\n")
+        say(f"cairn key: a new key is in {args.output} (readable by you only)", sys.stderr)
+        return EXIT_OK
+    print(key)
+    if _shared_file(sys.stdout):
+        say(
+            "cairn key: the key went to a file that other users can read: "
+            "chmod 600 it, or use --output FILE",
+            sys.stderr,
+        )
     return EXIT_OK
 
 
+def _shared_file(out: TextIO) -> bool:
+    """Whether ``out`` is a regular file that users other than its owner may read."""
+    try:
+        mode = os.fstat(out.fileno()).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(mode) and bool(mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
 def run_aggregates(args: argparse.Namespace) -> int:
-    recorder = open_store(args.store)
+    recorder = open_existing(args.store)
     try:
         rows = []
         for n, originator_id in enumerate(tools.iter_aggregate_ids(recorder)):
@@ -310,17 +442,14 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
 
 
 def run_events(args: argparse.Namespace) -> int:
-    recorder = open_store(args.store)
+    recorder = open_existing(args.store)
     mapper = mapper_from_env(recorder)
     try:
         rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
     finally:
         recorder.close()
     if not rows:
-        print(
-            f"cairn events: no events of aggregate {args.id} in {redact(args.store)}",
-            file=sys.stderr,
-        )
+        warn(args, f"no events of aggregate {args.id} in {redact(args.store)}")
         return EXIT_PROBLEMS
     lines = []
     for row in rows:
@@ -336,7 +465,7 @@ def run_events(args: argparse.Namespace) -> int:
 
 
 def run_snapshots(args: argparse.Namespace) -> int:
-    recorder = open_store(args.store)
+    recorder = open_existing(args.store)
     mapper = mapper_from_env(recorder)
     rows = []
     try:
@@ -362,15 +491,25 @@ def run_snapshots(args: argparse.Namespace) -> int:
 def run_snapshot(args: argparse.Namespace) -> int:
     progress = Progress("snapshotting aggregates", args.quiet)
     cipher = cipher_from_env()
-    with Application(store=args.store, cipher=cipher, key_per_aggregate=cipher is not None) as app:
-        taken = tools.rebuild_snapshots(app, args.every, progress)
+    store = open_existing(args.store)
+    try:
+        # With a key, only what it sealed is read (the cipher implies always_encrypt).
+        with Application(
+            store=store,
+            cipher=cipher,
+            key_per_aggregate=cipher is not None,
+            model=model_from_env(),
+        ) as app:
+            taken = tools.rebuild_snapshots(app, args.every, progress)
+    finally:
+        store.close()
     progress.done(f"{taken:,} snapshots stored")
     return EXIT_OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
     progress = Progress("verifying aggregates", args.quiet)
-    recorder = open_store(args.store)
+    recorder = open_existing(args.store)
     try:
         report = tools.verify(recorder, mapper_from_env(recorder), progress)
     finally:
@@ -386,6 +525,8 @@ def run_verify(args: argparse.Namespace) -> int:
         summary += (
             f"; {report.encrypted_unchecked:,} encrypted records not decrypted (no ${KEY_ENV})"
         )
+    if report.plaintext and report.encrypted:
+        summary += f"; {report.plaintext:,} records not encrypted"
     document = {**vars(report), "forgotten_ids": sorted(str(i) for i in report.forgotten_ids)}
     emit(args, document, [*report.problems, summary])
     return EXIT_PROBLEMS if report.problems else EXIT_OK
@@ -394,16 +535,14 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_rotate_key(args: argparse.Namespace) -> int:
     cipher = cipher_from_env()
     if cipher is None:
-        print(
-            f"cairn rotate-key: put the new key in ${KEY_ENV}, the old ones in ${OLD_KEYS_ENV}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise UsageError(f"put the new key in ${KEY_ENV}, the old ones in ${OLD_KEYS_ENV}")
     progress = Progress("re-encrypting records", args.quiet)
-    recorder = open_store(args.store)
+    recorder = open_existing(args.store)
     try:
         mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder))
-        report = tools.rotate_key(recorder, mapper, progress)
+        report = tools.rotate_key(
+            recorder, mapper, progress, encrypt_plaintext=args.encrypt_plaintext
+        )
     finally:
         recorder.close()
     progress.done(f"{report.events:,} events re-encrypted")
@@ -413,35 +552,66 @@ def run_rotate_key(args: argparse.Namespace) -> int:
         f"aggregates' own keys; {report.current:,} events were already under the new key or "
         f"under their aggregate's key; {report.forgotten:,} aggregates were forgotten"
     )
-    emit(args, vars(report), [summary])
-    return EXIT_OK
+    if report.plaintext_encrypted:
+        summary += (
+            f"; encrypted {report.plaintext_encrypted:,} records that were not encrypted "
+            "(--encrypt-plaintext)"
+        )
+    lines = [*report.problems, summary]
+    if report.unknown_keys:
+        lines.append(old_keys_hint(report.unknown_keys))
+    emit(args, vars(report), lines)
+    return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def old_keys_hint(unknown_keys: dict[str, int]) -> str:
+    """What to do about records under keys that rotate-key was not given."""
+    under = ", ".join(f"{key_id} ({n:,})" for key_id, n in sorted(unknown_keys.items()))
+    given = f"${KEY_ENV} nor ${OLD_KEYS_ENV}" if os.environ.get(OLD_KEYS_ENV) else f"${KEY_ENV}"
+    return (
+        f"records and data keys left as they are are under key(s) {under} (key id: how "
+        f"many), which are not in {given}: put the old keys in ${OLD_KEYS_ENV} "
+        f"(comma-separated, as ${KEY_ENV} takes one), keep the new key in ${KEY_ENV}, "
+        "and run it again"
+    )
 
 
 def run_forget(args: argparse.Namespace) -> int:
-    recorder = open_store(args.store)
+    cipher = cipher_from_env()
+    if cipher is None:
+        raise UsageError(
+            f"put the master key in ${KEY_ENV}: it seals the tombstone that stands for the "
+            "destroyed key, so that no one without it can fake one"
+        )
+    recorder = open_existing(args.store)
     try:
-        wrapped = recorder.get_data_key(args.id)
-        if wrapped is None:
-            print(f"cairn forget: aggregate {args.id} has no data key of its own in {redact(args.store)}"
-                  " (was it written with key_per_aggregate=True?)", file=sys.stderr)  # fmt: skip
+        data_keys = DataKeys(cipher, recorder)
+        status = data_keys.status(args.id)
+        if status == "none":
+            warn(args, f"aggregate {args.id} has no data key of its own in {redact(args.store)} "
+                       "(does it exist? was it written with key_per_aggregate=True?): "
+                       "forgetting it would leave its records readable")  # fmt: skip
             return EXIT_PROBLEMS
-        if wrapped == b"":
-            print(f"aggregate {args.id} was already forgotten")
+        if status == "forgotten":
+            say(f"aggregate {args.id} was already forgotten")
             return EXIT_OK
         if not args.yes:
-            print(
-                f"would destroy the data key of aggregate {args.id}; run again with --yes to do it"
-            )
+            say(f"would destroy the data key of aggregate {args.id}; run again with --yes to do it")
             return EXIT_OK
-        recorder.forget_data_key(args.id)
+        data_keys.forget(args.id)
     finally:
         recorder.close()
-    print(f"aggregate {args.id} is forgotten: its data key is destroyed")
+    say(f"aggregate {args.id} is forgotten: its data key is destroyed")
     return EXIT_OK
 
 
 def run_copy(args: argparse.Namespace) -> int:
-    source, target = open_store(args.source), open_store(args.target)
+    source = open_existing(args.source)
+    try:
+        target = open_store(args.target)
+    except BaseException:
+        source.close()
+        raise
     try:
         progress = Progress("copying events", args.quiet)
         report = tools.copy_store(source, target, progress)
@@ -457,7 +627,12 @@ def run_copy(args: argparse.Namespace) -> int:
         f"{report.aggregates:,} aggregates from {redact(args.source)} to {redact(args.target)}; "
         + ("verified: identical" if not problems else f"{len(problems)} aggregates differ")
     )
-    emit(args, {**vars(report), "problems": problems}, [*problems, summary])
+    lines = [*problems, summary]
+    if args.positions is not None and problems:
+        lines.append(f"no position map written to {args.positions}: the copy differs")
+    elif args.positions is not None:
+        lines.append(map_positions(args, args.positions))
+    emit(args, {**vars(report), "problems": problems}, lines)
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
@@ -467,11 +642,77 @@ def run_ui(args: argparse.Namespace) -> int:
     return serve(args)
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    url: str = args.store
+def map_positions(args: argparse.Namespace, path: Path) -> str:
+    """Write the position map of the copy just made and verified; a line that says so."""
+    source, target = open_existing(args.source), open_existing(args.target)
+    try:
+        mapping = Progress("mapping feed positions", args.quiet)
+        positions = PositionMap.of_copy(source, target, mapping)
+        mapping.done(f"{len(positions):,} events")
+    finally:
+        source.close()
+        target.close()
+    positions.save(path)
+    return (
+        f"wrote the feed positions of {len(positions):,} events to {path}: move read models "
+        f"with cairn move-positions {path} VIEWS_URL --projection NAME"
+    )
+
+
+def open_views(url: str) -> Views[Any]:
+    """The views (read models and their positions) at ``sqlite:///FILE`` (an existing file)
+    or ``postgresql://...``."""
     if url.startswith("sqlite:///"):
-        for suffix in ("", "-wal", "-shm"):
-            Path(url.removeprefix("sqlite:///").partition("?")[0] + suffix).unlink(missing_ok=True)
+        path = url.removeprefix("sqlite:///")
+        if not os.path.isfile(path):
+            raise UsageError(f"{path}: no such views file")
+        return SQLiteViews(path)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresViews(url)
+    raise UsageError(f"views are sqlite:///FILE or postgresql://..., not {redact(url)!r}")
+
+
+def run_move_positions(args: argparse.Namespace) -> int:
+    positions = PositionMap.load(args.map)
+    views = open_views(args.views)
+    rows = []
+    for name in args.projection:
+        if args.yes:
+            old, new = views.move_position(name, positions)
+        else:
+            with views.transaction() as tx:
+                old = views.position(tx, name)
+            new = positions.translate(old)
+        rows.append({"projection": name, "from": old, "to": new, "moved": args.yes})
+    done = "moved" if args.yes else "would move (run again with --yes to move)"
+    emit(
+        args,
+        rows,
+        [
+            f"{done} {r['projection']} from position {r['from']} of {positions.source} "
+            f"to {r['to']} of {positions.target}"
+            for r in rows
+        ],
+    )
+    return EXIT_OK
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    url: str = args.store or f"sqlite:///{tempfile.mkdtemp(prefix='cairn-demo-')}/demo.db"
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///").partition("?")[0])
+        if path.exists():
+            raise UsageError(
+                f"{path} exists: the demo runs on a new store and deletes nothing; name a new "
+                "file, or leave out --store"
+            )
+    else:
+        recorder = open_store(url)
+        try:
+            if recorder.aggregate_ids(limit=1):
+                raise UsageError(f"{redact(url)} holds aggregates: the demo needs an empty store")
+        finally:
+            recorder.close()
     Demo(sys.stdout).run(url)
     return EXIT_OK
 
@@ -497,7 +738,7 @@ class Demo:
             self.say("\n1. Encryption")
             secret = create_example_aggregate(foo="secret info")
             secret.save()
-            item = app.entity_event_store.recorder.get_item(secret.id, eq=0)
+            item = app.entity_event_store.store.get_item(secret.id, eq=0)
             assert item is not None
             self.say(f"   saved aggregate {secret.id} with foo='secret info'")
             self.say(
@@ -568,8 +809,10 @@ class Demo:
             self.say(
                 f"   historical snapshot at or below event 3: version {old.originator_version}, foo={old.state['_foo']!r}"
             )
-        where = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else redact(url)
-        self.say(f"\nDone. The store is {where}; run 'cairn demo' again to start afresh.")
+        self.say(
+            f"\nDone. Look inside the store: cairn aggregates {redact(url)} "
+            "(and CAIRN_KEY=0123456789abcdef cairn events ... ID)"
+        )
 
 
 if __name__ == "__main__":

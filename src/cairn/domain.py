@@ -8,14 +8,25 @@ is stored atomically.
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, dataclass_transform
+from types import ModuleType
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Protocol,
+    Self,
+    TypeVar,
+    cast,
+    dataclass_transform,
+)
 from uuid import UUID, uuid4
 
-from cairn.errors import AggregateDiscarded, IntegrityError, NoApplication, TopicError
+from cairn.errors import AggregateDiscarded, NoApplication, TopicError, UnreadableRecord
+from cairn.stores.contract import aggregate_id
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -23,7 +34,12 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- topics
 
-_classes_by_topic: dict[str, type] = {}
+# Read through the C-level descriptors, so that finding a class runs no code of its
+# own (a lazy module's __getattribute__, a metaclass's property).
+_module_namespace = vars(ModuleType)["__dict__"].__get__
+_class_namespace = vars(type)["__dict__"].__get__
+_class_module = vars(type)["__module__"].__get__
+_class_qualname = vars(type)["__qualname__"].__get__
 
 
 def topic_of(cls: type) -> str:
@@ -31,23 +47,37 @@ def topic_of(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def resolve_topic(topic: str) -> type[Any]:
-    """The class a topic names; :class:`TopicError` naming the topic if there is none."""
-    try:
-        return _classes_by_topic[topic]
-    except KeyError:
-        pass
-    module_name, _, qualname = topic.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise TopicError(f"topic {topic!r} names no importable class: {exc}") from None
-    if not isinstance(obj, type):
-        raise TopicError(f"topic {topic!r} names {obj!r}, which is not a class")
-    _classes_by_topic[topic] = obj
-    return obj
+def shown(text: object, limit: int = 120) -> str:
+    """A stored name (a topic, a field's name) as a message may quote it: escaped, so that
+    no control character reaches a terminal, and cut short."""
+    quoted = ascii(text)
+    return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
+
+
+def find_class(topic: str) -> type | None:
+    """The class a topic names, if its module is loaded already; else None.
+
+    Nothing is imported and no attribute hook runs: the module is looked up in
+    ``sys.modules`` and each part of the qualified name in the namespace
+    (``vars()``) of the one before. The class found must carry that very name
+    itself, so that a module's alias of a class from elsewhere
+    (``from subprocess import Popen``) is never found under the module's name.
+    Which classes may be built is :class:`cairn.model.Model`'s to say.
+    """
+    module_name, sep, qualname = topic.partition(":")
+    module = sys.modules.get(module_name) if sep else None
+    if module is None or not issubclass(type(module), ModuleType):
+        return None
+    found: Any = None
+    namespace = _module_namespace(module)
+    for part in qualname.split("."):
+        found = namespace.get(part)
+        if found is None or not issubclass(type(found), type):
+            return None
+        namespace = _class_namespace(found)
+    if _class_module(found) != module_name or _class_qualname(found) != qualname:
+        return None
+    return cast("type", found)
 
 
 def utcnow() -> datetime:
@@ -77,6 +107,16 @@ class DomainEvent:
         # decorator on a subclass would silently drop its fields.
         dataclasses.dataclass(frozen=True, kw_only=True)(cls)
 
+    def mutate(self, aggregate: Any) -> Any:
+        """Apply this event to an aggregate (None before its creation); the aggregate after it.
+
+        Only aggregates' events (:class:`Aggregate.Event`) and fences can be applied.
+        """
+        raise UnreadableRecord(
+            f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+            f"{self.originator_version} is not an aggregate's event: it cannot be applied"
+        )
+
 
 class Fenced(DomainEvent):
     """A writer's batch at this version was abandoned and fenced off by a feed reader;
@@ -94,7 +134,7 @@ class Fenced(DomainEvent):
             return None
         version = None if aggregate is None else aggregate._version
         if version != self.originator_version:
-            raise IntegrityError(
+            raise UnreadableRecord(
                 f"aggregate {self.originator_id}: a fence has version "
                 f"{self.originator_version}, but the aggregate is at version {version}"
             )
@@ -166,8 +206,13 @@ class Aggregate:
         """Base class of an aggregate's events: checks the version, then applies itself."""
 
         def mutate(self, aggregate: Any) -> Any:
+            if aggregate is None:
+                raise UnreadableRecord(
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version}: the aggregate was never created"
+                )
             if aggregate._version != self.originator_version:
-                raise IntegrityError(
+                raise UnreadableRecord(
                     f"aggregate {self.originator_id}: event {type(self).__qualname__} has version "
                     f"{self.originator_version}, but the aggregate is at version {aggregate._version}"
                 )
@@ -185,8 +230,14 @@ class Aggregate:
         originator_topic: str
 
         def mutate(self, aggregate: Any = None) -> Any:
-            cls = resolve_topic(self.originator_topic)
-            new = object.__new__(cls)
+            cls = aggregate_class(self.originator_topic)
+            if cls is None:
+                raise TopicError(
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version} names {shown(self.originator_topic)} as the "
+                    "aggregate's class, which is no loaded Aggregate class"
+                )
+            new: Any = object.__new__(cls)
             new._id = self.originator_id
             new._version = 0
             new._created_on = self.timestamp
@@ -194,7 +245,16 @@ class Aggregate:
             new._pending_events = []
             new._application = None
             kwargs = {k: v for k, v in vars(self).items() if k not in _CREATED_FIELDS}
-            new.__init__(**kwargs)
+            try:
+                new.__init__(**kwargs)
+            except TypeError as exc:
+                if exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
+                    raise  # raised inside __init__: the class's own error
+                # The call itself failed: these fields do not fit this __init__.
+                raise UnreadableRecord(
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version}: its fields do not fit {cls.__qualname__}.__init__"
+                ) from None
             return super().mutate(new)
 
     class AttributeChanged(Event):
@@ -204,7 +264,15 @@ class Aggregate:
         value: Any
 
         def apply(self, aggregate: Any) -> None:
-            setattr(aggregate, self.name, self.value)
+            name = self.name
+            if type(name) is not str or name.startswith("__") or name in _BOOKKEEPING:
+                raise UnreadableRecord(
+                    f"event {type(self).__qualname__} of aggregate {self.originator_id} version "
+                    f"{self.originator_version} names no attribute that an event may set"
+                )
+            # Into the instance's dict, as attribute() reads it: a stored name never
+            # chooses a descriptor (a property's setter) to run.
+            vars(aggregate)[name] = self.value
 
     class Discarded(Event):
         """The aggregate was discarded: it can no longer be loaded or changed."""
@@ -216,11 +284,23 @@ class Aggregate:
         """Set up the aggregate's own state from the ``Created`` event's fields."""
 
     @classmethod
-    def create(cls, event_class: type[Aggregate.Created] | None = None, **kwargs: Any) -> Self:
-        """Create a new aggregate by triggering its ``Created`` event (pending until saved)."""
+    def create(
+        cls,
+        event_class: type[Aggregate.Created] | None = None,
+        *,
+        id: UUID | None = None,
+        **kwargs: Any,
+    ) -> Self:
+        """Create a new aggregate by triggering its ``Created`` event (pending until saved).
+
+        ``id`` is a new random UUID unless the application chooses one, e.g. from a key of
+        its own: ``uuid5(NAMESPACE, key)``. Saving a second aggregate with an id already
+        stored raises :class:`~cairn.ConcurrencyError`; an id that is not a UUID,
+        :class:`~cairn.InvalidId`.
+        """
         event_class = event_class or cls.Created
         event = event_class(
-            originator_id=uuid4(),
+            originator_id=uuid4() if id is None else aggregate_id(id),
             originator_version=0,
             timestamp=utcnow(),
             originator_topic=topic_of(cls),
@@ -243,7 +323,7 @@ class Aggregate:
             timestamp=utcnow(),
             **kwargs,
         )
-        event.mutate(self)  # type: ignore[attr-defined]
+        event.mutate(self)
         self._pending_events.append(event)
         return event
 
@@ -299,6 +379,22 @@ class Aggregate:
 
 
 _CREATED_FIELDS = frozenset(f.name for f in dataclasses.fields(Aggregate.Created))
+# The state every aggregate has, which only cairn sets.
+_BOOKKEEPING = frozenset(Aggregate.__annotations__) - {"_transient"}
+
+
+def aggregate_class(topic: object) -> type[Aggregate] | None:
+    """The loaded :class:`Aggregate` subclass a topic names (see :func:`find_class`), or None."""
+    cls = _aggregate_classes.get(topic) if type(topic) is str else None
+    if cls is None and type(topic) is str:
+        found = find_class(topic)
+        if found is None or not issubclass(found, Aggregate):
+            return None
+        cls = _aggregate_classes[topic] = found
+    return cls
+
+
+_aggregate_classes: dict[str, type[Aggregate]] = {}  # found ones only: bounded by the classes
 
 
 def attribute(getter: Callable[[Any], Any]) -> property:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from uuid import UUID
+
+from cairn.renamed import module_aliases
 
 
 class CairnError(Exception):
@@ -14,7 +17,8 @@ class ConcurrencyError(CairnError):
     """A batch collided with a stored version: a stale writer lost, nothing of its batch is stored.
 
     ``stored`` lists the aggregates of the same save that *were* stored (only ever
-    non-empty on stores that are atomic per aggregate, such as Cassandra).
+    non-empty for a save with ``all_or_none=False`` on a store that is atomic per
+    aggregate only, such as Cassandra).
     """
 
     def __init__(self, message: str, stored: Sequence[UUID] = ()) -> None:
@@ -22,8 +26,13 @@ class ConcurrencyError(CairnError):
         self.stored = tuple(stored)
 
 
-class IntegrityError(CairnError):
-    """A stored record failed to decrypt, authenticate or decode: never decoded into garbage."""
+class UnreadableRecord(CairnError):
+    """A stored record cannot be read back: it fails to decrypt, authenticate or decode
+    (tampered, under another key, copied from another record). Never decoded into garbage.
+
+    (Formerly ``IntegrityError``, a name that PEP 249 and ``sqlite3`` give to a violated
+    constraint; the old name still works, and warns.)
+    """
 
 
 class AggregateNotFound(CairnError, KeyError):
@@ -37,6 +46,11 @@ class AggregateForgotten(AggregateNotFound):
     """The aggregate's data key was destroyed: its events and snapshots can no longer be read."""
 
 
+class InvalidId(CairnError, TypeError):
+    """An aggregate id that is not a :class:`uuid.UUID` (a string, even a UUID's text): refused
+    by the application and by every store, before anything is read or written."""
+
+
 class AggregateDiscarded(CairnError):
     """A command was given to an aggregate that has been discarded."""
 
@@ -45,12 +59,19 @@ class EncodingError(CairnError, TypeError):
     """A value of an event or snapshot cannot be stored; nothing was written."""
 
 
-class TopicError(CairnError):
-    """A stored topic names a class that cannot be imported (renamed or removed)."""
+class TopicError(UnreadableRecord):
+    """A stored topic names no class of the application's model (renamed, removed, never
+    declared, or of the wrong kind): the record cannot be read."""
 
 
 class StoreError(CairnError):
     """A store cannot be opened or used: bad URL, unreachable server, full disk."""
+
+
+class AllOrNoneUnsupported(StoreError):
+    """A save of several aggregates asked all or none of a store that cannot store them so
+    (Cassandra: no multi-partition transactions); nothing was written. Save each aggregate
+    on its own, use a process application, or pass ``all_or_none=False``."""
 
 
 class OutcomeUnknown(StoreError):
@@ -63,3 +84,43 @@ class NoApplication(CairnError, RuntimeError):
 
 class SubscriberError(CairnError):
     """A subscriber failed after its batch was stored (the batch itself is safe)."""
+
+
+class ProjectionError(CairnError):
+    """A projection's own code raised: its runner stopped at this event, and the page it was
+    in was not committed, so a runner started again (once the code is fixed) resumes here.
+
+    ``projection`` (its name), ``after`` (the position committed before the page),
+    ``position``, ``topic``, ``originator_id`` and ``originator_version`` say where;
+    the message says it without the event's data. The projection's exception is the
+    ``__cause__``. ``position`` and the event's keys are None when ``setup`` raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        projection: str,
+        after: int,
+        position: int | None = None,
+        topic: str | None = None,
+        originator_id: UUID | None = None,
+        originator_version: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.projection = projection
+        self.after = after
+        self.position = position
+        self.topic = topic
+        self.originator_id = originator_id
+        self.originator_version = originator_version
+
+
+class KeyExhausted(CairnError):
+    """A key has encrypted as many messages as random 96-bit nonces allow (2**32): rotate it."""
+
+
+if TYPE_CHECKING:
+    IntegrityError = UnreadableRecord
+else:
+    __getattr__ = module_aliases(__name__, {"IntegrityError": "UnreadableRecord"}, globals())

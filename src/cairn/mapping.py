@@ -1,243 +1,64 @@
-"""Events and snapshots to stored records and back: transcode, then compress, then encrypt.
+"""Events and snapshots to stored records and back: the codec and the envelope, joined.
 
-The stored ``data`` of a record is one header byte (which steps were applied)
-followed by the payload. Ids, versions and topics stay readable in their own
-columns so that stores can index them; with a cipher, AES-GCM's associated
-data binds the payload to exactly those columns.
+Writing: the event's fields to JSON (:mod:`cairn.codec`), then sealed
+(:mod:`cairn.envelope`: compressed, encrypted, bound to the record). Ids,
+versions and topics stay readable in their own columns so that stores can
+index them. Reading goes in steps that each trust only what the one before
+checked:
+
+1. open: authenticate and decrypt (a record of an encrypted store means
+   nothing before this), decompress within ``max_payload``;
+2. parse the JSON;
+3. resolve the record's topic to a class of the application's model;
+4. decode the values (enums, value objects, entities: of the model only) and
+   build the event or snapshot.
+
+Every failure after the store returned the record is an
+:class:`~cairn.UnreadableRecord` (or its :class:`~cairn.TopicError`) that names
+the aggregate, version and topic, never the data.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import math
-import zlib
-from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
-from enum import Enum
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
-import orjson
+from cairn.codec import MAX_DEPTH, TAG, JSONTranscoder, error_name
+from cairn.crypto import Cipher, DataKeys
+from cairn.domain import Aggregate, DomainEvent, Fenced, shown
+from cairn.envelope import (
+    COMPRESS_MIN_SIZE,
+    COMPRESSED,
+    ENCRYPTED,
+    EVENT,
+    FENCE,
+    MAX_PAYLOAD,
+    SNAPSHOT,
+    Envelope,
+    unreadable,
+)
+from cairn.errors import CairnError, EncodingError, UnreadableRecord
+from cairn.model import Declared, Model
+from cairn.stores import FENCE_TOPIC, Record
 
-from cairn.crypto import KEY_ID_SIZE, Cipher, DataKeys
-from cairn.domain import DomainEvent, Entity, Fenced, resolve_topic, topic_of
-from cairn.errors import EncodingError, IntegrityError, TopicError
-from cairn.stores import Record
+__all__ = [
+    "COMPRESSED",
+    "COMPRESS_MIN_SIZE",
+    "ENCRYPTED",
+    "MAX_DEPTH",
+    "MAX_PAYLOAD",
+    "TAG",
+    "JSONTranscoder",
+    "Mapper",
+    "Snapshot",
+]
 
-_FENCED = topic_of(Fenced)
-
-# --------------------------------------------------------------------------- transcoding
-
-# Values JSON cannot carry exactly are written as {"#": tag, "v": value, ...}.
-TAG = "#"
-_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson writes as a plain number
-
-
-def _tagged(tag: str, value: Any) -> dict[str, Any]:
-    return {TAG: tag, "v": value}
-
-
-def _encode_datetime(value: datetime) -> dict[str, Any]:
-    if value.tzinfo is UTC:
-        # orjson writes a UTC datetime exactly as isoformat() does, several
-        # times faster: and every event's timestamp is one.
-        return {TAG: "dt", "v": value}
-    tagged = _tagged("dt", value.isoformat())
-    if isinstance(value.tzinfo, ZoneInfo):
-        # Keep the zone itself, not only today's offset; the wall time and fold
-        # then say exactly which instant (even in a DST gap or overlap).
-        tagged["z"] = value.tzinfo.key
-        if value.fold:
-            tagged["f"] = 1
-    return tagged
-
-
-_ENCODERS: dict[type, Callable[[Any], Any]] = {
-    UUID: lambda v: _tagged("uuid", str(v)),
-    datetime: _encode_datetime,
-    date: lambda v: _tagged("date", v.isoformat()),
-    time: lambda v: _tagged("time", v.isoformat()),
-    timedelta: lambda v: _tagged("td", [v.days, v.seconds, v.microseconds]),
-    Decimal: lambda v: _tagged("dec", str(v)),
-    bytes: lambda v: _tagged("bytes", base64.b64encode(v).decode()),
-    tuple: lambda v: _tagged("tuple", [encode_value(x) for x in v]),
-    set: lambda v: _tagged("set", [encode_value(x) for x in v]),
-    frozenset: lambda v: _tagged("frozenset", [encode_value(x) for x in v]),
-}
-
-
-def encode_value(value: Any) -> Any:
-    """A JSON-ready form of ``value`` that :func:`decode_value` turns back into an equal value."""
-    t = type(value)
-    if t is str or t is bool or value is None:
-        return value
-    if t is int:
-        return value if _INT_MIN <= value <= _INT_MAX else _tagged("int", str(value))
-    if t is float:
-        return value if math.isfinite(value) else _tagged("float", repr(value))
-    if t is list:
-        return [encode_value(x) for x in value]
-    if t is dict:
-        if TAG not in value and all(type(k) is str for k in value):
-            return {k: encode_value(v) for k, v in value.items()}
-        return _tagged("dict", [[encode_value(k), encode_value(v)] for k, v in value.items()])
-    encoder = _ENCODERS.get(t)
-    if encoder is not None:
-        return encoder(value)
-    return _encode_object(value)
-
-
-def _encode_object(value: Any) -> Any:
-    t = type(value)
-    if isinstance(value, Enum):
-        return {TAG: "enum", "t": topic_of(t), "v": encode_value(value.value)}
-    if dataclasses.is_dataclass(value):
-        fields = {f.name: encode_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {TAG: "obj", "t": topic_of(t), "v": fields}
-    if isinstance(value, Entity):
-        return {
-            TAG: "ent",
-            "t": topic_of(t),
-            "v": {k: encode_value(v) for k, v in vars(value).items()},
-        }
-    raise EncodingError(
-        f"cannot store a value of type {t.__module__}.{t.__qualname__}: {value!r:.80} "
-        "(store it as a value object: a frozen dataclass of storable fields)"
-    )
-
-
-def _decode_datetime(tagged: dict[str, Any]) -> datetime:
-    value = datetime.fromisoformat(tagged["v"])
-    zone = tagged.get("z")
-    if zone is None:
-        return value
-    return value.replace(tzinfo=ZoneInfo(zone), fold=tagged.get("f", 0))
-
-
-def _decode_object(tagged: dict[str, Any]) -> Any:
-    cls = resolve_topic(tagged["t"])
-    return cls(**{k: decode_value(v) for k, v in tagged["v"].items()})
-
-
-def _decode_entity(tagged: dict[str, Any]) -> Any:
-    cls = resolve_topic(tagged["t"])
-    entity = object.__new__(cls)
-    entity.__dict__.update((k, decode_value(v)) for k, v in tagged["v"].items())
-    return entity
-
-
-_DECODERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "uuid": lambda t: UUID(t["v"]),
-    "dt": _decode_datetime,
-    "date": lambda t: date.fromisoformat(t["v"]),
-    "time": lambda t: time.fromisoformat(t["v"]),
-    "td": lambda t: timedelta(*t["v"]),
-    "dec": lambda t: Decimal(t["v"]),
-    "bytes": lambda t: base64.b64decode(t["v"]),
-    "int": lambda t: int(t["v"]),
-    "float": lambda t: float(t["v"]),
-    "tuple": lambda t: tuple(decode_value(x) for x in t["v"]),
-    "set": lambda t: {decode_value(x) for x in t["v"]},
-    "frozenset": lambda t: frozenset(decode_value(x) for x in t["v"]),
-    "dict": lambda t: {decode_value(k): decode_value(v) for k, v in t["v"]},
-    "enum": lambda t: resolve_topic(t["t"])(decode_value(t["v"])),
-    "obj": _decode_object,
-    "ent": _decode_entity,
-}
-
-
-def decode_value(value: Any) -> Any:
-    """The value that :func:`encode_value` encoded."""
-    t = type(value)
-    if t is dict:
-        tag = value.get(TAG)
-        if tag is None:
-            return {k: decode_value(v) for k, v in value.items()}
-        try:
-            decoder = _DECODERS[tag]
-        except KeyError:
-            raise IntegrityError(f"unknown value tag {tag!r}") from None
-        return decoder(value)
-    if t is list:
-        return [decode_value(x) for x in value]
-    return value
-
-
-class JSONTranscoder:
-    """Dicts of Python values to JSON bytes (orjson) and back, without loss.
-
-    Round-trips UUID, datetime (with its zone), date, time, timedelta, Decimal,
-    Enum, tuple, set, bytes, big ints, non-finite floats, dicts with any keys,
-    value objects (dataclasses) and child entities.
-    """
-
-    def encode(self, fields: dict[str, Any]) -> bytes:
-        """JSON for a dict of named values; :class:`EncodingError` names the value at fault."""
-        encoded = {}
-        for name, value in fields.items():
-            t = type(value)
-            # Inline what most fields are (every event is encoded once, on the write path).
-            if t is str or t is bool or value is None:
-                encoded[name] = value
-            elif t is datetime:
-                encoded[name] = _encode_datetime(value)
-            else:
-                try:
-                    encoded[name] = encode_value(value)
-                except EncodingError as exc:
-                    raise EncodingError(f"{name!r}: {exc}") from None
-        return orjson.dumps(encoded)
-
-    def encode_value(self, value: Any) -> bytes:
-        return orjson.dumps(encode_value(value))
-
-    def decode(self, data: bytes) -> Any:
-        decoded = orjson.loads(data)
-        if type(decoded) is dict:
-            # The common case: a flat dict of fields, most of them plain JSON.
-            for name, value in decoded.items():
-                t = type(value)
-                if t is dict:
-                    # A datetime without a zone (every event's timestamp) is
-                    # decoded here, saving two calls per event on replay.
-                    if len(value) == 2 and value.get(TAG) == "dt":
-                        decoded[name] = datetime.fromisoformat(value["v"])
-                    else:
-                        decoded[name] = decode_value(value)
-                elif t is list:
-                    decoded[name] = decode_value(value)
-            return decoded
-        return decode_value(decoded)
-
-
-# --------------------------------------------------------------------------- records
-
-COMPRESSED = 0x01
-ENCRYPTED = 0x02
-_KNOWN_FLAGS = COMPRESSED | ENCRYPTED
-_HEADERS = [bytes((flags,)) for flags in range(_KNOWN_FLAGS + 1)]
-
-# Payloads shorter than this are stored uncompressed: zlib saves them a few
-# bytes at most (its own header and checksum take 6), and costs several
-# microseconds per record, more than AES-GCM does. PostgreSQL does the same
-# (TOAST tries compression only on large values).
-COMPRESS_MIN_SIZE = 128
-
-
-def _compress(payload: bytes) -> bytes:
-    """zlib, level 1, with a window just large enough for the payload.
-
-    Why not the default 32 KiB window: zlib allocates (and the C library maps
-    and unmaps) about 256 KiB of state per call for it, which costs more than
-    compressing a small payload. A window at least as long as the payload
-    finds the same matches; any zlib reader decompresses it.
-    """
-    # deflate keeps 262 bytes of look-ahead out of the window (MIN_LOOKAHEAD).
-    wbits = min(max((len(payload) + 262).bit_length(), 9), 15)
-    return zlib.compress(payload, 1, wbits)
+_COLUMNS = frozenset({"originator_id", "originator_version"})  # the record's, not the payload's
+# What a snapshot's state must hold, as every aggregate has it.
+_STATE_TYPES = {"_created_on": datetime, "_modified_on": datetime, "_is_discarded": bool}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,15 +76,51 @@ class Snapshot:
     state: dict[str, Any] | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _EventClass:
+    """What building events of one class needs, worked out once per topic."""
+
+    cls: type[DomainEvent]
+    names: frozenset[str]  # the fields a record's payload may carry
+    required: frozenset[str]  # ... and must
+    defaults: dict[str, Any]  # for fields added to the class after records were stored
+    factories: dict[str, Callable[[], Any]]
+    creates: bool  # a Created event: it names its aggregate's class
+    plain: bool  # none of the above to do: no defaults, no factories, not a Created event
+
+    @classmethod
+    def of(cls, event_class: type[DomainEvent]) -> _EventClass:
+        fields = [f for f in dataclasses.fields(event_class) if f.name not in _COLUMNS]
+        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+        factories = {
+            f.name: f.default_factory
+            for f in fields
+            if f.default_factory is not dataclasses.MISSING
+        }
+        creates = issubclass(event_class, Aggregate.Created)
+        return cls(
+            cls=event_class,
+            names=frozenset(f.name for f in fields),
+            required=frozenset(f.name for f in fields) - defaults.keys() - factories.keys(),
+            defaults=defaults,
+            factories=factories,
+            creates=creates,
+            plain=not (defaults or factories or creates),
+        )
+
+
 class Mapper:
     """Turns events and snapshots into :class:`Record` and back.
 
-    ``compress`` zlib-compresses payloads of ``COMPRESS_MIN_SIZE`` bytes and
-    more (kept only where it saves bytes);
-    ``cipher`` encrypts every payload; ``always_encrypt`` also refuses to read a
-    record that is not encrypted (so that a plaintext record slipped into the
-    store is reported, not trusted). With ``data_keys``, each aggregate's
-    payloads are encrypted with a key of its own instead (crypto-shredding).
+    ``model`` is the application's :class:`~cairn.model.Model` (or what to
+    declare in one): the classes records may build. ``compress``
+    zlib-compresses payloads of ``COMPRESS_MIN_SIZE`` bytes and more (kept only
+    where it saves bytes). ``cipher`` encrypts every payload, and then only
+    what it sealed is read: ``always_encrypt`` is implied, and False is
+    refused (a plaintext store is encrypted by ``cairn rotate-key`` first).
+    With ``data_keys``, each aggregate's payloads are encrypted with a key of
+    its own instead (crypto-shredding). ``max_payload`` bounds a payload, in
+    bytes, as written and as read back (decompressed).
     """
 
     def __init__(
@@ -272,19 +129,63 @@ class Mapper:
         *,
         cipher: Cipher | None = None,
         compress: bool = False,
-        always_encrypt: bool = False,
+        always_encrypt: bool | None = None,
         data_keys: DataKeys | None = None,
+        model: Model | Iterable[Declared] | None = None,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
-        if always_encrypt and cipher is None and data_keys is None:
-            raise ValueError("always_encrypt=True needs a cipher, e.g. cipher=AESCipher(key)")
-        self.transcoder = transcoder or JSONTranscoder()
-        self.cipher = cipher
-        self.data_keys = data_keys
-        self.compress = compress
-        self.always_encrypt = always_encrypt
+        keyed = cipher is not None or data_keys is not None
+        self.check_options(cipher or data_keys, always_encrypt, max_payload)
+        if transcoder is not None and model is not None and transcoder.model is not model:
+            raise ValueError("give the model to the transcoder or to the mapper, not both")
+        self.model = transcoder.model if transcoder is not None else Model.of(model)
+        self.transcoder = transcoder or JSONTranscoder(self.model)
+        self.envelope = Envelope(
+            cipher=cipher,
+            data_keys=data_keys,
+            compress=compress,
+            always_encrypt=keyed,
+            max_payload=max_payload,
+        )
+        self._max_payload = max_payload
+        self._seal = self.envelope.seal
+        self._open = self.envelope.open
+        self._parse = self.transcoder.parse
+        self._decode_fields = self.transcoder.decode_fields
         # Both directions of the topic lookup, cached: every record needs one.
-        self._event_classes: dict[str, tuple[type, dict[str, Any], frozenset[str]]] = {}
+        self._event_classes: dict[str, _EventClass] = {}
+        self._aggregate_topics: set[str] = set()  # checked, in Created events
         self._topics: dict[type, str] = {}
+
+    @staticmethod
+    def check_options(key: object, always_encrypt: bool | None, max_payload: int) -> None:
+        """:class:`ValueError` unless these options go together (``key``: a cipher, or None)."""
+        if always_encrypt and key is None:
+            raise ValueError("always_encrypt=True needs a cipher, e.g. cipher=AESCipher(key)")
+        if always_encrypt is False and key is not None:
+            raise ValueError(
+                "always_encrypt=False cannot go with a cipher: a store with a key reads only "
+                "what that key sealed. To encrypt a store written in plaintext, run "
+                "'cairn rotate-key' on it with the key in $CAIRN_KEY first (docs/rotate-keys.md)"
+            )
+        if max_payload < 1:
+            raise ValueError(f"max_payload must be a positive number of bytes, not {max_payload}")
+
+    @property
+    def cipher(self) -> Cipher | None:
+        return self.envelope.cipher
+
+    @property
+    def data_keys(self) -> DataKeys | None:
+        return self.envelope.data_keys
+
+    @property
+    def always_encrypt(self) -> bool:
+        return self.envelope.always_encrypt
+
+    @property
+    def max_payload(self) -> int:
+        return self.envelope.max_payload
 
     # ---- events
 
@@ -294,147 +195,118 @@ class Mapper:
         originator_id = fields.pop("originator_id")
         version = fields.pop("originator_version")
         cls = type(event)
-        topic = self._topics.get(cls) or self._topics.setdefault(cls, topic_of(cls))
+        topic = self._topics.get(cls) or self._topic(cls)
         try:
             payload = self.transcoder.encode(fields)
         except EncodingError as exc:
             raise EncodingError(
-                f"event {type(event).__qualname__} of aggregate {originator_id} "
-                f"version {version}: field {exc}"
+                f"event {cls.__qualname__} of aggregate {originator_id} version {version}: "
+                f"field {exc}"
             ) from None
-        return Record(
-            originator_id, version, topic, self._seal(payload, b"e", originator_id, version, topic)
-        )
+        if len(payload) > self._max_payload:
+            raise EncodingError(
+                f"event {cls.__qualname__} of aggregate {originator_id} version {version}: "
+                f"{self._too_large(payload)}"
+            )
+        data = self._seal(payload, EVENT, originator_id, version, topic)
+        return Record(originator_id, version, topic, data)
+
+    def _topic(self, cls: type[DomainEvent]) -> str:
+        """The event class's topic, checked to resolve back to it (or nothing is stored)."""
+        try:
+            topic = self._topics[cls] = self.model.check(cls, "event")
+        except UnreadableRecord as exc:
+            raise EncodingError(
+                f"cannot store an event of class {cls.__qualname__}: {exc}"
+            ) from None
+        return topic
 
     def to_event(self, record: Record) -> DomainEvent:
-        """The event a record holds; :class:`IntegrityError` or :class:`TopicError` if it can't be."""
-        if record.topic == _FENCED:
-            # A feed reader's fence: no data to decode or decrypt (no key needed).
+        """The event a record holds; :class:`UnreadableRecord` (or :class:`TopicError`) naming
+        the record if it can't be read."""
+        if record.topic == FENCE_TOPIC:
+            # A feed reader's fence: sealed by the key when the store has one.
+            self.envelope.open_fence(record)
             return Fenced(
                 originator_id=record.originator_id, originator_version=record.originator_version
             )
-        cls, defaults, required = self._event_classes.get(record.topic) or self._event_class(record)
-        fields = self._open(record, b"e", "event")
-        if type(fields) is not dict:
-            raise self._corrupt(record, "event", "payload is not a JSON object")
-        if not required <= fields.keys():
-            missing = ", ".join(sorted(required - fields.keys()))
-            raise self._corrupt(record, "event", f"it lacks the field(s) {missing}")
-        if defaults:
-            fields = {**defaults, **fields}
-        fields["originator_id"] = record.originator_id
-        fields["originator_version"] = record.originator_version
-        event: DomainEvent = object.__new__(cls)
-        # Why not cls(**fields): a frozen dataclass's __init__ costs a setattr
-        # per field, and replay decodes every event ever stored.
-        object.__setattr__(event, "__dict__", fields)
+        # The steps are inline, not a method each: replay decodes every event ever stored.
+        payload = self._open(record, EVENT)  # 1. authenticated, decompressed
+        try:
+            raw = self._parse(payload)  # 2. JSON
+            # (Schema evolution will upcast ``raw`` here, before the class is chosen.)
+            spec = self._event_classes.get(record.topic) or self._event_class(record.topic)  # 3.
+            if type(raw) is not dict or raw.keys() != spec.names:
+                _check_fields(spec, raw)  # not every field stored as the class has them
+            fields = self._decode_fields(raw)  # 4. values, then the event
+            if not spec.plain:
+                fields = self._complete(spec, fields)
+            fields["originator_id"] = record.originator_id
+            fields["originator_version"] = record.originator_version
+            event: DomainEvent = object.__new__(spec.cls)
+            # Why not cls(**fields): a frozen dataclass's __init__ costs a setattr
+            # per field.
+            object.__setattr__(event, "__dict__", fields)
+        except Exception as exc:
+            raise _unreadable(record, EVENT, exc) from None
         return event
 
-    def _event_class(self, record: Record) -> tuple[type, dict[str, Any], frozenset[str]]:
-        try:
-            cls = resolve_topic(record.topic)
-        except TopicError as exc:
-            raise TopicError(
-                f"event of aggregate {record.originator_id} version {record.originator_version}: {exc}"
-            ) from None
-        if not (isinstance(cls, type) and issubclass(cls, DomainEvent)):
-            raise TopicError(f"topic {record.topic!r} names {cls!r}, which is not a DomainEvent")
-        # Fields added to an event class after records were stored take their defaults.
-        fields = dataclasses.fields(cls)
-        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-        # What every stored event of the class must carry (the record's columns give the rest).
-        required = frozenset(
-            f.name
-            for f in fields
-            if f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-            and f.name not in ("originator_id", "originator_version")
-        )
-        self._event_classes[record.topic] = (cls, defaults, required)
-        return cls, defaults, required
+    def _complete(self, spec: _EventClass, fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields with the defaults of those not stored; a Created event's aggregate
+        class checked to be one of the model's."""
+        if spec.defaults:
+            fields = {**spec.defaults, **fields}
+        for name, factory in spec.factories.items():
+            if name not in fields:
+                fields[name] = factory()
+        if spec.creates and fields["originator_topic"] not in self._aggregate_topics:
+            self.model.aggregate_class(fields["originator_topic"])
+            self._aggregate_topics.add(fields["originator_topic"])  # found: one of the model's
+        return fields
+
+    def _event_class(self, topic: str) -> _EventClass:
+        spec = self._event_classes[topic] = _EventClass.of(self.model.event_class(topic))
+        return spec
 
     # ---- snapshots
 
     def snapshot_to_record(self, snapshot: Snapshot) -> Record:
+        """The record of a snapshot; :class:`EncodingError` names the snapshot at fault."""
         try:
             payload = self.transcoder.encode_value(snapshot.state)
+            if len(payload) > self._max_payload:
+                raise EncodingError(self._too_large(payload))
         except EncodingError as exc:
             raise EncodingError(
                 f"snapshot of aggregate {snapshot.originator_id} version "
                 f"{snapshot.originator_version}: {exc}"
             ) from None
-        data = self._seal(
-            payload, b"s", snapshot.originator_id, snapshot.originator_version, snapshot.topic
+        data = self.envelope.seal(
+            payload, SNAPSHOT, snapshot.originator_id, snapshot.originator_version, snapshot.topic
         )
         return Record(snapshot.originator_id, snapshot.originator_version, snapshot.topic, data)
 
     def to_snapshot(self, record: Record) -> Snapshot:
-        state = self._open(record, b"s", "snapshot")
-        if state is not None and type(state) is not dict:
-            raise self._corrupt(record, "snapshot", "state is not a JSON object")
+        """The snapshot a record holds: of an aggregate class of the model, with the state
+        of that aggregate at that version; :class:`UnreadableRecord` if it can't be read."""
+        payload = self.envelope.open(record, SNAPSHOT)
+        try:
+            raw = self.transcoder.parse(payload)
+            self.model.aggregate_class(record.topic)
+            state = None if raw is None else self.transcoder.from_json(raw, 0)
+            if state is not None:
+                _check_state(state, record)
+        except Exception as exc:
+            raise _unreadable(record, SNAPSHOT, exc) from None
         return Snapshot(record.originator_id, record.originator_version, record.topic, state)
 
-    # ---- the byte pipeline
+    # ---- fences
 
-    def _seal(
-        self, payload: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
-    ) -> bytes:
-        flags = 0
-        if self.compress and len(payload) >= COMPRESS_MIN_SIZE:
-            compressed = _compress(payload)
-            if len(compressed) < len(payload):
-                payload, flags = compressed, COMPRESSED
-        cipher = self.cipher
-        if self.data_keys is not None:
-            # An aggregate gets its own key with its first event; one created before
-            # key_per_aggregate was on stays under the master key.
-            own = self.data_keys.cipher(originator_id, create=kind == b"e" and version == 0)
-            cipher = own or self.cipher
-        if cipher is not None:
-            flags |= ENCRYPTED
-            header = _HEADERS[flags]
-            ad = _associated_data(header, kind, originator_id, version, topic)
-            return header + cipher.encrypt(payload, ad)
-        return _HEADERS[flags] + payload
-
-    def _open(self, record: Record, kind: bytes, what: str) -> Any:
-        data = record.data
-        if not data:
-            raise self._corrupt(record, what, "no data")
-        flags = data[0]
-        payload = data[1:]
-        if flags:  # plain JSON (0) is the common case without a cipher: no checks to make
-            if flags & ~_KNOWN_FLAGS:
-                raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
-            if flags & ENCRYPTED:
-                payload = self._decrypt(record, payload, kind, what)
-            elif self.always_encrypt:
-                raise self._corrupt(record, what, "it is not encrypted, and always_encrypt is on")
-        elif self.always_encrypt:
-            raise self._corrupt(record, what, "it is not encrypted, and always_encrypt is on")
-        try:
-            if flags & COMPRESSED:
-                payload = zlib.decompress(payload)
-            return self.transcoder.decode(payload)
-        except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise self._corrupt(record, what, f"cannot decode: {exc}") from None
-
-    def _decrypt(self, record: Record, payload: bytes, kind: bytes, what: str) -> bytes:
-        cipher = self.cipher
-        if self.data_keys is not None:  # the aggregate's own key, else the master key
-            cipher = self.data_keys.cipher(record.originator_id, create=False) or self.cipher
-        if cipher is None:
-            raise IntegrityError(
-                f"{what} of aggregate {record.originator_id} version "
-                f"{record.originator_version} is encrypted, and no cipher is configured"
-            )
-        ad = _associated_data(
-            record.data[:1], kind, record.originator_id, record.originator_version, record.topic
-        )
-        try:
-            return cipher.decrypt(payload, ad)
-        except IntegrityError as exc:
-            raise self._corrupt(record, what, str(exc)) from None
+    def fence(self, originator_id: UUID, version: int) -> Record:
+        """A fence at this version (a feed reader's no-op record): sealed with the key when
+        there is one, so that readers of an encrypted store can tell it from a forged one."""
+        data = self.envelope.seal_fence(originator_id, version, FENCE_TOPIC)
+        return Record(originator_id, version, FENCE_TOPIC, data)
 
     # ---- key rotation
 
@@ -443,49 +315,56 @@ class Mapper:
 
         The payload itself is not decoded: only decrypted (with whichever key of
         the key ring encrypted it) and encrypted again, bound to the same record.
-        A plain record is encrypted, so this also encrypts a store that was not.
-        With ``data_keys``, a record under its aggregate's own key is left alone
-        (None): rotating the master key re-wraps that key instead
-        (:meth:`~cairn.crypto.DataKeys.rewrap`).
+        A plain record is encrypted, so this also encrypts a store that was not;
+        an unsealed fence is left as it is (None). With ``data_keys``, a record
+        under its aggregate's own key is left alone (None): rotating the master
+        key re-wraps that key instead (:meth:`~cairn.crypto.DataKeys.rewrap`).
         """
-        if self.cipher is None:
-            raise ValueError("resealing needs a cipher, e.g. Mapper(cipher=KeyRing(new, old))")
-        kind, what = (b"s", "snapshot") if snapshot else (b"e", "event")
-        data = record.data
-        if not data:
-            raise self._corrupt(record, what, "no data")
-        flags, payload = data[0], data[1:]
-        if flags & ~_KNOWN_FLAGS:
-            raise self._corrupt(record, what, f"unknown format byte {flags:#04x}")
-        if flags & ENCRYPTED:
-            key_id = payload[:KEY_ID_SIZE]
-            if key_id == self.cipher.key_id or key_id == self._own_key_id(record.originator_id):
-                return None
-            payload = self._decrypt(record, payload, kind, what)
-        header = _HEADERS[flags | ENCRYPTED]
-        ad = _associated_data(
-            header, kind, record.originator_id, record.originator_version, record.topic
-        )
-        sealed = header + self.cipher.encrypt(payload, ad)
+        kind = SNAPSHOT if snapshot else FENCE if record.topic == FENCE_TOPIC else EVENT
+        sealed = self.envelope.reseal(record, kind)
+        if sealed is None:
+            return None
         return Record(record.originator_id, record.originator_version, record.topic, sealed)
 
-    def _own_key_id(self, originator_id: UUID) -> bytes | None:
-        own = self.data_keys.cipher(originator_id, create=False) if self.data_keys else None
-        return None if own is None else own.key_id
-
-    @staticmethod
-    def _corrupt(record: Record, what: str, reason: str) -> IntegrityError:
-        return IntegrityError(
-            f"{what} of aggregate {record.originator_id} version {record.originator_version} "
-            f"({record.topic}) is unreadable: {reason}"
+    def _too_large(self, payload: bytes) -> str:
+        return (
+            f"its payload of {len(payload):,} bytes is larger than the "
+            f"{self._max_payload:,} bytes allowed (max_payload)"
         )
 
 
-def _associated_data(
-    header: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
-) -> bytes:
-    # Binds the ciphertext to its record: moving it to another aggregate,
-    # version, topic or kind (event/snapshot) makes authentication fail.
-    return b"".join(
-        (header, kind, originator_id.bytes, version.to_bytes(8, "big", signed=True), topic.encode())
-    )
+def _check_fields(spec: _EventClass, raw: Any) -> None:
+    """A payload carries no field its event class lacks, and every field it needs."""
+    if type(raw) is not dict:
+        raise UnreadableRecord("its payload is not a JSON object")
+    if not raw.keys() <= spec.names:
+        unknown = min(raw.keys() - spec.names)
+        raise UnreadableRecord(f"{spec.cls.__qualname__} has no field {shown(unknown, 40)}")
+    if not spec.required <= raw.keys():
+        missing = ", ".join(sorted(spec.required - raw.keys()))
+        raise UnreadableRecord(f"it lacks the field(s) {missing}")
+
+
+def _check_state(state: Any, record: Record) -> None:
+    """A snapshot's state is the state of the aggregate and version its record names."""
+    if type(state) is not dict:
+        raise UnreadableRecord("its state is not a dict of attributes")
+    originator_id = state.get("_id")
+    if type(originator_id) is not UUID or originator_id != record.originator_id:
+        raise UnreadableRecord("its state is of another aggregate")
+    version = state.get("_version")
+    if type(version) is not int or version != record.originator_version + 1:
+        raise UnreadableRecord("its state is of another version")
+    for name, kind in _STATE_TYPES.items():
+        if type(state.get(name)) is not kind:
+            raise UnreadableRecord(f"its state's {name} is not a {kind.__name__}")
+
+
+def _unreadable(record: Record, kind: bytes, exc: Exception) -> CairnError:
+    """The error for a record whose payload failed to decode, as raised or for ``exc``."""
+    if isinstance(exc, UnreadableRecord):  # cairn's own: its reason, with the record's name
+        return type(exc)(str(unreadable(record, kind, str(exc))))
+    if isinstance(exc, CairnError):  # e.g. AggregateForgotten: as it is
+        return exc
+    # Not the exception's text: it may quote the data.
+    return unreadable(record, kind, f"its payload cannot be decoded ({error_name(exc)})")

@@ -15,10 +15,16 @@ import sqlite3
 from typing import Any
 from uuid import UUID, uuid4
 
-from cairn import Aggregate, Application, Entity, SnapshottingPolicy, attribute
-from cairn.application import Repository
-from cairn.domain import DomainEvent
-from cairn.projections import Projection
+from cairn import (
+    Aggregate,
+    Application,
+    DomainEvent,
+    Entity,
+    Projection,
+    Repository,
+    SnapshottingPolicy,
+    attribute,
+)
 
 
 class Example(Entity):
@@ -98,10 +104,17 @@ class EverythingApplication(Application):
 class ExampleIndex(Projection[sqlite3.Connection]):
     """A read model of the example aggregates: one row each, kept by following the feed.
 
-    Run it with ``ProjectionRunner(app.feed, ExampleIndex(), SQLiteViews(path))``.
+    Run it with ``ProjectionRunner(app.feed, ExampleIndex(), SQLiteViews(path))``. It is
+    given only the events it declares in ``topics``: the store passes over the others.
     """
 
     name = "example_index"
+    topics = (
+        ExampleAggregateRoot.Created,
+        ExampleAggregateRoot.AttributeChanged,
+        ExampleAggregateRoot.ExampleCreated,
+        ExampleAggregateRoot.Discarded,
+    )
     SCHEMA = (
         "CREATE TABLE IF NOT EXISTS example_index (id TEXT PRIMARY KEY, foo TEXT, "
         "examples INTEGER NOT NULL DEFAULT 0, version INTEGER NOT NULL, discarded INTEGER NOT NULL DEFAULT 0)"

@@ -1,43 +1,56 @@
-"""The in-memory store: for tests and examples; gone when the process ends."""
+"""The in-memory store: for tests and examples; gone when the process ends.
+
+URL: ``memory://`` (each open is a new, empty store). Its one option is every store's
+``create``, which means nothing here: there is nothing to create before it is used.
+"""
 
 from __future__ import annotations
 
 import bisect
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from cairn.errors import ConcurrencyError
-from cairn.stores import Record, Recorder
+from cairn.renamed import module_aliases
+from cairn.stores.contract import FeedPage, Record, Store, aggregate_id, check_ids, filter_feed
+from cairn.stores.failures import already_stored, repeated
+from cairn.stores.urls import Options
 
 
-class MemoryRecorder(Recorder):
+class MemoryStore(Store):
     """Per aggregate, its stored versions (sorted) and their records, behind one lock."""
+
+    durable = False
 
     def __init__(self) -> None:
         self.url = "memory://"
         self._lock = threading.Lock()
         self._events: dict[UUID, tuple[list[int], list[Record]]] = {}
-        self._snapshots: dict[UUID, dict[int, Record]] = {}
         self._feed: list[Record] = []  # the record at position p is at index p - 1
         self._feed_index: dict[tuple[UUID, int], int] = {}
+        self._snapshots: dict[UUID, dict[int, Record]] = {}
         self._data_keys: dict[UUID, bytes] = {}
 
     @classmethod
-    def from_url(cls, url: str) -> MemoryRecorder:
+    def from_url(cls, url: str) -> MemoryStore:
+        Options(url, url.partition("?")[2], known=("create",)).flag("create", True)
         return cls()
 
-    def append(self, records: Sequence[Record]) -> None:
+    # -- events
+
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+        check_ids(records)
         with self._lock:
             # Check the whole batch before changing anything: all or none.
             seen: set[tuple[UUID, int]] = set()
             for r in records:
                 key = (r.originator_id, r.originator_version)
-                if key in seen or key in self._feed_index:
-                    raise ConcurrencyError(
-                        f"aggregate {r.originator_id}: version {r.originator_version} "
-                        "is already stored (stale writer?)"
-                    )
+                if key in self._feed_index:
+                    raise ConcurrencyError(already_stored(*key))
+                if key in seen:
+                    raise ConcurrencyError(repeated(*key))
                 seen.add(key)
             for r in records:
                 versions, stored = self._events.setdefault(r.originator_id, ([], []))
@@ -51,18 +64,6 @@ class MemoryRecorder(Recorder):
                     )
                 )
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
-        with self._lock:
-            return self._feed[max(after, 0) : max(after, 0) + limit]
-
-    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
-        with self._lock:
-            ids = sorted(
-                (i for i, (v, _) in self._events.items() if v[0] == 0), key=lambda i: i.bytes
-            )
-        start = 0 if after is None else bisect.bisect_right(ids, after.bytes, key=lambda i: i.bytes)
-        return ids[start : start + limit]
-
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
@@ -74,21 +75,21 @@ class MemoryRecorder(Recorder):
                 return stored[max(start, stop - limit) : stop][::-1]
             return stored[start : min(stop, start + limit)]
 
-    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
-        replaced = 0
+    # -- snapshots
+
+    def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
         with self._lock:
-            for old, new in changes:
-                key = (old.originator_id, old.originator_version)
-                at = self._feed_index.get(key)
-                if at is None or self._feed[at].data != old.data:
-                    continue
-                versions, stored = self._events[old.originator_id]
-                stored[bisect.bisect_left(versions, old.originator_version)] = Record(
-                    *key, old.topic, new.data
-                )
-                self._feed[at] = Record(*key, old.topic, new.data, at + 1)
-                replaced += 1
-        return replaced
+            self._snapshots.setdefault(record.originator_id, {})[record.originator_version] = record
+
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        aggregate_id(originator_id)
+        with self._lock:
+            snapshots = self._snapshots.get(originator_id, {})
+            versions = [v for v in snapshots if lte is None or v <= lte]
+            return snapshots[max(versions)] if versions else None
+
+    # -- data keys
 
     def get_data_key(self, originator_id: UUID) -> bytes | None:
         with self._lock:
@@ -109,12 +110,45 @@ class MemoryRecorder(Recorder):
             self._data_keys[originator_id] = new
             return True
 
-    def put_snapshot(self, record: Record) -> None:
-        with self._lock:
-            self._snapshots.setdefault(record.originator_id, {})[record.originator_version] = record
+    # -- the feed
 
-    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
+        return filter_feed(self._feed_slice, after, limit, topics)
+
+    def _feed_slice(self, after: int, limit: int) -> list[Record]:
         with self._lock:
-            snapshots = self._snapshots.get(originator_id, {})
-            versions = [v for v in snapshots if lte is None or v <= lte]
-            return snapshots[max(versions)] if versions else None
+            return self._feed[after : after + limit]
+
+    # -- scanning and rewriting
+
+    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
+        with self._lock:
+            ids = sorted(
+                (i for i, (v, _) in self._events.items() if v[0] == 0), key=lambda i: i.bytes
+            )
+        start = 0 if after is None else bisect.bisect_right(ids, after.bytes, key=lambda i: i.bytes)
+        return ids[start : start + limit]
+
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        replaced = 0
+        with self._lock:
+            for old, new in changes:
+                key = (old.originator_id, old.originator_version)
+                at = self._feed_index.get(key)
+                if at is None or self._feed[at].data != old.data:
+                    continue
+                versions, stored = self._events[old.originator_id]
+                stored[bisect.bisect_left(versions, old.originator_version)] = Record(
+                    *key, old.topic, new.data
+                )
+                self._feed[at] = Record(*key, old.topic, new.data, at + 1)
+                replaced += 1
+        return replaced
+
+
+if TYPE_CHECKING:
+    MemoryRecorder = MemoryStore
+else:
+    __getattr__ = module_aliases(__name__, {"MemoryRecorder": "MemoryStore"}, globals())

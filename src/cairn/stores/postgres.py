@@ -5,13 +5,16 @@ out comes from libpq's ``PG*`` environment variables (``PGHOST``, ``PGPORT``,
 ``PGUSER``, ``PGPASSWORD``, ``PGDATABASE``...) or ``~/.pgpass``, so
 ``postgresql://?schema=name`` is a whole URL. cairn's own query parameters:
 
-- ``schema=NAME`` (default ``public``): where the tables live;
-- ``create=false``: never create the schema or its tables (a missing one is an error);
+- ``schema=NAME`` (default ``public``): where the tables live. Left out, the store says
+  so: it logs a warning (once per URL and process), and the URL in its messages (and
+  its ``url``) ends ``schema=public``, so that no one mistakes whose tables they are;
+- ``create=false``: never create the schema or its tables, nor widen a table made
+  with 32-bit versions (a missing or narrow one is an error);
 - ``pool_min=N``, ``pool_max=N`` (default 1 and 10): connections kept open, and at most;
 - ``pool_timeout=SECONDS`` (default 30): how long an operation waits for a free connection.
 
-Every other parameter (``sslmode``, ``connect_timeout``, ``application_name``...)
-goes to libpq as it is.
+Every other parameter must be one of libpq's (``sslmode``, ``connect_timeout``,
+``application_name``...), and goes to libpq as it is.
 
 A save is one transaction, checked by the primary key (originator id, version): a
 collision is a ConcurrencyError and nothing of the batch is stored. A connection lost
@@ -25,26 +28,33 @@ does not fail on a connection a server restart has closed.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
 from weakref import WeakKeyDictionary
 
 import psycopg
-from psycopg import errors, sql
+from psycopg import errors, pq, sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
-from cairn.stores import Record, Recorder, query_params, redact
+from cairn.errors import OutcomeUnknown, StoreError
+from cairn.renamed import module_aliases
+from cairn.stores.contract import MAX_VERSION, FeedPage, Record, Store, aggregate_id, check_ids
+from cairn.stores.failures import DriverErrors, refusal
+from cairn.stores.urls import Options, redact
 
 # All of the store's SQL, in one place. {schema} is the schema's quoted name.
 SELECT_SCHEMA = "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)"
+# The tables, each with the type of its originator_version column (if it has one).
 SELECT_TABLES = (
-    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "SELECT c.relname, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'originator_version' "
     "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots', 'data_keys')"
 )
 # Two processes running CREATE ... IF NOT EXISTS at once can still collide in the
@@ -56,13 +66,13 @@ CREATE_TABLES = (
     """CREATE TABLE IF NOT EXISTS {schema}.events (
         position bigint NOT NULL,
         originator_id uuid NOT NULL,
-        originator_version integer NOT NULL,
+        originator_version bigint NOT NULL,
         topic text NOT NULL,
         data bytea NOT NULL,
         PRIMARY KEY (originator_id, originator_version))""",
     """CREATE TABLE IF NOT EXISTS {schema}.snapshots (
         originator_id uuid NOT NULL,
-        originator_version integer NOT NULL,
+        originator_version bigint NOT NULL,
         topic text NOT NULL,
         data bytea NOT NULL,
         PRIMARY KEY (originator_id, originator_version))""",
@@ -74,6 +84,9 @@ CREATE_TABLES = (
     """CREATE INDEX IF NOT EXISTS events_aggregates ON {schema}.events (originator_id)
         WHERE originator_version = 0""",
 )
+# Tables made when versions were 32-bit integers take 64-bit ones, as every store's.
+WIDEN_VERSION = "ALTER TABLE {schema}.{table} ALTER COLUMN originator_version TYPE bigint"
+VERSIONED = ("events", "snapshots")
 # The feed. Sequence numbers are taken in one order and committed in another, so
 # a position is the writing transaction's id (xid8, 64-bit, never reused) shifted
 # left 20 bits, plus the event's index in its batch; readers read only below the
@@ -92,7 +105,7 @@ COPY_EVENTS = (
     "COPY {schema}.events (originator_id, originator_version, topic, data, position) "
     "FROM STDIN (FORMAT BINARY)"
 )
-COPY_TYPES = ("uuid", "int4", "text", "bytea", "int8")
+COPY_TYPES = ("uuid", "int8", "text", "bytea", "int8")
 # The page is cut at the snapshot's xmin outside the LIMIT subquery: as two
 # bounds on one column, the planner estimates a range without statistics
 # (a new table, before autovacuum's first ANALYZE) at 0.5% of the rows, and
@@ -104,6 +117,19 @@ SELECT_FEED = (
     "WHERE position > %s ORDER BY position LIMIT %s) page "
     f"WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
     "ORDER BY position"
+)
+# Filtered by topic, the same page, and beside it ``seen``: the last event below the
+# horizon, which a short page has looked at (and past) in full. It is an event's
+# position, so that it moves only when events are stored (xmin moves with every
+# transaction of the server). A LEFT JOIN, so that an empty page still says it.
+SELECT_FEED_OF_TOPICS = (
+    "SELECT h.seen, p.position, p.originator_id, p.originator_version, p.topic, p.data FROM ("
+    "SELECT (SELECT max(position) FROM {schema}.events WHERE position < x.horizon) AS seen "
+    f"FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS} "
+    "AS horizon) x) h LEFT JOIN ("
+    "SELECT position, originator_id, originator_version, topic, data FROM {schema}.events "
+    "WHERE position > %s AND topic = ANY(%s) ORDER BY position LIMIT %s) p "
+    "ON p.position <= h.seen ORDER BY p.position"
 )
 SELECT_IDS = (
     "SELECT originator_id FROM {schema}.events WHERE originator_version = 0 "
@@ -149,15 +175,19 @@ SELECT_SNAPSHOT = (
 # INSERT 28k, COPY 24k, executemany 23k; 1000-event batches COPY 212k, INSERT 90k,
 # executemany 85k; INSERT and COPY cross near 15 events).
 MULTI_ROW_MAX = 16
-OWN_PARAMS = ("schema", "create", "pool_min", "pool_max", "pool_timeout")
+DEFAULT_SCHEMA = "public"
+log = logging.getLogger(__name__)
+_told_default_schema: set[str] = set()  # URLs whose default schema was logged
+OPTIONS = ("schema", "create", "pool_min", "pool_max", "pool_timeout")
+LIBPQ_PARAMS = frozenset(o.keyword.decode() for o in pq.Conninfo.get_defaults())
 CONNECT_TIMEOUT = 10  # seconds; libpq would wait forever, psycopg 130 s
 IDLE_CHECK = 5.0  # seconds unused after which a pooled connection is checked before use
-_MAX_VERSION = 2**31 - 1  # originator_version is an integer column
 
 
-class PostgresRecorder(Recorder):
-    """Tables ``events`` and ``snapshots`` in one schema. Connections come from a pool,
-    in autocommit mode: a read is one round trip, a batch one explicit transaction.
+class PostgresStore(Store):
+    """Tables ``events``, ``snapshots`` and ``data_keys`` in one schema. Connections come
+    from a pool, in autocommit mode: a read is one round trip, a batch one explicit
+    transaction.
     """
 
     def __init__(
@@ -174,6 +204,7 @@ class PostgresRecorder(Recorder):
         self.url = redact(url or conninfo)
         self.schema = schema
         self._conninfo = conninfo
+        self._errors = DriverErrors(self.url, psycopg.Error, _reason)
         self._kwargs: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in conninfo and "PGCONNECT_TIMEOUT" not in os.environ:
             self._kwargs["connect_timeout"] = CONNECT_TIMEOUT
@@ -195,35 +226,33 @@ class PostgresRecorder(Recorder):
         self._pool.open(wait=False)
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresRecorder:
+    def from_url(cls, url: str) -> PostgresStore:
         base, _, query = url.partition("?")
-        params = query_params(query)
-        own = {name: params.pop(name) for name in OWN_PARAMS if name in params}
-        conninfo = f"{base}?{urlencode(params, quote_via=quote)}" if params else base
-        try:
-            pool_min = int(own.get("pool_min", 1))
-            pool_max = int(own.get("pool_max", 10))
-            pool_timeout = float(own.get("pool_timeout", 30))
-        except ValueError:
-            raise StoreError(
-                f"bad PostgreSQL URL {redact(url)!r}: pool_min and pool_max must be whole "
-                "numbers, pool_timeout a number of seconds"
-            ) from None
-        if not 0 <= pool_min <= pool_max or pool_max < 1:
-            raise StoreError(
-                f"bad PostgreSQL URL {redact(url)!r}: need 0 <= pool_min <= pool_max and "
-                f"pool_max >= 1, not pool_min={pool_min}, pool_max={pool_max}"
+        options = Options(
+            url,
+            query,
+            OPTIONS,
+            passed_on=LIBPQ_PARAMS,
+            passed_on_as="libpq's connection parameters (sslmode, connect_timeout...)",
+        )
+        pool_min = options.count("pool_min", 1, minimum=0)
+        pool_max = options.count("pool_max", 10)
+        assert pool_min is not None and pool_max is not None
+        if pool_min > pool_max:
+            raise options.error(
+                f"need pool_min <= pool_max, not pool_min={pool_min}, pool_max={pool_max}"
             )
-        create = own.get("create", "true").lower()
-        if create not in ("true", "false", "1", "0", "yes", "no"):
-            raise StoreError(f"bad PostgreSQL URL {redact(url)!r}: create must be true or false")
+        libpq = options.passed_on()
+        schema = options.text("schema")
+        if schema is None:
+            schema, url = DEFAULT_SCHEMA, _with_default_schema(url)
         return cls(
-            conninfo,
-            schema=own.get("schema") or "public",
-            create=create in ("true", "1", "yes"),
+            f"{base}?{urlencode(libpq, quote_via=quote)}" if libpq else base,
+            schema=schema,
+            create=options.flag("create", True),
             pool_min=pool_min,
             pool_max=pool_max,
-            pool_timeout=pool_timeout,
+            pool_timeout=options.seconds("pool_timeout", 30.0),
             url=url,
         )
 
@@ -241,19 +270,18 @@ class PostgresRecorder(Recorder):
             raise StoreError(f"{self.url}: cannot connect to PostgreSQL: {reason}") from exc
 
     def _ensure_tables(self, conn: psycopg.Connection[Any], create: bool) -> None:
-        """Create the schema and tables unless they exist; if ``create`` is off, say which is missing."""
-        try:
-            found = {name for (name,) in conn.execute(SELECT_TABLES, (self.schema,))}
-            if found == set(TABLES):
+        """Create the schema and tables unless they exist, and widen 32-bit versions; if
+        ``create`` is off, say what is missing or narrow instead."""
+        failure = f"cannot create the tables in schema {self.schema!r}"
+        with self._errors(failure):
+            found = dict(conn.execute(SELECT_TABLES, (self.schema,)).fetchall())
+            narrow = [t for t in VERSIONED if found.get(t) == "integer"]
+            if set(found) == set(TABLES) and not narrow:
                 return
             row = conn.execute(SELECT_SCHEMA, (self.schema,)).fetchone()
             schema_exists = bool(row and row[0])
             if not create:
-                missing = ", ".join(t for t in TABLES if t not in found)
-                what = f"has no table {missing}" if schema_exists else "does not exist"
-                raise StoreError(
-                    f"{self.url}: schema {self.schema!r} {what}, and create=false forbids creating it"
-                )
+                raise StoreError(self._cannot_create(found, narrow, schema_exists))
             with conn.transaction():
                 conn.execute(LOCK_SCHEMA, (f"cairn.{self.schema}",))
                 # Checked first: CREATE SCHEMA needs a right on the database even if it exists.
@@ -261,24 +289,30 @@ class PostgresRecorder(Recorder):
                     conn.execute(self._sql.create_schema)
                 for statement in self._sql.create_tables:
                     conn.execute(statement)
-        except psycopg.Error as exc:
-            raise StoreError(
-                f"{self.url}: cannot create the tables in schema {self.schema!r}: {_reason(exc)}"
-            ) from exc
+                # Read again under the lock: another process may have widened them.
+                found = dict(conn.execute(SELECT_TABLES, (self.schema,)).fetchall())
+                for table in VERSIONED:
+                    if found.get(table) == "integer":
+                        conn.execute(self._sql.widen_version[table])
+
+    def _cannot_create(self, found: dict[str, str], narrow: list[str], schema_exists: bool) -> str:
+        missing = ", ".join(t for t in TABLES if t not in found)
+        if not schema_exists:
+            what = "does not exist"
+        elif missing:
+            what = f"has no table {missing}"
+        else:
+            what = f"has 32-bit versions in {', '.join(narrow)}, to be widened to bigint"
+        return f"{self.url}: schema {self.schema!r} {what}, and create=false forbids creating it"
 
     @contextmanager
     def _connection(self, failure: str) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; a driver error in the block becomes a StoreError saying ``failure``."""
-        try:
-            with self._pool.connection() as conn:
-                try:
-                    yield conn
-                finally:
-                    self._last_used[conn] = time.monotonic()
-        except (PoolTimeout, PoolClosed) as exc:
-            raise StoreError(f"{self.url}: {failure}: no connection: {exc}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"{self.url}: {failure}: {_reason(exc)}") from exc
+        with self._errors(failure), self._pool.connection() as conn:
+            try:
+                yield conn
+            finally:
+                self._last_used[conn] = time.monotonic()
 
     def _check_if_idle(self, conn: psycopg.Connection[Any]) -> None:
         """Called by the pool before it lends a connection. One left unused for a while
@@ -288,9 +322,12 @@ class PostgresRecorder(Recorder):
         if time.monotonic() - self._last_used.get(conn, 0.0) > IDLE_CHECK:
             conn.execute("")
 
-    def append(self, records: Sequence[Record]) -> None:
+    # -- events
+
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
+        check_ids(records)
         if len(records) >= 1 << TXID_BITS:
             raise StoreError(
                 f"{self.url}: a batch of {len(records)} events is too large for one save "
@@ -307,7 +344,7 @@ class PostgresRecorder(Recorder):
                     self._insert(conn, rows)
                     committing = True  # the block's end sends COMMIT
             except errors.UniqueViolation:
-                raise ConcurrencyError(self._conflict(conn, records)) from None
+                raise refusal(records, lambda i, vs: self._first_stored(conn, i, vs)) from None
             except psycopg.Error as exc:
                 if committing and conn.broken:
                     # COMMIT was sent but its answer lost: the server may have committed.
@@ -336,18 +373,11 @@ class PostgresRecorder(Recorder):
             for *row, index in rows:
                 copy.write_row((*row, base + index))
 
-    def _conflict(self, conn: psycopg.Connection[Any], records: Sequence[Record]) -> str:
-        """Say which of the batch's versions are already stored (the error path only)."""
-        for originator_id in dict.fromkeys(r.originator_id for r in records):
-            versions = [r.originator_version for r in records if r.originator_id == originator_id]
-            row = conn.execute(
-                self._sql.select_stored_version, (originator_id, versions)
-            ).fetchone()
-            if row and row[0] is not None:
-                return (
-                    f"aggregate {originator_id}: version {row[0]} is already stored (stale writer?)"
-                )
-        return "the batch repeats a version (aggregate and version given twice)"
+    def _first_stored(
+        self, conn: psycopg.Connection[Any], originator_id: UUID, versions: list[int]
+    ) -> int | None:
+        row = conn.execute(self._sql.select_stored_version, (originator_id, versions)).fetchone()
+        return None if row is None else row[0]
 
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
@@ -356,7 +386,7 @@ class PostgresRecorder(Recorder):
         params = (
             originator_id,
             -1 if gt is None else gt,
-            _MAX_VERSION if lte is None else lte,
+            MAX_VERSION if lte is None else lte,
             limit,
         )
         with self._connection(f"cannot read aggregate {originator_id}") as conn:
@@ -364,22 +394,21 @@ class PostgresRecorder(Recorder):
             rows = conn.execute(query, params, binary=True).fetchall()
         return [Record(originator_id, v, t, d) for v, t, d in rows]
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
-        with self._connection("cannot read the feed") as conn:
-            rows = conn.execute(self._sql.select_feed, (after, limit), binary=True).fetchall()
-        return [Record(i, v, t, d, p) for p, i, v, t, d in rows]
+    # -- snapshots
 
-    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
-        start = UUID(int=0) if after is None else after
-        with self._connection("cannot list aggregates") as conn:
-            return [i for (i,) in conn.execute(self._sql.select_ids, (start, limit))]
+    def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
+        row = (record.originator_id, record.originator_version, record.topic, record.data)
+        with self._connection(f"the snapshot of {record.originator_id} was not stored") as conn:
+            conn.execute(self._sql.upsert_snapshot, row)
 
-    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
-        rows = [
-            (new.data, old.originator_id, old.originator_version, old.data) for old, new in changes
-        ]
-        with self._connection("nothing was rewritten") as conn, conn.transaction():
-            return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        params = (aggregate_id(originator_id), MAX_VERSION if lte is None else lte)
+        with self._connection(f"cannot read snapshots of {originator_id}") as conn:
+            row = conn.execute(self._sql.select_snapshot, params, binary=True).fetchone()
+        return None if row is None else Record(originator_id, row[0], row[1], row[2])
+
+    # -- data keys
 
     def get_data_key(self, originator_id: UUID) -> bytes | None:
         with self._connection("cannot read a data key") as conn:
@@ -404,16 +433,43 @@ class PostgresRecorder(Recorder):
             cursor = conn.execute(self._sql.replace_data_key, (new, originator_id, old))
             return cursor.rowcount == 1
 
-    def put_snapshot(self, record: Record) -> None:
-        row = (record.originator_id, record.originator_version, record.topic, record.data)
-        with self._connection(f"the snapshot of {record.originator_id} was not stored") as conn:
-            conn.execute(self._sql.upsert_snapshot, row)
+    # -- the feed
 
-    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        params = (originator_id, _MAX_VERSION if lte is None else lte)
-        with self._connection(f"cannot read snapshots of {originator_id}") as conn:
-            row = conn.execute(self._sql.select_snapshot, params, binary=True).fetchone()
-        return None if row is None else Record(originator_id, row[0], row[1], row[2])
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
+        if topics is not None:
+            return self._read_feed_of(after, limit, topics)
+        with self._connection("cannot read the feed") as conn:
+            rows = conn.execute(self._sql.select_feed, (after, limit), binary=True).fetchall()
+        records = [Record(i, v, t, d, p) for p, i, v, t, d in rows]
+        return FeedPage(records, rows[-1][0] if rows else after, caught_up=len(rows) < limit)
+
+    def _read_feed_of(self, after: int, limit: int, topics: tuple[str, ...]) -> FeedPage[Record]:
+        params = (after, list(topics), limit)
+        with self._connection("cannot read the feed") as conn:
+            rows = conn.execute(self._sql.select_feed_of_topics, params, binary=True).fetchall()
+        seen = rows[0][0] if rows else None
+        records = [Record(i, v, t, d, p) for _, p, i, v, t, d in rows if p is not None]
+        if len(records) == limit:
+            return FeedPage(records, records[-1].position or after, caught_up=False)
+        return FeedPage(records, max(after, seen or 0), caught_up=True)
+
+    # -- scanning and rewriting
+
+    def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
+        start = UUID(int=0) if after is None else after
+        with self._connection("cannot list aggregates") as conn:
+            return [i for (i,) in conn.execute(self._sql.select_ids, (start, limit))]
+
+    def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
+        rows = [
+            (new.data, old.originator_id, old.originator_version, old.data) for old, new in changes
+        ]
+        with self._connection("nothing was rewritten") as conn, conn.transaction():
+            return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
+
+    # -- closing
 
     def close(self) -> None:
         self._pool.close()
@@ -432,6 +488,7 @@ class _Statements:
 
         self.create_schema = render(CREATE_SCHEMA)
         self.create_tables = [render(t) for t in CREATE_TABLES]
+        self.widen_version = {t: render(WIDEN_VERSION, table=t) for t in VERSIONED}
         self.insert_events = {
             n: render(INSERT_EVENTS, rows=", ".join([EVENT_ROW] * n))
             for n in range(1, MULTI_ROW_MAX + 1)
@@ -441,6 +498,7 @@ class _Statements:
         self.select_events_desc = render(SELECT_EVENTS, order="DESC")
         self.select_stored_version = render(SELECT_STORED_VERSION)
         self.select_feed = render(SELECT_FEED)
+        self.select_feed_of_topics = render(SELECT_FEED_OF_TOPICS)
         self.select_ids = render(SELECT_IDS)
         self.rewrite_event = render(REWRITE_EVENT)
         self.select_data_key = render(SELECT_DATA_KEY)
@@ -449,6 +507,21 @@ class _Statements:
         self.replace_data_key = render(REPLACE_DATA_KEY)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
+
+
+def _with_default_schema(url: str) -> str:
+    """The URL, naming the schema it leaves out (for messages), said once in the log."""
+    shown = redact(url)
+    if shown not in _told_default_schema:
+        _told_default_schema.add(shown)
+        log.warning(
+            "%s names no schema: the store is in schema %s, the default (name one with "
+            "?schema=NAME; ?schema=%s says it is meant)",
+            shown,
+            DEFAULT_SCHEMA,
+            DEFAULT_SCHEMA,
+        )
+    return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
 
 
 def _batch_names(records: Sequence[Record]) -> str:
@@ -461,11 +534,19 @@ def _batch_names(records: Sequence[Record]) -> str:
     return ", ".join(parts)
 
 
-def _reason(exc: psycopg.Error) -> str:
+def _reason(exc: BaseException) -> str:
     """The server's message, else libpq's on one line without the lines it repeats
-    (one per address tried)."""
-    if exc.diag.message_primary:
+    (one per address tried); for the pool's errors, that no connection was to be had."""
+    if isinstance(exc, PoolTimeout | PoolClosed):
+        return f"no connection: {exc}"
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
         return exc.diag.message_primary
     text = str(exc).removeprefix("connection failed: ")
     lines = (" ".join(line.split()) for line in text.splitlines())
     return " ".join(dict.fromkeys(line for line in lines if line))
+
+
+if TYPE_CHECKING:
+    PostgresRecorder = PostgresStore
+else:
+    __getattr__ = module_aliases(__name__, {"PostgresRecorder": "PostgresStore"}, globals())

@@ -1,20 +1,34 @@
 """The SQLite store: the embedded default. One file, WAL mode, safe for threads and processes.
 
 URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with
-optional ``?synchronous=full|normal`` (default full, as SQLite's own default)
-and ``?timeout=SECONDS`` (how long a writer waits for the file's write lock).
+optional ``?synchronous=off|normal|full|extra`` (default full, as SQLite's own
+default), ``?timeout=SECONDS`` (default 30: how long a writer waits for the
+file's write lock) and ``?create=false`` (never create the file or its tables:
+a missing one is an error).
+
+A new file is created readable and writable by its owner only (0600, or less
+if the umask says so); SQLite gives its -wal and -shm files the same mode.
+Deleted content is overwritten (``secure_delete``), and replacing a data key
+(forgetting, re-wrapping) truncates the WAL, so that no copy of a destroyed
+key stays in the files.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from urllib.parse import quote
 from uuid import UUID
 
-from cairn.errors import ConcurrencyError, StoreError
-from cairn.stores import Record, Recorder, query_params
+from cairn.errors import StoreError
+from cairn.renamed import module_aliases
+from cairn.stores.contract import MAX_VERSION, FeedPage, Record, Store, aggregate_id, check_ids
+from cairn.stores.failures import DriverErrors, refusal
+from cairn.stores.urls import Options
 
 # All of the store's SQL, in one place.
 SCHEMA = (
@@ -44,9 +58,14 @@ SELECT_EVENTS = (
     "SELECT originator_version, topic, data FROM events WHERE originator_id = ? "
     "AND originator_version > ? AND originator_version <= ? ORDER BY originator_version {order} LIMIT ?"
 )
-SELECT_STORED_VERSIONS = (
-    "SELECT originator_version FROM events WHERE originator_id = ? AND originator_version IN ({})"
+SELECT_FIRST_STORED = (
+    "SELECT min(originator_version) FROM events WHERE originator_id = ? "
+    "AND originator_version IN ({})"
 )
+SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+# Copies of a replaced data key leave the WAL (the main file's old cell is zeroed
+# by secure_delete). TRUNCATE waits for readers (the busy timeout) to finish.
+CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 REWRITE_EVENT = (
     "UPDATE events SET data = ? WHERE originator_id = ? AND originator_version = ? AND data = ?"
 )
@@ -61,6 +80,13 @@ SELECT_FEED = (
     "SELECT position, originator_id, originator_version, topic, data FROM events "
     "WHERE position > ? ORDER BY position LIMIT ?"
 )
+# Filtered by topic: {topics} is one ? per topic. The feed's end, read before the page
+# (a later snapshot sees all an earlier one saw), is how far a short page looked.
+SELECT_FEED_OF_TOPICS = (
+    "SELECT position, originator_id, originator_version, topic, data FROM events "
+    "WHERE position > ? AND topic IN ({topics}) ORDER BY position LIMIT ?"
+)
+SELECT_FEED_END = "SELECT max(position) FROM events"
 SELECT_IDS = (
     "SELECT originator_id FROM events WHERE originator_version = 0 AND originator_id > ? "
     "ORDER BY originator_id LIMIT ?"
@@ -70,16 +96,23 @@ SELECT_SNAPSHOT = (
     "AND originator_version <= ? ORDER BY originator_version DESC LIMIT 1"
 )
 
-_MAX_VERSION = 2**63 - 1
+OPTIONS = ("synchronous", "timeout", "create")
+SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+TABLES = ("events", "snapshots", "data_keys")
+VERSIONS_PER_QUERY = 500  # well under SQLite's limit on a statement's parameters (999 before 3.32)
+
+log = logging.getLogger(__name__)
 
 
-class SQLiteRecorder(Recorder):
+class SQLiteStore(Store):
     """A SQLite file. Each thread (and process) has its own connection; a batch is one
     ``BEGIN IMMEDIATE`` transaction, so writers queue on the file lock instead of deadlocking.
     """
 
-    def __init__(self, path: str, *, synchronous: str = "FULL", timeout: float = 30.0) -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+    def __init__(
+        self, path: str, *, synchronous: str = "FULL", timeout: float = 30.0, create: bool = True
+    ) -> None:
+        if synchronous.upper() not in SYNCHRONOUS:
             raise StoreError(
                 f"sqlite: synchronous must be off, normal, full or extra, not {synchronous!r}"
             )
@@ -87,30 +120,60 @@ class SQLiteRecorder(Recorder):
         self.url = f"sqlite:///{path}"
         self._synchronous = synchronous.upper()
         self._timeout = timeout
+        self._create = create
+        self._errors = DriverErrors(self.url, sqlite3.Error, _describe)
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        if create:
+            self._create_file()
+        elif not os.path.isfile(path):
+            raise StoreError(f"{self.url}: no such file, and create=false forbids creating it")
         conn = self._connection()
         try:
-            with conn:
-                for statement in SCHEMA:
-                    conn.execute(statement)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: cannot create the tables: {exc}") from exc
+            if create:
+                with self._errors("cannot create the tables"), conn:
+                    for statement in SCHEMA:
+                        conn.execute(statement)
+            else:
+                self._check_tables(conn)
+        except StoreError:
+            self.close()
+            raise
+
+    def _create_file(self) -> None:
+        """Create the file for its owner only, unless it exists (SQLite would make it 0644)."""
+        try:
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise StoreError(f"{self.url}: cannot create the file: {exc.strerror}") from exc
+
+    def _check_tables(self, conn: sqlite3.Connection) -> None:
+        with self._errors("cannot read its tables"):
+            found = {name for (name,) in conn.execute(SELECT_TABLES)}
+        missing = [t for t in TABLES if t not in found]
+        if missing:
+            raise StoreError(
+                f"{self.url}: not a cairn store (no table {', '.join(missing)}), and "
+                "create=false forbids creating it"
+            )
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteRecorder:
+    def from_url(cls, url: str) -> SQLiteStore:
         rest = url.split("://", 1)[1]
         path, _, query = rest.partition("?")
         if not path.startswith("/") or path == "/":
             raise StoreError(
                 f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute/path.db"
             )
-        params = query_params(query)
+        options = Options(url, query, OPTIONS)
         return cls(
             path[1:],
-            synchronous=params.get("synchronous", "full"),
-            timeout=float(params.get("timeout", 30)),
+            synchronous=options.choice("synchronous", "full", SYNCHRONOUS),
+            timeout=options.seconds("timeout", 30.0),
+            create=options.flag("create", True),
         )
 
     def _connection(self) -> sqlite3.Connection:
@@ -119,22 +182,31 @@ class SQLiteRecorder(Recorder):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             return conn
-        try:
+        # With create=false, mode=rw: a file removed meanwhile is not made anew.
+        target = self.path if self._create else f"file:{quote(self.path)}?mode=rw"
+        with self._errors("cannot open the database"):
             conn = sqlite3.connect(
-                self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False
+                target,
+                timeout=self._timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                uri=not self._create,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+            if self._create:  # (a store's file is in WAL mode for good once created)
+                conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: cannot open the database: {exc}") from exc
+            conn.execute("PRAGMA secure_delete=ON")
         self._local.conn, self._local.pid = conn, os.getpid()
         with self._connections_lock:
             self._connections.append(conn)
         return conn
 
-    def append(self, records: Sequence[Record]) -> None:
+    # -- events
+
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
+        check_ids(records)
         rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
         conn = self._connection()
         try:
@@ -145,18 +217,25 @@ class SQLiteRecorder(Recorder):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.IntegrityError):
-                raise ConcurrencyError(self._conflict(conn, records)) from None
-            raise StoreError(f"{self.url}: the batch was not stored: {_describe(exc)}") from exc
+                raise refusal(records, self._first_stored) from None
+            raise self._errors.error("the batch was not stored", exc) from exc
 
-    def _conflict(self, conn: sqlite3.Connection, records: Sequence[Record]) -> str:
-        """Say which of the batch's versions are already stored (the error path only)."""
-        for originator_id in dict.fromkeys(r.originator_id for r in records):
-            versions = [r.originator_version for r in records if r.originator_id == originator_id]
-            sql = SELECT_STORED_VERSIONS.format(",".join("?" * len(versions)))
-            stored = [v for (v,) in conn.execute(sql, (originator_id.bytes, *versions))]
-            if stored:
-                return f"aggregate {originator_id}: version {min(stored)} is already stored (stale writer?)"
-        return "the batch repeats a version (aggregate and version given twice)"
+    def _first_stored(self, originator_id: UUID, versions: list[int]) -> int | None:
+        # In chunks: one parameter per version, and a batch may have more versions
+        # than a statement may have parameters.
+        conn = self._connection()
+        stored = []
+        for start in range(0, len(versions), VERSIONS_PER_QUERY):
+            chunk = versions[start : start + VERSIONS_PER_QUERY]
+            sql = SELECT_FIRST_STORED.format(",".join("?" * len(chunk)))
+            try:
+                (first,) = conn.execute(sql, (originator_id.bytes, *chunk)).fetchone()
+            except sqlite3.Error:
+                # The batch was refused all the same: the refusal names no version.
+                return None
+            if first is not None:
+                stored.append(first)
+        return min(stored, default=None)
 
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
@@ -165,32 +244,99 @@ class SQLiteRecorder(Recorder):
         params = (
             originator_id.bytes,
             -1 if gt is None else gt,
-            _MAX_VERSION if lte is None else lte,
+            MAX_VERSION if lte is None else lte,
             limit,
         )
+        # try/except, not `with self._errors(...)`: a read is a few microseconds here.
         try:
             rows = self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: cannot read aggregate {originator_id}: {exc}") from exc
+            raise self._errors.error(f"cannot read aggregate {originator_id}", exc) from exc
         return [Record(originator_id, v, t, d) for v, t, d in rows]
 
-    def read_feed(self, after: int = 0, limit: int = 1000) -> list[Record]:
+    # -- snapshots
+
+    def put_snapshot(self, record: Record) -> None:
+        aggregate_id(record.originator_id)
+        row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)
+        with self._errors("the snapshot was not stored"):
+            self._connection().execute(UPSERT_SNAPSHOT, row)
+
+    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
+        params = (aggregate_id(originator_id).bytes, MAX_VERSION if lte is None else lte)
         try:
-            rows = self._connection().execute(SELECT_FEED, (after, limit)).fetchall()
+            row = self._connection().execute(SELECT_SNAPSHOT, params).fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+            raise self._errors.error(f"cannot read snapshots of {originator_id}", exc) from exc
+        return None if row is None else Record(originator_id, row[0], row[1], row[2])
+
+    # -- data keys
+
+    def get_data_key(self, originator_id: UUID) -> bytes | None:
+        with self._errors("cannot read a data key"):
+            row = self._connection().execute(SELECT_DATA_KEY, (originator_id.bytes,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
+        with self._errors("cannot store a data key"):
+            self._connection().execute(INSERT_DATA_KEY, (originator_id.bytes, wrapped))
+        stored = self.get_data_key(originator_id)
+        assert stored is not None
+        return stored
+
+    def forget_data_key(self, originator_id: UUID) -> None:
+        with self._errors("cannot forget a data key"):
+            self._connection().execute(FORGET_DATA_KEY, (originator_id.bytes,))
+        self._truncate_wal()
+
+    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
+        if not old:  # a tombstone is never replaced
+            return False
+        with self._errors("cannot replace a data key"):
+            cursor = self._connection().execute(REPLACE_DATA_KEY, (new, originator_id.bytes, old))
+        if cursor.rowcount:
+            self._truncate_wal()
+        return cursor.rowcount == 1
+
+    def _truncate_wal(self) -> None:
+        """Truncate the WAL, so that the page images holding a replaced key go with it."""
+        with self._errors("cannot checkpoint the WAL"):
+            busy, _, _ = self._connection().execute(CHECKPOINT).fetchone()
+        if busy:  # readers kept it busy past the timeout: the next checkpoint will do it
+            log.warning("%s: the WAL still holds a replaced data key (busy readers)", self.url)
+
+    # -- the feed
+
+    def read_feed_page(
+        self, after: int, limit: int, topics: tuple[str, ...] | None
+    ) -> FeedPage[Record]:
+        end = None
+        try:
+            conn = self._connection()
+            if topics is None:
+                rows = conn.execute(SELECT_FEED, (after, limit)).fetchall()
+            else:
+                (end,) = conn.execute(SELECT_FEED_END).fetchone()
+                sql = SELECT_FEED_OF_TOPICS.format(topics=",".join("?" * len(topics)))
+                rows = conn.execute(sql, (after, *topics, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._errors.error("cannot read the feed", exc) from exc
         ids: dict[bytes, UUID] = {}  # a page holds many events of few aggregates
-        return [
+        records = [
             Record(ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p)
             for p, i, v, t, d in rows
         ]
+        last = rows[-1][0] if rows else after
+        if len(rows) == limit:
+            return FeedPage(records, last, caught_up=False)
+        return FeedPage(records, max(last, end or 0), caught_up=True)
+
+    # -- scanning and rewriting
 
     def aggregate_ids(self, after: UUID | None = None, limit: int = 1000) -> list[UUID]:
         start = b"" if after is None else after.bytes
-        try:
+        with self._errors("cannot list aggregates"):
             rows = self._connection().execute(SELECT_IDS, (start, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: cannot list aggregates: {exc}") from exc
         return [UUID(bytes=i) for (i,) in rows]
 
     def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
@@ -206,52 +352,10 @@ class SQLiteRecorder(Recorder):
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise StoreError(f"{self.url}: nothing was rewritten: {_describe(exc)}") from exc
+            raise self._errors.error("nothing was rewritten", exc) from exc
         return replaced
 
-    def get_data_key(self, originator_id: UUID) -> bytes | None:
-        row = self._execute(
-            SELECT_DATA_KEY, (originator_id.bytes,), "cannot read a data key"
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
-    def put_data_key(self, originator_id: UUID, wrapped: bytes) -> bytes:
-        self._execute(INSERT_DATA_KEY, (originator_id.bytes, wrapped), "cannot store a data key")
-        stored = self.get_data_key(originator_id)
-        assert stored is not None
-        return stored
-
-    def forget_data_key(self, originator_id: UUID) -> None:
-        self._execute(FORGET_DATA_KEY, (originator_id.bytes,), "cannot forget a data key")
-
-    def replace_data_key(self, originator_id: UUID, old: bytes, new: bytes) -> bool:
-        if not old:  # a tombstone is never replaced
-            return False
-        params = (new, originator_id.bytes, old)
-        return self._execute(REPLACE_DATA_KEY, params, "cannot replace a data key").rowcount == 1
-
-    def _execute(self, sql: str, params: tuple[object, ...], failure: str) -> sqlite3.Cursor:
-        try:
-            return self._connection().execute(sql, params)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: {failure}: {_describe(exc)}") from exc
-
-    def put_snapshot(self, record: Record) -> None:
-        row = (record.originator_id.bytes, record.originator_version, record.topic, record.data)
-        try:
-            self._connection().execute(UPSERT_SNAPSHOT, row)
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.url}: the snapshot was not stored: {exc}") from exc
-
-    def get_snapshot(self, originator_id: UUID, lte: int | None = None) -> Record | None:
-        params = (originator_id.bytes, _MAX_VERSION if lte is None else lte)
-        try:
-            row = self._connection().execute(SELECT_SNAPSHOT, params).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(
-                f"{self.url}: cannot read snapshots of {originator_id}: {exc}"
-            ) from exc
-        return None if row is None else Record(originator_id, row[0], row[1], row[2])
+    # -- closing
 
     def close(self) -> None:
         with self._connections_lock:
@@ -261,10 +365,16 @@ class SQLiteRecorder(Recorder):
         self._local = threading.local()
 
 
-def _describe(exc: sqlite3.Error) -> str:
+def _describe(exc: BaseException) -> str:
     """SQLite's message with its error code name (SQLITE_FULL, SQLITE_IOERR_WRITE, ...)."""
     name = getattr(exc, "sqlite_errorname", None)
     hint = ""
     if name and (name.startswith("SQLITE_IOERR") or name == "SQLITE_FULL"):
         hint = "; is the disk full, or the file over a size limit?"
     return f"{exc} ({name}{hint})" if name else str(exc)
+
+
+if TYPE_CHECKING:
+    SQLiteRecorder = SQLiteStore
+else:
+    __getattr__ = module_aliases(__name__, {"SQLiteRecorder": "SQLiteStore"}, globals())

@@ -1,0 +1,337 @@
+"""The Cassandra store's feed: claims of positions before each save, and a reader that resolves
+them in order and fences abandoned ones. ``docs/feed.md`` tells the protocol and its proof.
+
+The store holds a :class:`CassandraFeed`, or none with ``feed=false``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra import ConsistencyLevel
+from cassandra.cluster import NoHostAvailable
+from cassandra.query import BatchStatement, BatchType
+
+from cairn.errors import StoreError
+from cairn.stores.cassandra.batching import Batcher, Slot
+from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe, what
+from cairn.stores.cassandra.session import Connection, release
+from cairn.stores.cassandra.settings import Settings
+from cairn.stores.contract import FENCE_TOPIC, Record
+
+# The feed's layout: part of the stored format, the same for every process
+# that opens a keyspace (bucket = position // FEED_BUCKET).
+FEED_BUCKET = 100_000
+INDEX_BITS = 16  # an event's position: claim << INDEX_BITS | (index in batch + 1)
+MAX_FEED_BATCH = (1 << INDEX_BITS) - 1
+CLAIMS_PER_WRITE = 100  # claims of concurrent saves in one process, combined in one Paxos round
+CLAIM_ATTEMPTS = 1000  # Paxos rounds a claim may lose to other writers before giving up
+CLAIM_RETRIES = 2  # a claim that failed (timeout, overload) is tried again this often
+CLAIMS_PER_READ = 100  # claims a feed reader fetches (and resolves concurrently) per query
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a batch claims a position for: its aggregate, lowest version, and span."""
+
+    originator_id: Any
+    originator_version: int
+    size: int  # the versions the batch spans (its number of events, when they follow on)
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    """A claim as a reader finds it in the feed table."""
+
+    position: int
+    originator_id: Any
+    originator_version: int
+    size: int
+    abandoned: bool | None
+    written: int  # the claim's Paxos timestamp, microseconds
+    now: int  # the reading coordinator's clock, milliseconds
+
+
+class CassandraFeed:
+    """Claims feed positions for saves, and reads the feed (docs/feed.md).
+
+    ``connection`` gives the process's connection (the store's: a fresh one after
+    fork). A process's concurrent claims share Paxos rounds through a
+    :class:`Batcher`, so its threads never compete with each other for the head.
+    """
+
+    def __init__(self, settings: Settings, connection: Callable[[], Connection]) -> None:
+        self.settings = settings
+        self.url = settings.url
+        self.bucket = FEED_BUCKET
+        self._connection = connection
+        self._next_position: int | None = None  # a guess of the head: Paxos checks it
+        self._pid = os.getpid()
+        self._claims = Batcher(self._claim_group, CLAIMS_PER_WRITE)
+
+    # -- writing: claims
+
+    def check(self, batch: Sequence[Record]) -> None:
+        """Refuse, before anything is sent, a batch too large for its events' positions."""
+        if span(batch) > MAX_FEED_BATCH:
+            raise StoreError(
+                f"{self.url}: aggregate {batch[0].originator_id}: the batch of {len(batch)} "
+                f"events spans {span(batch)} versions; with the feed on, a save holds at most "
+                f"{MAX_FEED_BATCH} events of one aggregate (an event's feed position has 16 "
+                "bits for its place in its batch). Save in smaller batches. Nothing was written."
+            )
+
+    def claim(self, batches: Sequence[Sequence[Record]]) -> list[int]:
+        """The feed positions claimed for these batches (combined with the claims of
+        other threads' saves in flight), or StoreError: none of them was stored."""
+        if self._pid != os.getpid():
+            # A claim in flight in the parent's threads is not ours.
+            self._pid, self._claims = os.getpid(), Batcher(self._claim_group, CLAIMS_PER_WRITE)
+        requests = [
+            Claim(b[0].originator_id, min(r.originator_version for r in b), span(b))
+            for b in batches
+        ]
+        try:
+            return self._claims.submit(requests)
+        except StoreError as failure:
+            raise StoreError(
+                f"{self.url}: {what(batches)} was not stored: {failure}"
+            ) from failure.__cause__
+
+    def _claim_group(self, group: list[Slot[Claim, int]]) -> None:
+        """Claim consecutive positions for the group, in one Paxos round per bucket it
+        touches (and one more per round another writer won)."""
+        connection = self._connection()
+        position = self._next_position
+        if position is None:
+            position = self.find_head()
+        attempts = failures = 0
+        pending = group
+        while pending:
+            bucket = position // self.bucket
+            take = pending[: (bucket + 1) * self.bucket - position]
+            statement = BatchStatement(batch_type=BatchType.UNLOGGED)
+            expected = None if position % self.bucket == 0 else position
+            statement.add(
+                connection.statements.claim_head, (position + len(take), bucket, expected)
+            )
+            for n, slot in enumerate(take):
+                r = slot.request
+                row = (bucket, position + n, r.originator_id, r.originator_version, r.size)
+                statement.add(connection.statements.claim_row, row)
+            try:
+                result = connection.session.execute(statement)
+            except DRIVER_ERRORS as exc:
+                # Nothing of the batches is written yet, so retrying is safe: a claim
+                # that was in fact made is left without events, and readers void or
+                # fence it like any abandoned claim.
+                failures += 1
+                if failures > CLAIM_RETRIES or isinstance(exc, NoHostAvailable):
+                    self._next_position = None
+                    raise StoreError(f"cannot claim its feed position ({describe(exc)})") from exc
+                continue
+            if result.was_applied:
+                for n, slot in enumerate(take):
+                    slot.resolve(position + n)
+                pending = pending[len(take) :]
+                position += len(take)
+                self._next_position = position
+                continue
+            attempts += 1
+            if attempts >= CLAIM_ATTEMPTS:
+                self._next_position = None
+                raise StoreError(
+                    f"{attempts} attempts to claim a feed position all lost to other writers"
+                )
+            head = column(result, "head")
+            # No head: the guess named a bucket not begun yet; look for the real one.
+            position = self.find_head() if head is None else head
+
+    def find_head(self) -> int:
+        """The feed's next free position, as far as a read can tell (Paxos checks it).
+
+        Buckets are begun in order and never removed: double the bucket number until
+        one does not exist, then halve the gap: O(log n) reads.
+        """
+        connection = self._connection()
+
+        def head_of(bucket: int) -> int | None:
+            try:
+                row = connection.session.execute(connection.statements.select_head, (bucket,))
+            except DRIVER_ERRORS as exc:
+                raise StoreError(
+                    f"cannot claim its feed position: cannot read the feed's head ({exc})"
+                ) from exc
+            found = row.one()
+            return None if found is None else found[0]
+
+        if head_of(0) is None:
+            return 0
+        low, high = 0, 1
+        while head_of(high) is not None:
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            if head_of(middle) is None:
+                high = middle
+            else:
+                low = middle
+        return head_of(low) or low * self.bucket
+
+    def abandon(self, position: int) -> None:
+        """Say on a claim that its events were never written, so that readers void it
+        at once instead of fencing it later. Sent without waiting: only a hint."""
+        params = (position // self.bucket, position)
+        connection = self._connection()
+        try:
+            future = connection.session.execute_async(connection.statements.abandon_claim, params)
+        except DRIVER_ERRORS as exc:
+            log.debug("%s: no hint on feed claim %d: %s", self.url, position, exc)
+            return
+        future.add_errback(
+            lambda exc: log.debug("%s: no hint on feed claim %d: %s", self.url, position, exc)
+        )
+
+    # -- reading
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        """At most ``limit`` event records after position ``after``, in feed order.
+
+        Claims are taken in position order and each resolved before the next: its
+        events (emitted), void, or fenced once older than ``feed_fence_after``. The
+        page ends early at a claim still in flight, so nothing is ever returned past
+        a claim that could yet be stored.
+        """
+        after = max(after, 0)
+        claim = after >> INDEX_BITS  # the claim of the position, whose later events are due
+        found: list[Record] = []
+        while len(found) < limit:
+            rows, complete = self._read_claims(claim, min(CLAIMS_PER_READ, limit - len(found) + 1))
+            # Fetch only the claims whose events can fill the page: memory stays bounded
+            # by the page, however large the batches.
+            wanted, events_due = 0, 0
+            while wanted < len(rows) and events_due < limit - len(found):
+                events_due += rows[wanted].size
+                wanted += 1
+            if wanted < len(rows):
+                rows, complete = rows[:wanted], True
+            events = [self._read_claimed(row) for row in rows]  # all in flight at once
+            for row, future in zip(rows, events, strict=True):
+                records = self._resolve(row, future)
+                if records is None:
+                    return found  # a claim in flight: nothing may pass it
+                found += [r for r in records if r.position > after]  # type: ignore[operator]
+                claim += 1
+                if len(found) >= limit:
+                    return found[:limit]
+            if not complete:
+                return found  # the newest claim (or one not visible yet) was reached
+        return found[:limit]
+
+    def _read_claims(self, first: int, limit: int) -> tuple[list[ClaimRow], bool]:
+        """Up to ``limit`` consecutive claims from ``first`` within its bucket (they stop at
+        the first position not visible yet), and whether that many were there."""
+        bucket = first // self.bucket
+        limit = min(limit, (bucket + 1) * self.bucket - first)
+        connection = self._connection()
+        statement = connection.statements.select_claims.bind((bucket, first, limit))
+        statement.fetch_size = limit
+        try:
+            result = connection.session.execute(statement)
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        claims = []
+        for n, row in enumerate(result.current_rows):
+            if row[0] != first + n:
+                break  # a gap: claim first + n is made but not visible here yet
+            claims.append(ClaimRow(*row))
+        release(result)
+        return claims, len(claims) == limit
+
+    def _read_claimed(self, claim: ClaimRow, serial: bool = False) -> Any:
+        """The request for the versions a claim names, sent (its future)."""
+        connection = self._connection()
+        statement = connection.statements.select_claimed.bind(
+            (claim.originator_id, claim.originator_version, claim.originator_version + claim.size)
+        )
+        if serial:
+            # Through Paxos: completes any write in progress on the partition first.
+            statement.consistency_level = ConsistencyLevel.name_to_value[
+                self.settings.serial_consistency
+            ]
+        try:
+            return connection.session.execute_async(statement)
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+
+    def _resolve(self, claim: ClaimRow, future: Any) -> list[Record] | None:
+        """A claim's records, [] for a void claim, or None while it may yet be stored."""
+        records = self._claimed(claim, future)
+        if records is not None:
+            return records
+        if claim.abandoned:
+            # Its writer knows its write never began (and claims anew to retry).
+            return []
+        if claim.now * 1000 - claim.written < self.settings.feed_fence_after * 1_000_000:
+            return None  # young: its writer is most likely still at work
+        self._fence(claim)
+        # Fenced, or the batch is there (Paxos completed it first): read through Paxos,
+        # which sees what the fence saw even below QUORUM.
+        return self._claimed(claim, self._read_claimed(claim, serial=True))
+
+    def _claimed(self, claim: ClaimRow, future: Any) -> list[Record] | None:
+        try:
+            result = future.result()
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        first = claim.originator_version
+        stored = {v: (t, d, p) for v, t, d, p in result.current_rows}
+        release(result)
+        if first not in stored:
+            return None
+        if stored[first][2] != claim.position:
+            return []  # another batch holds the version: this claim lost its race
+        base = claim.position << INDEX_BITS
+        return [
+            Record(claim.originator_id, v, t, d, base + v - first + 1)
+            for v, (t, d, p) in sorted(stored.items())
+            if p == claim.position
+        ]
+
+    def _fence(self, claim: ClaimRow) -> None:
+        """Fence off an abandoned claim: a no-op record at its first version, with Paxos.
+
+        Paxos first completes any write of the claim's batch still in progress; then
+        either the batch is there (the insert is not applied) or the fence is, and the
+        batch's writer can never store its batch (its insert is not applied: ConcurrencyError).
+        """
+        row = (claim.originator_id, claim.originator_version, FENCE_TOPIC, b"", claim.position)
+        connection = self._connection()
+        try:
+            connection.session.execute(connection.statements.insert_event, row)
+        except DRIVER_ERRORS as exc:
+            raise StoreError(
+                f"{self.url}: cannot read the feed past position {claim.position}: its claim "
+                f"(aggregate {claim.originator_id} version {claim.originator_version}) is "
+                f"abandoned, and fencing it off failed: {describe(exc)}"
+            ) from exc
+        log.info(
+            "%s: fenced off feed claim %d (aggregate %s version %d), abandoned for %.1f s",
+            self.url,
+            claim.position,
+            claim.originator_id,
+            claim.originator_version,
+            (claim.now * 1000 - claim.written) / 1e6,
+        )
+
+
+def span(batch: Sequence[Record]) -> int:
+    """The versions a batch spans: its number of events, when they follow on."""
+    versions = [r.originator_version for r in batch]
+    return max(versions) - min(versions) + 1

@@ -1,0 +1,180 @@
+"""Every CQL statement of the Cassandra store, and the store's statements prepared on a session.
+
+``{keyspace}`` is the keyspace's quoted name. The feed's statements are
+explained in ``docs/feed.md``, which shows the tables too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# -- the schema
+
+CREATE_KEYSPACE = "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"
+CREATE_TABLES = (
+    """CREATE TABLE IF NOT EXISTS {keyspace}.events (
+        originator_id uuid,
+        originator_version bigint,
+        topic text,
+        data blob,
+        position bigint,
+        PRIMARY KEY ((originator_id), originator_version))""",
+    """CREATE TABLE IF NOT EXISTS {keyspace}.snapshots (
+        originator_id uuid,
+        originator_version bigint,
+        topic text,
+        data blob,
+        PRIMARY KEY ((originator_id), originator_version))
+        WITH CLUSTERING ORDER BY (originator_version DESC)""",
+    # Crypto-shredding: each aggregate's data key, wrapped by the master key;
+    # b"" once forgotten. Written only with Paxos.
+    """CREATE TABLE IF NOT EXISTS {keyspace}.data_keys (
+        originator_id uuid PRIMARY KEY,
+        wrapped blob)""",
+    # The feed's claims: one row per claimed position, FEED_BUCKET to a
+    # partition; `head` is the bucket's next free position, advanced only by
+    # Paxos. `abandoned` is a hint from a writer whose events write is known
+    # never to have begun; otherwise the events alone say what became of a claim.
+    """CREATE TABLE IF NOT EXISTS {keyspace}.feed (
+        bucket bigint,
+        position bigint,
+        head bigint STATIC,
+        originator_id uuid,
+        originator_version bigint,
+        size int,
+        abandoned boolean,
+        PRIMARY KEY ((bucket), position))""",
+)
+TABLES = ("events", "snapshots", "data_keys", "feed")
+# Keyspaces made before the feed existed: their events table gains the column.
+ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
+# Read at ALL once a table is made, so that no replica is used before it serves it.
+SELECT_ANY_ROW = "SELECT * FROM {keyspace}.{table} LIMIT 1"
+SELECT_SETTINGS = "SELECT name, value FROM system_views.settings WHERE name IN ({names})"
+
+# -- events
+
+# An event's position is its batch's claim; the fence uses the same statement.
+INSERT_EVENT = (
+    "INSERT INTO {keyspace}.events (originator_id, originator_version, topic, data, position) "
+    "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+)
+SELECT_EVENTS = (
+    "SELECT originator_version, topic, data FROM {keyspace}.events WHERE originator_id = ? "
+    "AND originator_version > ? AND originator_version <= ? "
+    "ORDER BY originator_version {order} LIMIT ?"
+)
+
+# -- snapshots
+
+INSERT_SNAPSHOT = (
+    "INSERT INTO {keyspace}.snapshots (originator_id, originator_version, topic, data) "
+    "VALUES (?, ?, ?, ?)"
+)
+SELECT_SNAPSHOT = (
+    "SELECT originator_version, topic, data FROM {keyspace}.snapshots "
+    "WHERE originator_id = ? AND originator_version <= ? LIMIT 1"
+)
+
+# -- data keys
+
+SELECT_DATA_KEY = "SELECT wrapped FROM {keyspace}.data_keys WHERE originator_id = ?"
+INSERT_DATA_KEY = (
+    "INSERT INTO {keyspace}.data_keys (originator_id, wrapped) VALUES (?, ?) IF NOT EXISTS"
+)
+FORGET_DATA_KEY = "UPDATE {keyspace}.data_keys SET wrapped = 0x WHERE originator_id = ? IF EXISTS"
+REPLACE_DATA_KEY = (
+    "UPDATE {keyspace}.data_keys SET wrapped = ? WHERE originator_id = ? IF wrapped = ?"
+)
+
+# -- the feed
+
+# A claim of k consecutive positions p..p+k-1 in bucket b: one conditional batch
+# on the bucket's partition, CLAIM_HEAD (p+k, b, p, or null for a bucket's first
+# claim) and one CLAIM_ROW per position. Not applied: the result carries `head`.
+CLAIM_HEAD = "UPDATE {keyspace}.feed SET head = ? WHERE bucket = ? IF head = ?"
+CLAIM_ROW = (
+    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+# A plain write, never read by Paxos: only a hint for readers.
+ABANDON_CLAIM = "UPDATE {keyspace}.feed SET abandoned = true WHERE bucket = ? AND position = ?"
+SELECT_HEAD = "SELECT head FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
+# A claim's age is the coordinator's clock minus the claim's Paxos timestamp:
+# server clocks on both sides, never the client's.
+SELECT_CLAIMS = (
+    "SELECT position, originator_id, originator_version, size, abandoned, "
+    "writetime(originator_id), toUnixTimestamp(currentTimestamp()) "
+    "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
+)
+SELECT_CLAIMED = (
+    "SELECT originator_version, topic, data, position FROM {keyspace}.events "
+    "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
+)
+
+# -- scanning and rewriting
+
+# Aggregates in token order: the order Cassandra can page through cheaply.
+SELECT_AGGREGATE_IDS = "SELECT DISTINCT originator_id FROM {keyspace}.events LIMIT ?"
+SELECT_AGGREGATE_IDS_AFTER = (
+    "SELECT DISTINCT originator_id FROM {keyspace}.events "
+    "WHERE token(originator_id) > token(?) LIMIT ?"
+)
+# Key rotation's compare-and-set: with Paxos, as every other write of an event row.
+REWRITE_EVENT = (
+    "UPDATE {keyspace}.events SET data = ? WHERE originator_id = ? AND originator_version = ? "
+    "IF data = ?"
+)
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The store's statements, prepared on one session (the driver's PreparedStatements)."""
+
+    insert_event: Any
+    select_asc: Any
+    select_desc: Any
+    insert_snapshot: Any
+    select_snapshot: Any
+    select_data_key: Any
+    insert_data_key: Any
+    forget_data_key: Any
+    replace_data_key: Any
+    claim_head: Any
+    claim_row: Any
+    abandon_claim: Any
+    select_head: Any
+    select_claims: Any
+    select_claimed: Any
+    select_ids: Any
+    select_ids_after: Any
+    rewrite_event: Any
+
+
+def prepare(session: Any, keyspace: str) -> Statements:
+    """Every statement prepared on ``session``, for the (quoted) ``keyspace``."""
+
+    def ready(cql: str, **parts: str) -> Any:
+        return session.prepare(cql.format(keyspace=keyspace, **parts))
+
+    return Statements(
+        insert_event=ready(INSERT_EVENT),
+        select_asc=ready(SELECT_EVENTS, order="ASC"),
+        select_desc=ready(SELECT_EVENTS, order="DESC"),
+        insert_snapshot=ready(INSERT_SNAPSHOT),
+        select_snapshot=ready(SELECT_SNAPSHOT),
+        select_data_key=ready(SELECT_DATA_KEY),
+        insert_data_key=ready(INSERT_DATA_KEY),
+        forget_data_key=ready(FORGET_DATA_KEY),
+        replace_data_key=ready(REPLACE_DATA_KEY),
+        claim_head=ready(CLAIM_HEAD),
+        claim_row=ready(CLAIM_ROW),
+        abandon_claim=ready(ABANDON_CLAIM),
+        select_head=ready(SELECT_HEAD),
+        select_claims=ready(SELECT_CLAIMS),
+        select_claimed=ready(SELECT_CLAIMED),
+        select_ids=ready(SELECT_AGGREGATE_IDS),
+        select_ids_after=ready(SELECT_AGGREGATE_IDS_AFTER),
+        rewrite_event=ready(REWRITE_EVENT),
+    )
