@@ -20,12 +20,13 @@ from uuid import UUID, uuid4
 import orjson
 import pytest
 
-from cairn import AESCipher, Application
+from cairn import AESCipher, Application, StoreError
 from cairn.examples.everything import EverythingApplication, create_example_aggregate
 from cairn.projections import ProjectionRunner, SQLiteViews
 from cairn.stores import Record, open_store
 from cairn.ui.catalogue import Catalogue
 from cairn.ui.server import UI, Server, wait_for
+from cairn.ui import source as source_module
 from cairn.ui.source import Source
 from cairn.ui.tracking import Tracker
 from cairn.ui.values import Malformed, Obj, diff, render
@@ -255,7 +256,7 @@ def test_a_hostile_record_is_shown_as_text_and_imports_nothing(
             assert "<script>alert" not in body and "<img src=x" not in body, path
         body = client.page(f"/aggregates/{trap}")
         assert "Trap.Created&lt;script&gt;" in body  # the topic, escaped
-        assert "unreadable" in body and "cannot decode" in body  # the record that is not JSON
+        assert "unreadable" in body and "cannot be decoded" in body  # the record that is not JSON
         assert "ui_trap:Trap" in body  # the value object, named
         assert "not in the model" in client.page(f"/aggregates/{trap}/state?version=0")
         assert "the snapshot at version 1" in client.page(f"/aggregates/{trap}/state?version=1")
@@ -288,7 +289,7 @@ def test_encrypted_records_without_a_key_are_shown_as_such(store: str) -> None:
 
 
 def test_a_missing_sqlite_file_is_refused_not_made(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(StoreError, match=r"no such file.*never creates a store"):
         Source(f"sqlite:///{tmp_path}/nothing.db")
     assert not (tmp_path / "nothing.db").exists()
 
@@ -296,7 +297,9 @@ def test_a_missing_sqlite_file_is_refused_not_made(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the source, on every store
 
 
-def test_the_source_opens_decodes_and_replays_on_every_store(fresh_store_url: str) -> None:
+def test_the_source_opens_decodes_and_replays_on_every_store(
+    fresh_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recorder = open_store(fresh_store_url)
     try:
         with EverythingApplication(store=recorder, cipher=AESCipher(KEY)):
@@ -315,6 +318,9 @@ def test_the_source_opens_decodes_and_replays_on_every_store(fresh_store_url: st
         example = next(iter(state.value["_examples"].values()))
         assert isinstance(example, Obj) and example.kind == "entity"
         # Without the model, only the snapshots' states can be shown: exact at their versions.
+        # (The model is what the process has loaded: here, as in a `cairn ui` run without
+        # --import, the application's module is not.)
+        monkeypatch.delitem(sys.modules, MODEL[0])
         without = Source(recorder, cipher=AESCipher(KEY))
         assert without.state(aggregate.id, 3).exact
         at_two = without.state(aggregate.id, 2)
@@ -327,12 +333,119 @@ def test_the_source_opens_decodes_and_replays_on_every_store(fresh_store_url: st
         recorder.close()
 
 
+def test_a_long_replay_goes_on_in_steps_from_the_state_it_reached(
+    fresh_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request replays more than REPLAY_STEP events: the state says how far it got,
+    and the next request goes on from there (kept in memory); a state asked again is not
+    replayed again."""
+    recorder = open_store(fresh_store_url)
+    try:
+        with Application(store=recorder, cipher=AESCipher(KEY)):
+            aggregate = create_example_aggregate("v0")
+            for n in range(1, 10):
+                aggregate.foo = f"v{n}"
+            aggregate.save()  # versions 0..9, no snapshot
+        source = Source(recorder, cipher=AESCipher(KEY), model=MODEL)
+        read: list[int] = []
+        select = recorder.select
+
+        def counted(*args: Any, **kwargs: Any) -> Iterator[Record]:
+            for record in select(*args, **kwargs):
+                read.append(record.originator_version)
+                yield record
+
+        monkeypatch.setattr(recorder, "select", counted)
+        monkeypatch.setattr(source_module, "REPLAY_STEP", 4)
+        steps = [source.state(aggregate.id, 9) for _ in range(3)]
+        assert [(s.pending, s.value) for s in steps[:2]] == [(6, None), (2, None)]
+        assert "at version 3 of 9" in steps[0].note and not steps[0].exact
+        assert steps[2].exact and steps[2].pending == 0 and steps[2].value["_foo"] == "v9"
+        assert read == list(range(10))  # each event read once
+        read.clear()
+        assert source.state(aggregate.id, 9).value == steps[2].value
+        assert read == []  # asked again: kept
+        monkeypatch.setattr(source_module, "REPLAY_STEP", 100)
+        fresh = Source(recorder, cipher=AESCipher(KEY), model=MODEL).state(aggregate.id, 9)
+        assert fresh.value == steps[2].value and fresh.basis == steps[2].basis
+    finally:
+        recorder.close()
+
+
+def test_a_state_replayed_before_is_not_shown_once_its_aggregate_is_forgotten(
+    fresh_store_url: str,
+) -> None:
+    recorder = open_store(fresh_store_url)
+    try:
+        with Application(store=recorder, cipher=AESCipher(KEY), key_per_aggregate=True) as app:
+            aggregate = create_example_aggregate("a data subject")
+            aggregate.save()
+            source = Source(recorder, cipher=AESCipher(KEY), model=MODEL)
+            assert source.state(aggregate.id, 0).value["_foo"] == "a data subject"
+            app.forget(aggregate.id)
+            assert source.data_keys is not None
+            source.data_keys.revalidate_after = 0  # (else up to a second, as any reader)
+            state = source.state(aggregate.id, 0)
+            assert state.value is None and "forgotten" in state.note
+    finally:
+        recorder.close()
+
+
+def test_with_a_key_a_plaintext_record_is_shown_as_plain_and_said_not_sealed_by_it(
+    fresh_store_url: str,
+) -> None:
+    recorder = open_store(fresh_store_url)
+    try:
+        with Application(store=recorder):
+            plain = create_example_aggregate("no key")
+            plain.save()
+        with EverythingApplication(store=recorder, cipher=AESCipher(KEY)):
+            create_example_aggregate("sealed").save()
+        source = Source(recorder, cipher=AESCipher(KEY), model=MODEL)
+        opened = source.open_event(source.events(plain.id)[0])
+        assert opened.status == "plain" and opened.field("foo") == "no key"
+        assert "not sealed by the key" in opened.reason
+        state = source.state(plain.id, 0)
+        assert state.exact and "not sealed by the key" in state.note
+        figures = source.verify(lambda done, total: None)
+        assert figures["plaintext"] == 1 and figures["encrypted"] >= 1
+        assert figures["problems"] == []  # shown as a figure of its own, flagged
+        keyless = Source(recorder, model=MODEL).open_event(source.events(plain.id)[0])
+        assert keyless.status == "plain" and "not sealed" not in keyless.reason
+    finally:
+        recorder.close()
+
+
+def test_without_a_key_a_blank_tombstone_is_not_taken_for_a_forgotten_aggregate(
+    fresh_store_url: str,
+) -> None:
+    recorder = open_store(fresh_store_url)
+    try:
+        with EverythingApplication(
+            store=recorder, cipher=AESCipher(KEY), key_per_aggregate=True
+        ) as app:
+            blanked, forgotten = create_example_aggregate("a"), create_example_aggregate("b")
+            app.save(blanked, forgotten, all_or_none=False)
+            app.forget(forgotten.id)
+        recorder.forget_data_key(blanked.id)  # a blank tombstone: no master key sealed it
+        keyless = Source(recorder, model=MODEL)
+        assert keyless.key_state(forgotten.id) == "forgotten"
+        assert keyless.key_state(blanked.id) == "unreadable"
+        first = keyless.open_event(keyless.events(blanked.id)[0])
+        assert first.status == "unreadable" and "tombstone" in first.reason
+        keyed = Source(recorder, cipher=AESCipher(KEY), model=MODEL)
+        assert keyed.key_state(blanked.id) == "unreadable"
+        assert keyed.key_state(forgotten.id) == "forgotten"
+    finally:
+        recorder.close()
+
+
 def test_the_catalogue_lists_every_aggregate_and_follows_the_feed(fresh_store_url: str) -> None:
     recorder = open_store(fresh_store_url)
     try:
         with Application(store=recorder) as app:
             made = [create_example_aggregate(str(n)) for n in range(5)]
-            app.save(*made)
+            app.save(*made, all_or_none=False)
             source = Source(recorder)
             catalogue = Catalogue(source, page=2)
             while catalogue.read_once():

@@ -1,13 +1,13 @@
 """``cairn ui`` in a real browser: Debian's Chromium (headless), driven by Playwright.
 
 The store holds encrypted aggregates (a key each, snapshots every second event),
-a plain one whose fields hold HTML and script, a forgotten one, and a projection
-kept by a runner in a thread. Each view loads, follows the store live, and shows
-what the store holds. With ``CAIRN_UI_SCREENSHOTS=docs/ui`` the tests write the
+a plain one whose fields hold HTML and script (of a type the projection does not
+follow), a forgotten one, and a projection kept by a runner in a thread. Each view
+loads, follows the store live, and shows what the store holds. With ``CAIRN_UI_SCREENSHOTS=docs/ui`` the tests write the
 screenshots the README shows (elsewhere, to a temporary folder).
 
 Chromium: ``/usr/bin/chromium`` (``$CAIRN_CHROMIUM``), as ``make test`` installs it
-(``scripts/chromium``). No browser is downloaded. A browser that cannot start is
+(``scripts/install-chromium``). No browser is downloaded. A browser that cannot start is
 a skip, and a failure with ``CAIRN_FORBID_SKIPS=1`` (as in CI).
 """
 
@@ -80,6 +80,27 @@ class Order(Aggregate):
 
     def ship(self, carrier: str) -> None:
         self.trigger_event(Order.Shipped, carrier=carrier)
+
+
+class Note(Aggregate):
+    """Text left in the store by someone without the key (so stored unencrypted): the
+    keyed application's projection does not follow it, for a keyed reader stops at a
+    record its key did not seal."""
+
+    class Created(Aggregate.Created):
+        text: str
+
+    class Retitled(Aggregate.Event):
+        title: str
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.title = self.title
+
+    def __init__(self, text: str) -> None:
+        self.text, self.title = text, ""
+
+    def retitle(self, title: str) -> None:
+        self.trigger_event(Note.Retitled, title=title)
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +179,8 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
     app.forget(forgotten.id)
     ids["forgotten"] = forgotten.id
     with Application(store=url) as plain:  # no key: stored as plain JSON
-        hostile = create_example_aggregate(HOSTILE)
-        hostile.foo = "<b>not bold</b>"
+        hostile = Note.create(text=HOSTILE)
+        hostile.retitle("<b>not bold</b>")
         plain.save(hostile)
         ids["hostile"] = hostile.id
     views = SQLiteViews("views.db")

@@ -93,6 +93,7 @@ def printable(text: str) -> str:
 def store_urls(args: argparse.Namespace) -> list[str]:
     """Every store URL the command was given, to hide their passwords from messages."""
     urls = [getattr(args, name, None) for name in ("store", "source", "target", "views")]
+    urls = [u for each in urls for u in (each if isinstance(each, list) else [each])]
     return [u for u in (*urls, os.environ.get(STORE_ENV)) if isinstance(u, str)]
 
 
@@ -124,10 +125,12 @@ def open_existing(url: str) -> Store:
         raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
 
 
-def model_from_env() -> Model:
+def model_from_env(imports: Sequence[str] = ()) -> Model:
     """The model of the application whose store is read: the modules or packages named in
-    ``$CAIRN_MODEL`` (comma-separated), imported once. A record never names what to import."""
-    return Model([name for name in os.environ.get(MODEL_ENV, "").split(",") if name])
+    ``$CAIRN_MODEL`` (comma-separated) and in ``imports`` (``--import``), imported once.
+    A record never names what to import."""
+    named = [name for name in os.environ.get(MODEL_ENV, "").split(",") if name]
+    return Model([*named, *imports])
 
 
 def mapper_from_env(store: Store) -> Mapper:
@@ -366,9 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--views", action="append", default=[], metavar="URL",
                     help="a view store whose projections to follow (sqlite:///views.db, "
                     "postgresql://...); repeatable")  # fmt: skip
-    ui.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                    help="a module of the application: its classes may be built, to replay "
-                    "states (nothing a record names is imported); repeatable")  # fmt: skip
+    ui.add_argument("--import", dest="imports", action="append", default=[], metavar="PACKAGE",
+                    help=f"a module or package of the application, added to ${MODEL_ENV}: its "
+                    "classes may be built, to replay states (nothing a record names is "
+                    "imported); repeatable")  # fmt: skip
     return parser
 
 

@@ -21,19 +21,18 @@ EXIT_OK, EXIT_ERROR = 0, 3
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run ``cairn ui`` until interrupted: ``args`` has store, host, port, views and imports."""
+    """Run ``cairn ui`` until interrupted: ``args`` has store, host, port, views and imports.
+
+    A store or model that cannot be opened raises (the ``cairn`` command reports it, its
+    password hidden)."""
     try:
         from cairn.ui.server import UI, Server
     except ImportError as exc:
         print(f"cairn ui: {exc}. Install its web stack: pip install 'cairn[ui]'", file=sys.stderr)
         return EXIT_ERROR
-    from cairn.ui.source import Source, cipher_from_env
+    from cairn.ui.source import Source
 
-    try:
-        source = Source(args.store, cipher=cipher_from_env(), model=args.imports)
-    except ImportError as exc:
-        print(f"cairn ui: --import: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    source = Source.from_env(args.store, args.imports)
     try:
         ui = UI(source, views=args.views, freeze=True)  # the process is the UI's alone
         try:

@@ -100,7 +100,7 @@ class Catalogue:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                read = self.read_once()
+                more = self.read_once()
             except Exception as exc:  # a store outage: say so on the pages, and try again
                 log.warning("cairn ui: reading the feed failed: %s", exc)
                 with self._lock:
@@ -108,18 +108,19 @@ class Catalogue:
                     self.generation += 1
                 self._stop.wait(max(self.poll, 1.0))
                 continue
-            if read < self.page:
+            if not more:
                 self._stop.wait(self.poll)
 
-    def read_once(self) -> int:
-        """Read and apply one page of the feed; the number of records read."""
-        records = self.source.feed(self._after, self.page)
+    def read_once(self) -> bool:
+        """Read and apply one page of the feed; whether there is more to read at once."""
+        page = self.source.feed(self._after, self.page)
         with self._lock:
             if self._error:
                 self._error, self.generation = "", self.generation + 1
-            if records:
-                self._apply(records)
-            if len(records) < self.page and not self._caught_up:
+            if page:
+                self._apply(page)
+            self._after = max(self._after, page.next_after)
+            if page.caught_up and not self._caught_up:
                 self._caught_up = True
                 self._first_pass = time.monotonic() - self._started
                 self._sorted = sorted(i.int for i in self._entries)
@@ -130,7 +131,7 @@ class Catalogue:
                     # collection tens of milliseconds (a pause in whichever page runs).
                     gc.collect()
                     gc.freeze()
-        return len(records)
+        return not page.caught_up
 
     def _apply(self, records: Sequence[Record]) -> None:
         entries, positions = self._entries, self._positions

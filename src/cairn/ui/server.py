@@ -229,10 +229,11 @@ class Pages:
     ) -> Response:
         """A whole page, or with ``?live=1`` its live part only (304 if its ETag matches).
         ``follow``: the page's live part is re-fetched while it is open."""
+        unchanged = _not_modified(request, etag)
+        if unchanged is not None:
+            return unchanged
         tag = f'"{etag}"' if etag is not None else ""
         live = request.query_params.get("live") == "1"
-        if live and tag and request.headers.get("if-none-match") == tag:
-            return Response(status_code=304, headers={"etag": tag})
         params = [(k, v) for k, v in request.query_params.multi_items() if k != "live"]
         live_url = request.url.path + "?" + urlencode([*params, ("live", "1")])
         html = self.ui.env.get_template(template).render(
@@ -334,9 +335,9 @@ class Pages:
         entry = self.catalogue.get(originator_id)
         key_state = self.source.key_state(originator_id)
         etag = f"g{entry.version}.{key_state}" if entry is not None else None
-        live = request.query_params.get("live") == "1"
-        if etag and live and request.headers.get("if-none-match") == f'"{etag}"':
-            return Response(status_code=304, headers={"etag": f'"{etag}"'})  # no store read
+        unchanged = _not_modified(request, etag)
+        if unchanged is not None:
+            return unchanged  # no store read
         version = self._head(originator_id).originator_version + 1
         first = self.source.events(originator_id, limit=1)[0]
         start = _int(request.query_params.get("from"), max(version - TIMELINE, 0), low=0)
@@ -364,11 +365,17 @@ class Pages:
         originator_id = self._aggregate_id(request)
         last = self._head(originator_id).originator_version
         version = _int(request.query_params.get("version"), last, low=0, high=last)
+        # Asked again (live) while the replay goes on; once done, the state never changes.
+        etag = f"t{version}"
+        unchanged = _not_modified(request, etag)
+        if unchanged is not None:
+            return unchanged
         state = self.source.state(originator_id, version)
         return self.render(
             request,
             "state.html",
-            follow=False,
+            None if state.pending else etag,
+            follow=bool(state.pending),
             id=originator_id,
             last=last,
             state=state,
@@ -380,19 +387,30 @@ class Pages:
         last = self._head(originator_id).originator_version
         b = _int(request.query_params.get("b"), last, low=0, high=last)
         a = _int(request.query_params.get("a"), max(b - 1, 0), low=0, high=last)
-        before, after = self.source.state(originator_id, a), self.source.state(originator_id, b)
-        changes = diff(before.value, after.value) if before.exact and after.exact else None
+        etag = f"d{a}.{b}"
+        unchanged = _not_modified(request, etag)
+        if unchanged is not None:
+            return unchanged
+        states = {}
+        for version in sorted({a, b}):  # the lower first: the higher's replay goes on from it
+            states[version] = state = self.source.state(originator_id, version)
+            if state.pending:
+                break
+        before, after = states.get(a, state), states.get(b, state)
+        exact = before.exact and after.exact
         return self.render(
             request,
             "diff.html",
-            follow=False,
+            None if state.pending else etag,
+            follow=bool(state.pending),
             id=originator_id,
             last=last,
             a=a,
             b=b,
             before=before,
             after=after,
-            changes=changes,
+            replaying=state if state.pending else None,
+            changes=diff(before.value, after.value) if exact else None,
         )
 
     # ---- the feed, projections, health
@@ -438,6 +456,15 @@ class Pages:
             raise HTTPException(404, "no such file")
         body = resources.files("cairn.ui").joinpath("static", name).read_bytes()
         return Response(body, media_type=STATIC[name])
+
+
+def _not_modified(request: Request, etag: str | None) -> Response | None:
+    """A 304 for a live part whose ETag the browser has already (nothing read or rendered)."""
+    tag = f'"{etag}"'
+    live = request.query_params.get("live") == "1"
+    if etag is not None and live and request.headers.get("if-none-match") == tag:
+        return Response(status_code=304, headers={"etag": tag})
+    return None
 
 
 def _int(text: str | None, default: int, *, low: int = 0, high: int | None = None) -> int:

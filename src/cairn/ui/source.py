@@ -1,28 +1,35 @@
 """The UI's one door into cairn: every cairn API the UI uses is called here, and only here.
 
-The rest of :mod:`cairn.ui` sees a :class:`Source` (records read, opened into
-neutral values, states, verify figures, projections' positions), so that when
-cairn's own modules move, this module alone follows them.
+The rest of :mod:`cairn.ui` sees a :class:`Source`: records read, opened into
+the neutral values of :mod:`cairn.ui.values`, states, the figures of the
+checks, projections' positions. When cairn's own modules move, this module
+alone follows them.
 
-Safety: the UI never builds a class because a record names it, and never
-imports anything a record names. A payload is decrypted and decoded to plain
-JSON, and the tags of cairn's value codec are read here into the neutral types
-of :mod:`cairn.ui.values`: a value object, entity or enum stays its stored
-fields. Classes are built only for replaying an aggregate's state, and only
-from the *model*: the modules the operator named with ``--import`` (imported
-then, by the operator's choice), plus cairn's own ``cairn.domain``; a record
-naming anything else is shown as stored and not replayed.
+What is built: nothing a record names is imported, and a payload is shown
+without building any class (:meth:`cairn.Mapper.to_document`: authenticated,
+decrypted, parsed; the codec's tagged values are read here into neutral
+values, a value object, entity or enum staying its stored fields). Classes
+are built only to replay a state, and only those of the application's
+:class:`cairn.Model`: the modules and packages named with ``--import`` or in
+``$CAIRN_MODEL`` (imported at start, by the operator's choice), plus cairn's
+own. A record naming any other class is shown as stored, and not replayed.
+
+Keys: with one, an encrypted record is read only if the key sealed it, as
+everywhere in cairn. A record stored in plaintext is still shown (and
+replayed), as ``plain``, and said not to be sealed by the key: a page shows
+what the store holds, and says how far to trust it. Without a key, encrypted
+records are shown as such, and an aggregate whose data key was replaced by a
+tombstone as forgotten, told by the tombstone's length (see
+:func:`cairn.crypto.unverified_key_status`: only the key could authenticate it).
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,26 +39,29 @@ from uuid import UUID
 
 import orjson
 
-# Every cairn import of the UI is below: re-point these after cairn's modules move.
+# Every cairn import of the UI is below: re-point these when cairn's modules move.
 from cairn import tools
 from cairn.application import aggregate_from_snapshot, state_of
-from cairn.cli import cipher_from_env
-from cairn.crypto import Cipher, DataKeys
-from cairn.domain import Aggregate, Fenced, topic_of
-from cairn.errors import AggregateForgotten, CairnError, StoreError
-from cairn.mapping import ENCRYPTED, TAG, JSONTranscoder, Mapper, decode_value
-from cairn.stores import Record, Recorder, open_store, redact
+from cairn.cli import model_from_env, open_existing
+from cairn.codec import TAG, JSONTranscoder
+from cairn.crypto import KEY_ID_SIZE, Cipher, DataKeys, cipher_from_env, unverified_key_status
+from cairn.domain import Aggregate, topic_of
+from cairn.envelope import ENCRYPTED, EVENT, unreadable
+from cairn.errors import AggregateForgotten, CairnError, StoreError, TopicError, UnreadableRecord
+from cairn.mapping import Mapper, Snapshot
+from cairn.model import Declared, Model
+from cairn.stores import FENCE_TOPIC, FeedPage, Record, Store, redact
 from cairn.ui.values import Malformed, Obj, Pairs, Seq
 
-__all__ = ["Opened", "Record", "Source", "State", "Tracking", "cipher_from_env", "redact"]
-
-FENCED_TOPIC = topic_of(Fenced)
-ALWAYS_MODEL = ("cairn.domain",)  # cairn's own events (AttributeChanged, Discarded, ...)
-MAX_REPLAY = 100_000  # events replayed for one state, at most
+__all__ = ["KeyState", "Opened", "Record", "Source", "State", "Tracking", "redact"]
 
 Status = Literal["plain", "decrypted", "encrypted", "forgotten", "unreadable", "fence"]
-KeyState = Literal["none", "own", "forgotten"]
-KEY_STATE_TTL = 5.0  # seconds a data key's state is taken as known
+KeyState = Literal["none", "own key", "forgotten", "unreadable"]
+KEY_STATE_TTL = 5.0  # seconds an aggregate's key state is taken as known
+# Events replayed for one request, at most: a longer replay goes on, from the state it
+# reached (kept in memory), when the page asks again, so that no page waits for it.
+REPLAY_STEP = 5_000
+NOT_SEALED = "not encrypted: not sealed by the key, so anyone who can write to the store could have written it"
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class Opened:
     ``status``: ``plain`` (stored unencrypted), ``decrypted``, ``encrypted`` (no key
     given), ``forgotten`` (its aggregate's data key was destroyed), ``unreadable``
     (wrong key, tampered, not decodable: ``reason`` says why) or ``fence`` (a feed
-    reader's fence on Cassandra: no event). ``value`` is the decoded payload.
+    reader's fence on Cassandra: no event). ``value`` is the payload, in neutral values.
     """
 
     status: Status
@@ -84,7 +94,8 @@ class State:
     """An aggregate's state after an event version, and how it was found.
 
     ``exact`` is False when only an earlier snapshot could be read (the events after
-    it name classes outside the model); ``basis`` and ``note`` say so.
+    it name classes outside the model, say); ``basis`` and ``note`` say so.
+    ``pending``: events still to replay (no value yet): ask again, the replay goes on.
     """
 
     version: int
@@ -93,6 +104,7 @@ class State:
     basis: str
     note: str = ""
     discarded: bool = False
+    pending: int = 0
 
 
 @dataclass
@@ -104,124 +116,48 @@ class Tracking:
     error: str = ""
 
 
-class NotInModel(Exception):
-    """A record names a class outside the model: it is shown, never built."""
-
-
-# --------------------------------------------------------------------------- the model
-
-
-class Model:
-    """The classes the UI may build: those of the modules the operator imported.
-
-    A topic ``module:Qual.Name`` is allowed if its module is one of the named
-    modules or inside one, is already imported, and the name is a class there.
-    Nothing is imported to answer, so a record can never cause an import.
-    """
-
-    def __init__(self, modules: Sequence[str] = ()) -> None:
-        for name in modules:
-            importlib.import_module(name)  # the operator's choice, made at start
-        self.modules = (*ALWAYS_MODEL, *modules)
-        self._known: dict[str, bool] = {}  # topic -> allowed (a few topics, each asked often)
-
-    def allows(self, topic: Any) -> bool:
-        if not isinstance(topic, str):
-            return False
-        known = self._known.get(topic)
-        if known is None:
-            known = self._allows(topic)
-            if len(self._known) < 10_000:  # a hostile store may name any number of topics
-                self._known[topic] = known
-        return known
-
-    def _allows(self, topic: str) -> bool:
-        module_name, _, qualname = topic.partition(":")
-        if not any(module_name == m or module_name.startswith(m + ".") for m in self.modules):
-            return False
-        obj: Any = sys.modules.get(module_name)
-        for part in qualname.split("."):
-            if obj is None or not part:
-                return False
-            obj = getattr(obj, part, None)
-        # Defined where the topic says: not reached through an attribute of another object.
-        return isinstance(obj, type) and topic_of(obj) == topic
-
-    def check_payload(self, raw: Any) -> None:
-        """Raise :class:`NotInModel` unless every class a decoded payload names is allowed."""
-        named = list(_topics(raw))
-        if isinstance(raw, dict) and "originator_topic" in raw:
-            named.append(raw["originator_topic"])  # a Created event names its aggregate's class
-        for topic in named:
-            if not self.allows(topic):
-                raise NotInModel(f"{str(topic)[:200]!r} is not in the model")
-
-
-class _ModelJSON(JSONTranscoder):
-    """cairn's decoding, for payloads whose every named class is in the model (else
-    :class:`NotInModel`, before any class is looked up)."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = model
-
-    def decode(self, data: bytes) -> Any:
-        self.model.check_payload(orjson.loads(data))
-        return super().decode(data)
-
-
-def _topics(node: Any, depth: int = 0) -> Iterator[Any]:
-    """The topics named inside a raw payload (tagged value objects, entities, enums)."""
-    if depth > 100:
-        raise NotInModel("too deeply nested to build")
-    if type(node) is dict:
-        if node.get(TAG) in ("obj", "ent", "enum"):
-            yield node.get("t")
-        for value in node.values():
-            yield from _topics(value, depth + 1)
-    elif type(node) is list:
-        for value in node:
-            yield from _topics(value, depth + 1)
-
-
-# --------------------------------------------------------------------------- decoding
-
-
-class _RawJSON(JSONTranscoder):
-    """Decodes a payload to plain JSON only: no tag is read, no class is looked up."""
-
-    def decode(self, data: bytes) -> Any:
-        return orjson.loads(data)
+# --------------------------------------------------------------------------- neutral values
 
 
 _KINDS = {"obj": "value object", "ent": "entity", "enum": "enum"}
+_SEQUENCES = ("tuple", "set", "frozenset")
+# Tags of values that name no class: the codec decodes them itself.
+_SCALARS = frozenset({"uuid", "dt", "date", "time", "td", "dec", "bytes", "int", "float"})
+_CODEC = JSONTranscoder()  # used for _SCALARS only: they never reach its model
+MAX_NESTING = 40
 
 
 def neutral(node: Any, depth: int = 0) -> Any:
-    """A raw payload (cairn's tagged JSON) as the neutral values of :mod:`cairn.ui.values`."""
+    """A parsed payload (the codec's tagged JSON) as the neutral values of :mod:`cairn.ui.values`."""
     t = type(node)
-    if t is list:
-        return [neutral(v, depth + 1) for v in node] if depth < 40 else _malformed("too deep", node)
-    if t is not dict:
+    if t is not list and t is not dict:
         return node
-    if depth >= 40:
-        return _malformed("too deep", node)
+    if depth >= MAX_NESTING:
+        return _malformed("too deeply nested", node)
+    if t is list:
+        return [neutral(v, depth + 1) for v in node]
     tag = node.get(TAG)
     if tag is None:
         return {k: neutral(v, depth + 1) for k, v in node.items()}
     try:
-        if tag in _KINDS:
-            inner = node["v"]
-            fields = neutral(inner, depth + 1)
-            fields = {"value": fields} if tag == "enum" else fields
-            return Obj(_KINDS[tag], str(node["t"]), fields)
-        if tag in ("tuple", "set", "frozenset"):
-            return Seq(tag, [neutral(v, depth + 1) for v in node["v"]])
-        if tag == "dict":
-            return Pairs([(neutral(k, depth + 1), neutral(v, depth + 1)) for k, v in node["v"]])
-        # A scalar tag (uuid, dt, date, time, td, dec, bytes, int, float): no class involved.
-        return decode_value(node)
+        return _tagged(node, tag, depth)
     except (CairnError, KeyError, TypeError, ValueError, OverflowError) as exc:
-        return _malformed(f"bad {str(tag)[:40]!r} value: {exc}", node)
+        return _malformed(f"bad {str(tag)[:40]!r} value ({type(exc).__name__})", node)
+
+
+def _tagged(node: dict[str, Any], tag: Any, depth: int) -> Any:
+    if type(tag) is not str:
+        raise ValueError("a tag is text")
+    if tag in _KINDS:
+        fields = neutral(node["v"], depth + 1)
+        return Obj(_KINDS[tag], str(node["t"]), {"value": fields} if tag == "enum" else fields)
+    if tag in _SEQUENCES:
+        return Seq(tag, [neutral(v, depth + 1) for v in node["v"]])
+    if tag == "dict":
+        return Pairs([(neutral(k, depth + 1), neutral(v, depth + 1)) for k, v in node["v"]])
+    if tag in _SCALARS:
+        return _CODEC.from_json(node, 0)
+    raise ValueError("an unknown tag")
 
 
 def _malformed(reason: str, node: Any) -> Malformed:
@@ -234,29 +170,40 @@ def _malformed(reason: str, node: Any) -> Malformed:
 class Source:
     """A store as the UI reads it: records, opened payloads, states, checks.
 
-    ``store`` is a store URL or an open recorder; ``cipher`` decrypts (none: encrypted
-    records are shown as such); ``model`` names the modules whose classes may be built
-    to replay states. Nothing here writes to the store.
+    ``store`` is a store URL (opened as an existing store, never created) or an open
+    store; ``cipher`` decrypts (none: encrypted records are shown as such); ``model``
+    is the application's :class:`cairn.Model` (or what to declare in one): the classes
+    that may be built to replay states. Nothing here writes to the store.
     """
 
     def __init__(
-        self, store: str | Recorder, *, cipher: Cipher | None = None, model: Sequence[str] = ()
+        self,
+        store: str | Store,
+        *,
+        cipher: Cipher | None = None,
+        model: Model | Iterable[Declared] = (),
     ) -> None:
         if isinstance(store, str):
-            _refuse_missing_sqlite_file(store)
-            self.recorder = open_store(store)
-            self._owns = True
+            self.store, self._owns = open_existing(store), True
         else:
-            self.recorder, self._owns = store, False
-        self.url = redact(self.recorder.url)
+            self.store, self._owns = store, False
+        self.url = redact(self.store.url)
         self.cipher = cipher
-        self.model = Model(model)
-        data_keys = DataKeys(cipher, self.recorder) if cipher is not None else None
-        # Two mappers on one key cache: one opens payloads to plain JSON, the other builds
-        # events (only ever for records whose classes the model allows).
-        self._raw = Mapper(_RawJSON(), cipher=cipher, data_keys=data_keys)
-        self._full = Mapper(_ModelJSON(self.model), cipher=cipher, data_keys=data_keys)
+        self.model = Model.of(model)
+        self.data_keys = DataKeys(cipher, self.store) if cipher is not None else None
+        # Encrypted records are read by what the key sealed; plaintext ones, under a key
+        # too, by a mapper without one (they are shown as plain: not sealed by the key).
+        self._sealed = Mapper(cipher=cipher, data_keys=self.data_keys, model=self.model)
+        self._plain = Mapper(model=self.model) if cipher is not None else self._sealed
         self._key_states: dict[UUID, tuple[KeyState, float]] = {}
+        self._replayed = ReplayedStates()
+
+    @classmethod
+    def from_env(cls, url: str, imports: Iterable[str] = ()) -> Source:
+        """The source ``cairn ui`` reads: the key in ``$CAIRN_KEY``, the model in
+        ``$CAIRN_MODEL`` and ``imports`` (``--import``)."""
+        model = model_from_env(list(imports))  # first: a bad name opens nothing
+        return cls(url, cipher=cipher_from_env(), model=model)
 
     @property
     def key_id(self) -> str:
@@ -265,13 +212,13 @@ class Source:
 
     def close(self) -> None:
         if self._owns:
-            self.recorder.close()
+            self.store.close()
 
     # ---- records
 
-    def feed(self, after: int, limit: int) -> list[Record]:
-        """Feed records after a position (``record.position`` set)."""
-        return self.recorder.read_feed(after, limit)
+    def feed(self, after: int, limit: int) -> FeedPage[Record]:
+        """A page of feed records after a position (``record.position`` set)."""
+        return self.store.read_feed(after, limit)
 
     def events(
         self,
@@ -282,18 +229,18 @@ class Source:
         desc: bool = False,
         limit: int = 100,
     ) -> list[Record]:
-        return list(self.recorder.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        return list(self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
 
     def head(self, originator_id: UUID) -> Record | None:
         """The aggregate's newest event record."""
-        return tools.head(self.recorder, originator_id)
+        return tools.head(self.store, originator_id)
 
     def snapshots(self, originator_id: UUID, limit: int = 50) -> list[Record]:
         """The aggregate's snapshot records, newest first (at most ``limit``)."""
         found: list[Record] = []
         lte = None
         while len(found) < limit:
-            record = self.recorder.get_snapshot(originator_id, lte=lte)
+            record = self.store.get_snapshot(originator_id, lte=lte)
             if record is None:
                 break
             found.append(record)
@@ -301,17 +248,21 @@ class Source:
         return found
 
     def key_state(self, originator_id: UUID) -> KeyState:
-        """Whether the aggregate has a data key of its own, and whether it was destroyed
-        (asked of the store at most every few seconds per aggregate)."""
+        """Whether the aggregate has a data key of its own, was forgotten, or its stored key
+        is unreadable: authenticated with the key; without it, told by the stored key's
+        length alone. Asked of the store at most every few seconds per aggregate."""
         now = time.monotonic()
         known = self._key_states.get(originator_id)
         if known is not None and now - known[1] < KEY_STATE_TTL:
             return known[0]
+        state: KeyState
         try:
-            wrapped = self.recorder.get_data_key(originator_id)
-        except NotImplementedError:
-            wrapped = None
-        state: KeyState = "none" if wrapped is None else "forgotten" if wrapped == b"" else "own"
+            if self.data_keys is not None:
+                state = self.data_keys.status(originator_id)
+            else:
+                state = unverified_key_status(self.store.get_data_key(originator_id))
+        except UnreadableRecord:
+            state = "unreadable"
         if len(self._key_states) >= 10_000:
             self._key_states.clear()
         self._key_states[originator_id] = (state, now)
@@ -326,37 +277,62 @@ class Source:
 
     @staticmethod
     def is_fence(record: Record) -> bool:
-        return record.topic == FENCED_TOPIC
+        return record.topic == FENCE_TOPIC
 
     # ---- payloads
 
     def open_event(self, record: Record) -> Opened:
+        if record.topic == FENCE_TOPIC:
+            return self._open_fence(record)
         return self._open(record, snapshot=False)
 
     def open_snapshot(self, record: Record) -> Opened:
         return self._open(record, snapshot=True)
 
     def _open(self, record: Record, *, snapshot: bool) -> Opened:
-        data, size = record.data, len(record.data)
-        if not snapshot and record.topic == FENCED_TOPIC:
-            return Opened("fence", reason="fenced off by a feed reader: no event here", size=size)
-        encrypted = bool(data) and bool(data[0] & ENCRYPTED)
-        key_id = data[1:5].hex() if encrypted else ""
+        size, encrypted = len(record.data), _encrypted(record)
+        key_id = record.data[1 : 1 + KEY_ID_SIZE].hex() if encrypted else ""
         if encrypted and self.cipher is None:
-            if self.key_state(record.originator_id) == "forgotten":
-                return Opened("forgotten", reason="its data key was destroyed", size=size)
-            return Opened("encrypted", reason="no key given ($CAIRN_KEY)", size=size, key_id=key_id)
+            return self._sealed_without_key(record, key_id)
         try:
-            if snapshot:
-                raw = self._raw.to_snapshot(record).state
-            else:
-                raw = self._raw._open(record, b"e", "event")  # the envelope alone, no classes
+            document = self._mapper(record).to_document(record, snapshot=snapshot)
         except AggregateForgotten:
             return Opened("forgotten", reason="its data key was destroyed", size=size)
         except CairnError as exc:
             return Opened("unreadable", reason=str(exc), size=size, key_id=key_id)
-        status: Status = "decrypted" if encrypted else "plain"
-        return Opened(status, neutral(raw), size=size, key_id=key_id)
+        if encrypted:
+            return Opened("decrypted", neutral(document), size=size, key_id=key_id)
+        reason = NOT_SEALED if self.cipher is not None else "stored unencrypted"
+        return Opened("plain", neutral(document), reason, size)
+
+    def _sealed_without_key(self, record: Record, key_id: str) -> Opened:
+        size = len(record.data)
+        state = self.key_state(record.originator_id)
+        if state == "forgotten":
+            reason = (
+                "its data key was destroyed (its tombstone told by its length: without "
+                "$CAIRN_KEY it cannot be authenticated)"
+            )
+            return Opened("forgotten", reason=reason, size=size)
+        if state == "unreadable":
+            reason = "its aggregate's stored data key is neither a key nor a sealed tombstone"
+            return Opened("unreadable", reason=reason, size=size, key_id=key_id)
+        return Opened("encrypted", reason="no key given ($CAIRN_KEY)", size=size, key_id=key_id)
+
+    def _open_fence(self, record: Record) -> Opened:
+        """A fence: checked (sealed by the key, when there is one) unless it is sealed and
+        there is no key to check it with."""
+        size = len(record.data)
+        if self.cipher is not None or not _encrypted(record):
+            try:
+                self._sealed.to_event(record)
+            except CairnError as exc:
+                return Opened("unreadable", reason=str(exc), size=size)
+        return Opened("fence", reason="fenced off by a feed reader: no event here", size=size)
+
+    def _mapper(self, record: Record) -> Mapper:
+        """The mapper that reads this record: plaintext ones are read without the key."""
+        return self._sealed if _encrypted(record) else self._plain
 
     @staticmethod
     def timestamp(opened: Opened) -> datetime | None:
@@ -368,71 +344,108 @@ class Source:
 
     def state(self, originator_id: UUID, version: int) -> State:
         """The aggregate's state after event ``version``: replayed when the model has
-        every class involved, else the newest snapshot at or below it."""
+        every class involved (``REPLAY_STEP`` events a call at most: until it is done,
+        ``pending`` says how many are left), else the newest snapshot at or below it."""
         try:
             return self._replay(originator_id, version)
-        except NotInModel as exc:
-            reason = f"{exc}: name its module with --import to replay the events"
+        except TopicError as exc:
+            reason = (
+                f"a record names a class that is not in the model ({exc}): name its module "
+                "with --import, or in $CAIRN_MODEL, to replay the events"
+            )
         except CairnError as exc:  # encrypted without a key, unreadable, forgotten
             reason = f"cannot replay: {exc}"
         except Exception as exc:  # the model's own code failed while applying an event
             reason = f"replaying failed: {type(exc).__name__}: {exc}"
-        snapshot = self.recorder.get_snapshot(originator_id, lte=version)
-        opened = self.open_snapshot(snapshot) if snapshot is not None else None
-        hint = reason
-        if snapshot is None or opened is None or not opened.readable:
+        return self._stored_state(originator_id, version, reason)
+
+    def _stored_state(self, originator_id: UUID, version: int, reason: str) -> State:
+        """The state of the newest snapshot at or below ``version``, as stored."""
+        record = self.store.get_snapshot(originator_id, lte=version)
+        opened = self.open_snapshot(record) if record is not None else None
+        if record is None or opened is None or not opened.readable:
             why = "no snapshot" if opened is None else f"the snapshot is {opened.status}"
-            return State(version, None, False, f"{why} at or below version {version}", hint)
-        at = snapshot.originator_version
-        note = "" if at == version else f"events {at + 1}..{version} are not applied; {hint}"
-        return State(
-            version,
-            opened.value,
-            at == version,
-            f"the snapshot at version {at}",
-            note,
-            opened.value is None,
-        )
+            return State(version, None, False, f"{why} at or below version {version}", reason)
+        at = record.originator_version
+        note = "" if at == version else f"events {at + 1}..{version} are not applied; {reason}"
+        basis = f"the snapshot at version {at}"
+        return State(version, opened.value, at == version, basis, note, opened.value is None)
 
     def _replay(self, originator_id: UUID, version: int) -> State:
-        aggregate: Any = None
-        gt, basis = None, "replayed from version 0"
-        snapshot = self.recorder.get_snapshot(originator_id, lte=version)
-        if snapshot is not None:
-            built = self._build(snapshot, snapshot=True)
-            if built.state is not None:
-                aggregate = aggregate_from_snapshot(built)
-                gt = snapshot.originator_version
-                basis = f"the snapshot at version {gt}, then its events replayed"
-        for record in self.recorder.select(originator_id, gt=gt, lte=version, limit=MAX_REPLAY):
-            aggregate = self._build(record).mutate(aggregate)
+        self._not_forgotten(originator_id)
+        kept = self._replayed.nearest(originator_id, version)
+        if kept is not None and kept.version == version:
+            return kept.state()  # asked again: nothing to replay
+        aggregate, after, basis, unsealed = self._replay_start(originator_id, version, kept)
+        for record in self.store.select(originator_id, gt=after, lte=version, limit=REPLAY_STEP):
+            unsealed |= self.cipher is not None and not _encrypted(record)
+            aggregate = self._mapper(record).to_event(record).mutate(aggregate)
         if aggregate is None:
             return State(version, None, True, basis, "no aggregate at this version")
-        assert isinstance(aggregate, Aggregate)
-        encoded = orjson.loads(JSONTranscoder().encode_value(state_of(aggregate)))
-        return State(version, neutral(encoded), True, basis, discarded=aggregate.is_discarded)
+        if not isinstance(aggregate, Aggregate):
+            raise UnreadableRecord(f"aggregate {originator_id}: its events built no aggregate")
+        reached = aggregate._version - 1
+        encoded = self._sealed.transcoder.encode_value(state_of(aggregate))
+        kept = Replayed(
+            reached, topic_of(type(aggregate)), encoded, basis, unsealed, aggregate._is_discarded
+        )
+        if not self._replayed.keep(originator_id, kept) and reached < version:
+            raise UnreadableRecord(  # (it could not go on from where it stopped)
+                f"aggregate {originator_id}: its state of {len(encoded):,} bytes at version "
+                f"{reached} is too large to replay in steps"
+            )
+        if reached < version:
+            note = f"replaying the events: at version {reached:,} of {version:,} so far…"
+            return State(version, None, False, basis, note, pending=version - reached)
+        return kept.state()
 
-    def _build(self, record: Record, *, snapshot: bool = False) -> Any:
-        """The event (or snapshot) a record holds, built from the model's classes only:
-        :class:`NotInModel` if it names another."""
-        where = f"(aggregate {record.originator_id} version {record.originator_version})"
-        if not (record.topic == FENCED_TOPIC or self.model.allows(record.topic)):
-            raise NotInModel(f"{record.topic[:200]!r} {where} is not in the model")
-        try:
-            return self._full.to_snapshot(record) if snapshot else self._full.to_event(record)
-        except NotInModel as exc:
-            raise NotInModel(f"{exc} {where}") from None
+    def _not_forgotten(self, originator_id: UUID) -> None:
+        """:class:`AggregateForgotten` if the aggregate is forgotten now (DataKeys looks
+        again every second), its replayed states dropped."""
+        if self.data_keys is not None:
+            try:
+                self.data_keys.cipher(originator_id, create=False)
+            except AggregateForgotten:
+                self._replayed.drop(originator_id)
+                raise
+
+    def _replay_start(
+        self, originator_id: UUID, version: int, kept: Replayed | None
+    ) -> tuple[Any, int | None, str, bool]:
+        """The aggregate to replay onto, the version it is at, how it was found and whether
+        plaintext records went into it under a key: from the newest stored snapshot or
+        state replayed before, at or below ``version``."""
+        record = self.store.get_snapshot(originator_id, lte=version)
+        if record is not None and (kept is None or record.originator_version > kept.version):
+            snapshot = self._mapper(record).to_snapshot(record)
+            if snapshot.state is not None:  # (None: discarded by then; replay from 0)
+                at = snapshot.originator_version
+                aggregate = aggregate_from_snapshot(snapshot, self.model)
+                return (
+                    aggregate,
+                    at,
+                    f"the snapshot at version {at}, then its events replayed",
+                    False,
+                )
+        if kept is not None:
+            state = self._sealed.transcoder.decode(kept.encoded)
+            snapshot = Snapshot(originator_id, kept.version, kept.topic, state)
+            aggregate = aggregate_from_snapshot(snapshot, self.model)
+            return aggregate, kept.version, kept.basis, kept.unsealed  # the same state as then
+        return None, None, "replayed from version 0", False
 
     # ---- checks
 
     def verify(self, progress: Callable[[int, int | None], None]) -> dict[str, Any]:
         """The figures of ``cairn verify``: every event and newest snapshot opened, versions
         without gaps. Classes are built (so their fields checked) only inside the model."""
-        report = tools.verify(self.recorder, _CheckingMapper(self), progress)
+        report = tools.verify(self.store, _Checker(self), progress)
         return {
             "aggregates": report.aggregates,
             "events": report.events,
             "snapshots": report.snapshots,
+            "encrypted": report.encrypted,
+            "plaintext": report.plaintext,
             "encrypted_unchecked": report.encrypted_unchecked,
             "forgotten": len(report.forgotten_ids),
             "problems": report.problems,
@@ -455,26 +468,101 @@ class Source:
         return found
 
 
-class _CheckingMapper(Mapper):
-    """For ``tools.verify``: opens each event (decrypt, authenticate, decode), and builds
-    it only when the model has its classes, instead of importing what it names."""
+def _encrypted(record: Record) -> bool:
+    return bool(record.data) and bool(record.data[0] & ENCRYPTED)
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """A state the UI replayed: the aggregate's class, its attributes as the codec
+    writes them, and how it was found."""
+
+    version: int
+    topic: str
+    encoded: bytes
+    basis: str
+    unsealed: bool  # some of its events are plaintext records read under a key
+    discarded: bool
+
+    def state(self) -> State:
+        note = f"some of the events replayed are {NOT_SEALED}" if self.unsealed else ""
+        value = neutral(orjson.loads(self.encoded))
+        return State(self.version, value, True, self.basis, note, self.discarded)
+
+
+class ReplayedStates:
+    """The states the UI has replayed, kept in memory (never on disk), so that a state
+    asked for again, or a later version's, is not replayed from the start: the last
+    ``PER_AGGREGATE`` of each aggregate, ``MAX_BYTES`` in all, the aggregate least
+    recently replayed dropped first."""
+
+    PER_AGGREGATE = 8
+    MAX_BYTES = 64 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._by_id: OrderedDict[UUID, dict[int, Replayed]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def keep(self, originator_id: UUID, replayed: Replayed) -> bool:
+        """Keep a state (and drop others to make room); whether it was kept."""
+        if len(replayed.encoded) > self.MAX_BYTES // 4:
+            return False  # a state this large would push out too many others
+        with self._lock:
+            kept = self._by_id.setdefault(originator_id, {})
+            self._by_id.move_to_end(originator_id)
+            old = kept.pop(replayed.version, None)
+            kept[replayed.version] = replayed
+            self._bytes += len(replayed.encoded) - (len(old.encoded) if old else 0)
+            if len(kept) > self.PER_AGGREGATE:
+                self._bytes -= len(kept.pop(next(iter(kept))).encoded)  # the first kept
+            while self._bytes > self.MAX_BYTES:
+                _, dropped = self._by_id.popitem(last=False)
+                self._bytes -= sum(len(r.encoded) for r in dropped.values())
+        return True
+
+    def nearest(self, originator_id: UUID, version: int) -> Replayed | None:
+        """The state kept of the newest version at or below ``version``."""
+        with self._lock:
+            below = [r for v, r in self._by_id.get(originator_id, {}).items() if v <= version]
+        return max(below, key=lambda r: r.version, default=None)
+
+    def drop(self, originator_id: UUID) -> None:
+        with self._lock:
+            dropped = self._by_id.pop(originator_id, {})
+            self._bytes -= sum(len(r.encoded) for r in dropped.values())
+
+
+class _Checker(Mapper):
+    """The mapper the checks read with: each record as :class:`Source` reads it (a
+    plaintext one without the key), and one that names classes outside the model opened
+    and parsed only, not built: the model may not have them all."""
 
     def __init__(self, source: Source) -> None:
-        raw = source._raw
-        super().__init__(raw.transcoder, cipher=raw.cipher, data_keys=raw.data_keys)
+        sealed = source._sealed
+        super().__init__(sealed.transcoder, cipher=sealed.cipher, data_keys=sealed.data_keys)
         self.source = source
 
     def to_event(self, record: Record) -> Any:
-        if record.topic == FENCED_TOPIC:
-            return super().to_event(record)  # a fence: nothing to decode
+        if record.topic == FENCE_TOPIC:
+            return super().to_event(record)
+        mapper = self.source._mapper(record)
         try:
-            return self.source._build(record)  # decrypted once, built, its fields checked
-        except NotInModel:
-            pass
-        raw = self._open(record, b"e", "event")
-        if type(raw) is not dict:
-            raise self._corrupt(record, "event", "payload is not a JSON object")
-        return None
+            return mapper.to_event(record)  # decrypted once, built, its fields checked
+        except TopicError:
+            if type(mapper.to_document(record)) is not dict:
+                raise unreadable(record, EVENT, "its payload is not a JSON object") from None
+            return None
+
+    def to_snapshot(self, record: Record) -> Any:
+        mapper = self.source._mapper(record)
+        try:
+            return mapper.to_snapshot(record)
+        except TopicError:
+            return mapper.to_document(record, snapshot=True)
+
+
+# --------------------------------------------------------------------------- view stores
 
 
 TRACKING_SQL = "SELECT name, position FROM cairn_tracking ORDER BY name"
@@ -482,9 +570,11 @@ _connections = threading.local()
 
 
 def _read_tracking(url: str) -> list[tuple[Any, Any]]:
+    """The rows of a view store's tracking table, read without writing (SQLite opened
+    read-only, PostgreSQL in read-only transactions, one connection per thread)."""
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
-        path = _sqlite_path(url)
+        path = url.split("://", 1)[1].partition("?")[0][1:]
         if not Path(path).exists():
             raise StoreError(f"no view store at {redact(url)}: the file does not exist")
         conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=5)
@@ -503,15 +593,3 @@ def _read_tracking(url: str) -> list[tuple[Any, Any]]:
         rows: list[tuple[Any, Any]] = cached.execute(TRACKING_SQL).fetchall()
         return rows
     raise StoreError(f"view store {redact(url)}: use sqlite:///FILE or postgresql://...")
-
-
-def _sqlite_path(url: str) -> str:
-    return url.split("://", 1)[1].partition("?")[0][1:]
-
-
-def _refuse_missing_sqlite_file(url: str) -> None:
-    """Opening a SQLite URL makes the file: the UI, read-only, refuses one that is not there."""
-    if url.lower().startswith("sqlite://"):
-        path = _sqlite_path(url)
-        if path and not os.path.exists(path):
-            raise StoreError(f"no store at {redact(url)}: the file {path} does not exist")
