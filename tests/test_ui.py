@@ -24,9 +24,9 @@ from cairn import AESCipher, Application, StoreError
 from cairn.examples.everything import EverythingApplication, create_example_aggregate
 from cairn.projections import ProjectionRunner, SQLiteViews
 from cairn.stores import Record, open_store
+from cairn.ui import source as source_module
 from cairn.ui.catalogue import Catalogue
 from cairn.ui.server import UI, Server, wait_for
-from cairn.ui import source as source_module
 from cairn.ui.source import Source
 from cairn.ui.tracking import Tracker
 from cairn.ui.values import Malformed, Obj, diff, render
@@ -190,6 +190,40 @@ def test_a_live_part_unchanged_is_answered_not_modified(client: Client, store: s
 
 
 # --------------------------------------------------------------------------- what it shows
+
+
+def test_a_state_page_follows_its_replay_until_it_is_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path}/store.db"
+    ids = []
+    with Application(store=url) as app:
+        for _ in range(2):
+            aggregate = create_example_aggregate("v0")
+            for n in range(1, 4):
+                aggregate.foo = f"v{n}"
+            app.save(aggregate)  # versions 0..3, no snapshot
+            ids.append(aggregate.id)
+    monkeypatch.setattr(source_module, "REPLAY_STEP", 2)
+    server = serve(Source(url, model=MODEL))
+    client = Client(server)
+    try:
+        client.login()
+        for path, at, done in [
+            (f"/aggregates/{ids[0]}/state?version=3", "at version 1 of 3", "v3"),
+            (f"/aggregates/{ids[1]}/diff?a=2&b=3", "at version 1 of 2", "_foo"),
+        ]:
+            body = client.page(path)
+            assert f"replaying the events: {at}" in body and done not in body
+            assert '<div id="live" data-live=' in body  # asked again while the replay goes on
+            status, headers, part = client.request(path + "&live=1")
+            assert status == 200 and "replaying" not in part and done in part
+            etag = headers["etag"]
+            assert client.request(path + "&live=1", headers={"If-None-Match": etag})[0] == 304
+            assert '<div id="live">' in client.page(path)  # done: nothing to follow
+    finally:
+        server.stop()
+        server.ui.source.close()
 
 
 def test_fields_that_hold_html_are_shown_as_text(client: Client) -> None:
@@ -528,37 +562,67 @@ def test_a_difference_names_each_changed_attribute() -> None:
 # --------------------------------------------------------------------------- the command
 
 
+class Command:
+    """``cairn ui`` run as a command, in a process of its own: the pages it serves, and
+    what it printed on stderr once stopped."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cairn.cli", "ui", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**clean, "PYTHONPATH": str(ROOT / "src"), **env},
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]{40,})", line)
+        assert match, line
+        self.port, self.token = int(match[1]), match[2]
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        self.conn.request("GET", f"/?token={self.token}")
+        response = self.conn.getresponse()
+        self.cookie = response.headers["set-cookie"].split(";")[0]
+        response.read()
+
+    def page(self, path: str) -> str:
+        self.conn.request("GET", path, headers={"Cookie": self.cookie})
+        return self.conn.getresponse().read().decode()
+
+    def stop(self) -> str:
+        self.conn.close()
+        self.process.terminate()
+        return self.process.communicate(timeout=30)[1]
+
+
 def test_cairn_ui_prints_a_url_with_a_token_and_decrypts_with_cairn_key(store: str) -> None:
     source = Source(store, cipher=AESCipher(KEY))
     secret = ids_of(source)["secret foo"]
     source.close()
-    env = {k: v for k, v in os.environ.items() if k != "CAIRN_KEY"}
-    env.update(PYTHONPATH=str(ROOT / "src"), CAIRN_KEY=KEY)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cairn.cli", "ui", store, "--import", MODEL[0]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    command = Command([store, "--import", MODEL[0]], {"CAIRN_KEY": KEY})
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=([\w-]{40,})", line)
-        assert match, line
-        conn = http.client.HTTPConnection("127.0.0.1", int(match[1]), timeout=30)
-        conn.request("GET", f"/?token={match[2]}")
-        response = conn.getresponse()
-        cookie = response.headers["set-cookie"].split(";")[0]
-        response.read()
-        conn.request("GET", f"/aggregates/{secret}", headers={"Cookie": cookie})
-        body = conn.getresponse().read().decode()
+        body = command.page(f"/aggregates/{secret}")
         assert "secret foo" in body and "decrypted" in body
-        conn.close()
     finally:
-        process.terminate()
-        _, err = process.communicate(timeout=30)
-    assert KEY not in err and match[2] not in err
+        err = command.stop()
+    assert KEY not in err and command.token not in err
+
+
+def test_cairn_ui_takes_the_store_and_the_model_from_the_environment(store: str) -> None:
+    """$CAIRN_STORE and $CAIRN_MODEL, as the other commands take them: the state after
+    version 2 is replayed from the snapshot at 1 (the model has the event's class)."""
+    source = Source(store, cipher=AESCipher(KEY))
+    secret = ids_of(source)["secret foo"]
+    source.close()
+    environment = {"CAIRN_KEY": KEY, "CAIRN_STORE": store, "CAIRN_MODEL": MODEL[0]}
+    command = Command([], environment)
+    try:
+        body = command.page(f"/aggregates/{secret}/state?version=2")
+        assert "the snapshot at version 1, then its events replayed" in body
+        assert "not exact" not in body and "secret bar" in body
+    finally:
+        command.stop()
 
 
 def test_cairn_ui_refuses_a_module_it_cannot_import(store: str) -> None:
