@@ -144,10 +144,9 @@ class Catalogue:
                 entry.version = record.originator_version + 1
             entry.last = position
             positions.append(position)
-        self._after = records[-1].position or self._after
         self._recent.extend(records[-(self._recent.maxlen or 0) :])
         if self._caught_up:
-            self._seen.append((self._after, time.time()))
+            self._seen.append((records[-1].position or 0, time.time()))
         self.generation += 1
 
     def _new_entry(self, record: Record, position: int) -> Entry:

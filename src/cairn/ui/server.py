@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cairn.ui.catalogue import Catalogue
 from cairn.ui.health import Verification
-from cairn.ui.source import Source
+from cairn.ui.source import Source, State
 from cairn.ui.tracking import Tracker, chart
 from cairn.ui.values import diff, render, short_topic
 
@@ -391,26 +391,27 @@ class Pages:
         unchanged = _not_modified(request, etag)
         if unchanged is not None:
             return unchanged
-        states = {}
+        states: dict[int, State] = {}
         for version in sorted({a, b}):  # the lower first: the higher's replay goes on from it
-            states[version] = state = self.source.state(originator_id, version)
-            if state.pending:
-                break
-        before, after = states.get(a, state), states.get(b, state)
-        exact = before.exact and after.exact
+            state = states[version] = self.source.state(originator_id, version)
+            if state.pending:  # the page asks again until both are replayed
+                return self.render(
+                    request, "diff.html", id=originator_id, last=last, a=a, b=b, replaying=state
+                )
+        before, after = states[a], states[b]
         return self.render(
             request,
             "diff.html",
-            None if state.pending else etag,
-            follow=bool(state.pending),
+            etag,
+            follow=False,
             id=originator_id,
             last=last,
             a=a,
             b=b,
+            replaying=None,
             before=before,
             after=after,
-            replaying=state if state.pending else None,
-            changes=diff(before.value, after.value) if exact else None,
+            changes=diff(before.value, after.value) if before.exact and after.exact else None,
         )
 
     # ---- the feed, projections, health

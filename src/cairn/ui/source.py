@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 from uuid import UUID
 
@@ -53,7 +53,7 @@ from cairn.model import Declared, Model
 from cairn.stores import FENCE_TOPIC, FeedPage, Record, Store, redact
 from cairn.ui.values import Malformed, Obj, Pairs, Seq
 
-__all__ = ["KeyState", "Opened", "Record", "Source", "State", "Tracking", "redact"]
+__all__ = ["KeyState", "Opened", "Record", "Source", "State", "Tracking"]
 
 Status = Literal["plain", "decrypted", "encrypted", "forgotten", "unreadable", "fence"]
 KeyState = Literal["none", "own key", "forgotten", "unreadable"]
@@ -61,7 +61,10 @@ KEY_STATE_TTL = 5.0  # seconds an aggregate's key state is taken as known
 # Events replayed for one request, at most: a longer replay goes on, from the state it
 # reached (kept in memory), when the page asks again, so that no page waits for it.
 REPLAY_STEP = 5_000
-NOT_SEALED = "not encrypted: not sealed by the key, so anyone who can write to the store could have written it"
+NOT_SEALED = (
+    "not encrypted: not sealed by the key, so anyone who can write to the store could "
+    "have written it"
+)
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ _KINDS = {"obj": "value object", "ent": "entity", "enum": "enum"}
 _SEQUENCES = ("tuple", "set", "frozenset")
 # Tags of values that name no class: the codec decodes them itself.
 _SCALARS = frozenset({"uuid", "dt", "date", "time", "td", "dec", "bytes", "int", "float"})
-_CODEC = JSONTranscoder()  # used for _SCALARS only: they never reach its model
+_SCALAR_CODEC = JSONTranscoder()  # for _SCALARS only: they never reach its model
 MAX_NESTING = 40
 
 
@@ -156,7 +159,7 @@ def _tagged(node: dict[str, Any], tag: Any, depth: int) -> Any:
     if tag == "dict":
         return Pairs([(neutral(k, depth + 1), neutral(v, depth + 1)) for k, v in node["v"]])
     if tag in _SCALARS:
-        return _CODEC.from_json(node, 0)
+        return _SCALAR_CODEC.from_json(node, 0)
     raise ValueError("an unknown tag")
 
 
@@ -229,6 +232,7 @@ class Source:
         desc: bool = False,
         limit: int = 100,
     ) -> list[Record]:
+        """An aggregate's event records, in version order (``desc``: newest first)."""
         return list(self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
 
     def head(self, originator_id: UUID) -> Record | None:
@@ -274,10 +278,6 @@ class Source:
     def aggregate_type(created_topic: str) -> str:
         """The aggregate's type (its class's topic) from its first event's topic."""
         return tools.aggregate_type(created_topic)
-
-    @staticmethod
-    def is_fence(record: Record) -> bool:
-        return record.topic == FENCE_TOPIC
 
     # ---- payloads
 
@@ -380,7 +380,7 @@ class Source:
         for record in self.store.select(originator_id, gt=after, lte=version, limit=REPLAY_STEP):
             unsealed |= self.cipher is not None and not _encrypted(record)
             aggregate = self._mapper(record).to_event(record).mutate(aggregate)
-        if aggregate is None:
+        if aggregate is None:  # (a creation fenced off)
             return State(version, None, True, basis, "no aggregate at this version")
         if not isinstance(aggregate, Aggregate):
             raise UnreadableRecord(f"aggregate {originator_id}: its events built no aggregate")
@@ -409,30 +409,24 @@ class Source:
                 self._replayed.drop(originator_id)
                 raise
 
-    def _replay_start(
-        self, originator_id: UUID, version: int, kept: Replayed | None
-    ) -> tuple[Any, int | None, str, bool]:
-        """The aggregate to replay onto, the version it is at, how it was found and whether
-        plaintext records went into it under a key: from the newest stored snapshot or
-        state replayed before, at or below ``version``."""
+    def _replay_start(self, originator_id: UUID, version: int, kept: Replayed | None) -> _Start:
+        """Where to replay from: the newest stored snapshot or state replayed before, at or
+        below ``version``; else version 0."""
         record = self.store.get_snapshot(originator_id, lte=version)
         if record is not None and (kept is None or record.originator_version > kept.version):
             snapshot = self._mapper(record).to_snapshot(record)
             if snapshot.state is not None:  # (None: discarded by then; replay from 0)
                 at = snapshot.originator_version
                 aggregate = aggregate_from_snapshot(snapshot, self.model)
-                return (
-                    aggregate,
-                    at,
-                    f"the snapshot at version {at}, then its events replayed",
-                    False,
+                return _Start(
+                    aggregate, at, f"the snapshot at version {at}, then its events replayed"
                 )
         if kept is not None:
             state = self._sealed.transcoder.decode(kept.encoded)
             snapshot = Snapshot(originator_id, kept.version, kept.topic, state)
             aggregate = aggregate_from_snapshot(snapshot, self.model)
-            return aggregate, kept.version, kept.basis, kept.unsealed  # the same state as then
-        return None, None, "replayed from version 0", False
+            return _Start(aggregate, kept.version, kept.basis, kept.unsealed)  # as it was then
+        return _Start(None, None, "replayed from version 0")
 
     # ---- checks
 
@@ -466,6 +460,15 @@ class Source:
             return found
         found.positions = {str(name): int(position) for name, position in rows}
         return found
+
+
+class _Start(NamedTuple):
+    """Where a replay starts."""
+
+    aggregate: Any  # None: before version 0
+    after: int | None  # the version it is at
+    basis: str  # how it was found, for the page
+    unsealed: bool = False  # plaintext records, read under a key, went into it
 
 
 def _encrypted(record: Record) -> bool:
