@@ -5,8 +5,10 @@ Builds the store once (in a child process, records appended directly in
 batches of 10,000): 100,000 aggregates of 10 events, three quarters of them the
 example application's (encrypted, their classes imported, so that states are
 replayed), a quarter of three types whose classes are not imported (plain
-JSON; their states shown from snapshots), and one aggregate of 10,000 events.
-A view store holds a projection 100,000 events behind.
+JSON, their states shown from snapshots; with the key, said not sealed by it), and
+one aggregate of 10,000 events and no snapshot, whose state is replayed 5,000
+events a request (the page asks again until it is done). A view store holds a
+projection 100,000 events behind.
 
 Then starts the UI in this process, waits for its catalogue (one pass over the
 feed: its time and the process's memory are printed), and times each page
@@ -123,7 +125,7 @@ def main() -> None:
     parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = Path(args.folder)
-    store = folder / f"store-{args.events}.db"
+    store = folder / f"store-{args.events}-v2.db"  # v2: text keys through scrypt, sealed kinds
     if args.build:
         build(store, args.events)
         return
@@ -157,46 +159,52 @@ def measure(store: Path, views_db: Path, requests: int, events: int) -> None:
     newest = ui.catalogue.newest(kind, 0, 1)[0][0].id
     big = ui.catalogue.newest(kind, 0, 10**9)[0][-1].id  # the first aggregate written
     other = ui.catalogue.newest(OTHER_TYPES[0], 0, 1)[0][0].id
-    pages: list[tuple[str, str | Callable[[int], str]]] = [
-        ("overview", "/"),
-        ("aggregates, newest first", "/aggregates"),
-        ("aggregates of one type, page 1,000", f"/aggregates?type={kind}&page=1000"),
-        ("search by id prefix", f"/aggregates?q={str(newest)[:6]}"),
-        ("aggregate timeline (10 events, encrypted)", f"/aggregates/{newest}"),
-        ("aggregate timeline (plain, class not imported)", f"/aggregates/{other}"),
-        ("aggregate timeline (last 100 of 10,000)", f"/aggregates/{big}"),
-        ("state at version 9 (10 events replayed)", f"/aggregates/{newest}/state?version=9"),
-        ("difference between versions 4 and 9", f"/aggregates/{newest}/diff?a=4&b=9"),
-        ("feed (newest 50)", "/feed"),
-        ("projections", "/projections"),
-        ("health", "/health"),
-        # The long aggregate has no snapshot. A state is kept in memory once replayed, so
-        # "first asked" asks for a lower version each time (nothing kept at or below it).
-        (
-            "state at version ~9,999, first asked (~10,000 events replayed, no snapshot)",
-            lambda n: f"/aggregates/{big}/state?version={BIG - 1 - n}",
-        ),
-        ("the same state asked again", f"/aggregates/{big}/state?version={BIG - 1}"),
-        (
-            "the next version's state (1 event replayed onto the one kept)",
-            lambda n: f"/aggregates/{big}/state?version={BIG - 1 - 2 * requests + n}",
-        ),
-        (
-            "difference between versions ~9,998 and ~9,999, first asked",
-            lambda n: (
-                f"/aggregates/{big}/diff?a={BIG - 4 * requests - 2 * n}"
-                f"&b={BIG - 4 * requests - 2 * n + 1}"
-            ),
-        ),
+    state = f"/aggregates/{big}/state?version={BIG - 1}"
+    diff = f"/aggregates/{big}/diff?a={BIG - 2}&b={BIG - 1}"
+
+    def forget_states() -> None:
+        """Drop the states the UI replayed and kept (in memory), as if first asked."""
+        source._replayed.drop(big)
+
+    def first_step() -> None:
+        forget_states()
+        get(server, state, cookie)
+
+    def version_before() -> None:
+        forget_states()
+        while b"replaying" in get(server, state[:-1] + "8", cookie, body=True)[2]:
+            pass
+
+    # (name, path, what to do before each request, untimed)
+    pages: list[tuple[str, str, Callable[[], object] | None]] = [
+        ("overview", "/", None),
+        ("aggregates, newest first", "/aggregates", None),
+        ("aggregates of one type, page 1,000", f"/aggregates?type={kind}&page=1000", None),
+        ("search by id prefix", f"/aggregates?q={str(newest)[:6]}", None),
+        ("aggregate timeline (10 events, encrypted)", f"/aggregates/{newest}", None),
+        ("aggregate timeline (plain, class not imported)", f"/aggregates/{other}", None),
+        ("aggregate timeline (last 100 of 10,000)", f"/aggregates/{big}", None),
+        ("state at version 9 (10 events replayed)", f"/aggregates/{newest}/state?version=9", None),
+        ("difference between versions 4 and 9", f"/aggregates/{newest}/diff?a=4&b=9", None),
+        ("feed (newest 50)", "/feed", None),
+        ("projections", "/projections", None),
+        ("health", "/health", None),
+        # The long aggregate has no snapshot: its state after version 9,999 is replayed
+        # REPLAY_STEP (5,000) events a request, the page asking again until it is done.
+        ("state at version 9,999, first asked: events 0-4,999", state, forget_states),
+        ("... asked again (live): events 5,000-9,999", state, first_step),
+        ("... asked again, once replayed (kept)", state, None),
+        ("state at version 9,999, once 9,998's is kept: 1 event replayed", state, version_before),
+        ("difference 9,998-9,999, first asked: events 0-4,999", diff, forget_states),
     ]
     cookie = login(server)
     rows = []
-    for name, page in pages:
-        path_of = page if callable(page) else lambda n, page=page: page
+    for name, path, before in pages:
         times = []
-        get(server, path_of(0), cookie)  # warm: templates compiled, pages of the store cached
-        for n in range(1, requests + 1):
-            path = path_of(n)
+        get(server, path, cookie)  # warm: templates compiled, pages of the store cached
+        for _ in range(requests):
+            if before is not None:
+                before()
             t = time.perf_counter()
             status, size = get(server, path, cookie)
             times.append((time.perf_counter() - t) * 1000)
@@ -236,13 +244,14 @@ def login(server: Any) -> str:
     return str(response.headers["set-cookie"]).split(";")[0]
 
 
-def get(server: Any, path: str, cookie: str) -> tuple[int, int]:
+def get(server: Any, path: str, cookie: str, body: bool = False) -> Any:
+    """(status, size), and with ``body`` the body too."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
     conn.request("GET", path, headers={"Cookie": cookie})
     response = conn.getresponse()
-    body = response.read()
+    data = response.read()
     conn.close()
-    return response.status, len(body)
+    return (response.status, len(data), data) if body else (response.status, len(data))
 
 
 def quantile(values: list[float], q: float) -> float:
