@@ -406,6 +406,26 @@ def test_a_long_replay_goes_on_in_steps_from_the_state_it_reached(
         recorder.close()
 
 
+def test_replayed_states_stay_within_their_bytes_and_keep_the_one_just_replayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long replay goes on from the state it kept last: making room never drops it."""
+    monkeypatch.setattr(source_module.ReplayedStates, "MAX_BYTES", 400)
+    states = source_module.ReplayedStates()
+    one, two = uuid4(), uuid4()
+
+    def kept(version: int) -> source_module.Replayed:
+        return source_module.Replayed(version, "m:A", b"x" * 100, "basis", False, False)
+
+    assert states.keep(one, kept(0))
+    for version in range(5):  # 100 bytes each: four fit
+        assert states.keep(two, kept(version))
+        assert states.nearest(two, version) == kept(version)
+    assert states.nearest(one, 9) is None  # the aggregate least recently replayed went first
+    assert states.nearest(two, 0) is None and states.nearest(two, 1) == kept(1)
+    assert not states.keep(one, source_module.Replayed(0, "m:A", b"x" * 101, "", False, False))
+
+
 def test_a_state_replayed_before_is_not_shown_once_its_aggregate_is_forgotten(
     fresh_store_url: str,
 ) -> None:

@@ -520,8 +520,11 @@ class ReplayedStates:
             if len(kept) > self.PER_AGGREGATE:
                 self._bytes -= len(kept.pop(next(iter(kept))).encoded)  # the first kept
             while self._bytes > self.MAX_BYTES:
-                _, dropped = self._by_id.popitem(last=False)
-                self._bytes -= sum(len(r.encoded) for r in dropped.values())
+                oldest = next(iter(self._by_id))
+                if oldest != originator_id:  # the aggregate least recently replayed
+                    self._bytes -= sum(len(r.encoded) for r in self._by_id.pop(oldest).values())
+                else:  # only this one left: its first states, never the one just kept
+                    self._bytes -= len(kept.pop(next(iter(kept))).encoded)
         return True
 
     def nearest(self, originator_id: UUID, version: int) -> Replayed | None:
