@@ -20,8 +20,9 @@ from uuid import UUID, uuid4
 import orjson
 import pytest
 
-from cairn import AESCipher, Application, StoreError
+from cairn import AESCipher, Application, StoreError, tools
 from cairn.examples.everything import EverythingApplication, create_example_aggregate
+from cairn.mapping import Mapper
 from cairn.projections import ProjectionRunner, SQLiteViews
 from cairn.stores import Record, open_store
 from cairn.ui import source as source_module
@@ -445,7 +446,7 @@ def test_a_state_replayed_before_is_not_shown_once_its_aggregate_is_forgotten(
         recorder.close()
 
 
-def test_with_a_key_a_plaintext_record_is_shown_as_plain_and_said_not_sealed_by_it(
+def test_with_a_key_a_plaintext_record_is_shown_as_plain_and_checked_as_cairn_verify_does(
     fresh_store_url: str,
 ) -> None:
     recorder = open_store(fresh_store_url)
@@ -463,7 +464,10 @@ def test_with_a_key_a_plaintext_record_is_shown_as_plain_and_said_not_sealed_by_
         assert state.exact and "not sealed by the key" in state.note
         figures = source.verify(lambda done, total: None)
         assert figures["plaintext"] == 1 and figures["encrypted"] >= 1
-        assert figures["problems"] == []  # shown as a figure of its own, flagged
+        verified = tools.verify(recorder, Mapper(cipher=AESCipher(KEY), model=MODEL))
+        assert figures["problems"] == verified.problems  # as `cairn verify` with the key
+        assert len(figures["problems"]) == 1 and "not encrypted" in figures["problems"][0]
+        assert str(plain.id) in figures["problems"][0]
         keyless = Source(recorder, model=MODEL).open_event(source.events(plain.id)[0])
         assert keyless.status == "plain" and "not sealed" not in keyless.reason
     finally:

@@ -364,8 +364,14 @@ def test_the_checks_of_cairn_verify_run_on_demand_with_progress(
     figures = page.locator("table.figures")
     expect(figures).to_be_visible()
     expect(figures.locator("tr", has_text="forgotten")).to_contain_text("1")
-    expect(figures.locator(".problems")).to_have_text("0")
-    expect(page.locator("#live")).to_contain_text("no problems")
+    # The note's two events, stored without the key: with it, each is a problem, as in
+    # `cairn verify`.
+    expect(figures.locator(".problems")).to_have_text("2")
+    expect(page.locator("#live")).to_contain_text("2 problem(s)")
+    problems = page.locator("ul.problems li")
+    expect(problems).to_have_count(2)
+    expect(problems.first).to_contain_text(str(scene.ids["hostile"]))
+    expect(problems.first).to_contain_text("not encrypted")
     shot(page, "health", tmp_path)
 
 
