@@ -133,14 +133,14 @@ def model_from_env(imports: Sequence[str] = ()) -> Model:
     return Model([*named, *imports])
 
 
-def mapper_from_env(store: Store) -> Mapper:
+def mapper_from_env(store: Store, imports: Sequence[str] = ()) -> Mapper:
     """A mapper with the key and model in the environment, which also reads aggregates
     that have a data key of their own (``key_per_aggregate``). With a key, it reads only
     what the key sealed (a Mapper with a cipher implies ``always_encrypt``): a plaintext
     record is a problem, not data."""
     cipher = cipher_from_env()
     data_keys = DataKeys(cipher, store) if cipher else None
-    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env())
+    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env(imports))
 
 
 class Progress:
@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"out of the process list). Encrypted stores: put the key in ${KEY_ENV} (its "
             f"text, or base64:... as 'cairn key' prints), and during a rotation the old keys "
             f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. To decode records, "
-            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated). "
+            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated) "
+            "or with --import. "
             "Exit codes: 0 ok, 1 problems found, 2 bad usage, 3 could not do the work."
         ),
     )
@@ -201,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         aggregate: bool = False,
         as_json: bool = False,
         quiet: bool = False,
+        model: bool = False,
     ) -> argparse.ArgumentParser:
         """A subcommand with the arguments most commands share."""
         sub = commands.add_parser(name, help=help, description=description)
@@ -212,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print JSON")
         if quiet:
             sub.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        if model:
+            sub.add_argument("--import", dest="imports", action="append", default=[],
+                             metavar="PACKAGE", help="a module or package of the application, "
+                             f"added to those of ${MODEL_ENV}: its classes may be built, to "
+                             "decode records (nothing a record names is imported); "
+                             "repeatable")  # fmt: skip
         sub.set_defaults(run=run, store_from_env=store)
         return sub
 
@@ -259,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as stored when they cannot be decoded.",
         aggregate=True,
         as_json=True,
+        model=True,
     )
     events.add_argument("--lte", type=int, metavar="N", help="only events up to version N")
     command(
@@ -268,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Shows an aggregate's snapshots, newest first.",
         aggregate=True,
         as_json=True,
+        model=True,
     )
     snapshot = command(
         "snapshot",
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(re)build snapshots of every aggregate",
         "Replays every aggregate once and stores a snapshot after every N-th event.",
         quiet=True,
+        model=True,
     )
     snapshot.add_argument("--every", type=int, required=True, metavar="N")
     command(
@@ -287,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are encrypted are problems. Exits 1 if it finds a problem.",
         as_json=True,
         quiet=True,
+        model=True,
     )
     rotate = command(
         "rotate-key",
@@ -363,16 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Serves a read-only web page over the store (its aggregates, events, states, feed, "
         f"projections and checks), decrypting with ${KEY_ENV} when it is set, and prints "
         "its URL with a token that every request needs. Needs pip install 'cairn[ui]'.",
+        model=True,
     )
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     ui.add_argument("--views", action="append", default=[], metavar="URL",
                     help="a view store whose projections to follow (sqlite:///views.db, "
                     "postgresql://...); repeatable")  # fmt: skip
-    ui.add_argument("--import", dest="imports", action="append", default=[], metavar="PACKAGE",
-                    help=f"a module or package of the application, added to ${MODEL_ENV}: its "
-                    "classes may be built, to replay states (nothing a record names is "
-                    "imported); repeatable")  # fmt: skip
     return parser
 
 
@@ -447,7 +456,7 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
 
 def run_events(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
-    mapper = mapper_from_env(recorder)
+    mapper = mapper_from_env(recorder, args.imports)
     try:
         rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
     finally:
@@ -470,7 +479,7 @@ def run_events(args: argparse.Namespace) -> int:
 
 def run_snapshots(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
-    mapper = mapper_from_env(recorder)
+    mapper = mapper_from_env(recorder, args.imports)
     rows = []
     try:
         lte = None
@@ -502,7 +511,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
             store=store,
             cipher=cipher,
             key_per_aggregate=cipher is not None,
-            model=model_from_env(),
+            model=model_from_env(args.imports),
         ) as app:
             taken = tools.rebuild_snapshots(app, args.every, progress)
     finally:
@@ -515,7 +524,7 @@ def run_verify(args: argparse.Namespace) -> int:
     progress = Progress("verifying aggregates", args.quiet)
     recorder = open_existing(args.store)
     try:
-        report = tools.verify(recorder, mapper_from_env(recorder), progress)
+        report = tools.verify(recorder, mapper_from_env(recorder, args.imports), progress)
     finally:
         recorder.close()
     progress.done(f"{report.aggregates:,} aggregates")
