@@ -477,7 +477,8 @@ def test_inspection_commands_never_create_a_store(durable_store_url: str, tmp_pa
     url, some = durable_store_url, str(uuid4())
     for args, key in ((["verify"], None), (["aggregates"], None), (["events", some], None),
                       (["snapshots", some], None), (["snapshot", "--every", "2"], KEY),
-                      (["rotate-key"], KEY), (["forget", some, "--yes"], KEY)):  # fmt: skip
+                      (["rotate-key"], KEY), (["forget", some, "--yes"], KEY),
+                      (["ui"], KEY)):  # fmt: skip
         result = cairn(args[0], url, *args[1:], key=key, check=False)
         assert result.returncode == 3, (args, result.stdout, result.stderr)
         unique = re.search(r"t[0-9a-f]{12}", url)  # the name filled in, else the file's path
