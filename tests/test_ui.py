@@ -323,6 +323,21 @@ def test_encrypted_records_without_a_key_are_shown_as_such(store: str) -> None:
         server.ui.source.close()
 
 
+def test_with_the_key_a_forgotten_aggregate_is_shown_as_forgotten(client: Client) -> None:
+    """Its data key replaced by a tombstone the master key sealed: each of its records,
+    its facts and its state say so, and nothing of it is shown."""
+    client.login()
+    forgotten = ids_of(client.server.ui.source)["forgotten"]
+    body = client.page(f"/aggregates/{forgotten}")
+    assert "forget me" not in body
+    assert len(re.findall(r'class="badge forgotten"[^>]*>forgotten<', body)) == 2  # facts, event
+    assert "its aggregate's data key was destroyed, so no one can read it" in body
+    assert client.server.ui.source.key_state(forgotten) == "forgotten"
+    state = client.page(f"/aggregates/{forgotten}/state?version=0")
+    assert "forgotten" in state and "forget me" not in state
+    assert "forget me" not in client.page("/feed")
+
+
 def test_a_missing_sqlite_file_is_refused_not_made(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"no such file.*never creates a store"):
         Source(f"sqlite:///{tmp_path}/nothing.db")
