@@ -513,6 +513,37 @@ def test_without_a_key_a_blank_tombstone_is_not_taken_for_a_forgotten_aggregate(
         recorder.close()
 
 
+def test_with_a_key_records_another_key_sealed_are_not_read(fresh_store_url: str) -> None:
+    """Records sealed by another key, the master key's or a data key it wrapped, are shown
+    as unreadable, naming the key they are under: never decrypted, replayed or shown."""
+    other = AESCipher("another key 4567")
+    recorder = open_store(fresh_store_url)
+    try:
+        with EverythingApplication(store=recorder, cipher=AESCipher(KEY)):
+            mine = create_example_aggregate("mine")
+            mine.save()
+        with EverythingApplication(store=recorder, cipher=other):
+            theirs = create_example_aggregate("theirs, under the master key")
+            theirs.save()
+        with EverythingApplication(store=recorder, cipher=other, key_per_aggregate=True):
+            wrapped = create_example_aggregate("theirs, under a data key")
+            wrapped.save()
+        source = Source(recorder, cipher=AESCipher(KEY), model=MODEL)
+        assert source.open_event(source.events(mine.id)[0]).field("foo") == "mine"
+        for originator_id in (theirs.id, wrapped.id):
+            opened = source.open_event(source.events(originator_id)[0])
+            assert opened.status == "unreadable" and opened.value is None
+            assert "theirs" not in opened.reason
+            state = source.state(originator_id, 0)
+            assert state.value is None and "cannot replay" in state.note
+        assert source.open_event(source.events(theirs.id)[0]).key_id == other.key_id.hex()
+        assert source.key_state(wrapped.id) == "unreadable"
+        figures = source.verify(lambda done, total: None)
+        assert len(figures["problems"]) == 2
+    finally:
+        recorder.close()
+
+
 def test_the_catalogue_lists_every_aggregate_and_follows_the_feed(fresh_store_url: str) -> None:
     recorder = open_store(fresh_store_url)
     try:
