@@ -186,18 +186,18 @@ def measure(store: Path, views_db: Path, requests: int, events: int) -> None:
         ("aggregate timeline (10 events, encrypted)", f"/aggregates/{newest}", None),
         ("aggregate timeline (plain, class not imported)", f"/aggregates/{other}", None),
         ("aggregate timeline (last 100 of 10,000)", f"/aggregates/{big}", None),
-        ("state at version 9 (10 events replayed)", f"/aggregates/{newest}/state?version=9", None),
-        ("difference between versions 4 and 9", f"/aggregates/{newest}/diff?a=4&b=9", None),
+        ("state after event 9 (10 events replayed)", f"/aggregates/{newest}/state?version=9", None),
+        ("difference between events 4 and 9", f"/aggregates/{newest}/diff?a=4&b=9", None),
         ("feed (newest 50)", "/feed", None),
         ("projections", "/projections", None),
         ("health", "/health", None),
-        # The long aggregate has no snapshot: its state after version 9,999 is replayed
+        # The long aggregate has no snapshot: its state after event 9,999 is replayed
         # REPLAY_STEP (5,000) events a request, the page asking again until it is done.
-        ("state at version 9,999, first asked: events 0-4,999", state, forget_states),
+        ("state after event 9,999, first asked: events 0-4,999", state, forget_states),
         ("... asked again (live): events 5,000-9,999", state, first_step),
         ("... asked again, once replayed (kept)", state, None),
-        ("state at version 9,999, once 9,998's is kept: 1 event replayed", state, version_before),
-        ("difference 9,998-9,999, first asked: events 0-4,999", diff, forget_states),
+        ("state after event 9,999, once 9,998's is kept: 1 event replayed", state, version_before),
+        ("difference 9,998 to 9,999, first asked: events 0-4,999", diff, forget_states),
     ]
     cookie = login(server)
     rows = []

@@ -211,8 +211,8 @@ def test_a_state_page_follows_its_replay_until_it_is_done(
     try:
         client.login()
         for path, at, done in [
-            (f"/aggregates/{ids[0]}/state?version=3", "at version 1 of 3", "v3"),
-            (f"/aggregates/{ids[1]}/diff?a=2&b=3", "at version 1 of 2", "_foo"),
+            (f"/aggregates/{ids[0]}/state?version=3", "at event 1 of 3", "v3"),
+            (f"/aggregates/{ids[1]}/diff?a=2&b=3", "at event 1 of 2", "_foo"),
         ]:
             body = client.page(path)
             assert f"replaying the events: {at}" in body and done not in body
@@ -294,7 +294,7 @@ def test_a_hostile_record_is_shown_as_text_and_imports_nothing(
         assert "unreadable" in body and "cannot be decoded" in body  # the record that is not JSON
         assert "ui_trap:Trap" in body  # the value object, named
         assert "not in the model" in client.page(f"/aggregates/{trap}/state?version=0")
-        assert "the snapshot at version 1" in client.page(f"/aggregates/{trap}/state?version=1")
+        assert "the snapshot after event 1" in client.page(f"/aggregates/{trap}/state?version=1")
         assert client.request("/health/verify", "POST", {"Origin": server.base})[0] == 303
         assert wait_for(lambda: server.ui.verification.state == "done")
         assert server.ui.verification.figures["problems"]  # the record that is not JSON
@@ -363,7 +363,7 @@ def test_the_source_opens_decodes_and_replays_on_every_store(
         assert first.status == "decrypted" and first.field("foo") == "one"
         state = with_model.state(aggregate.id, 2)
         assert (
-            state.exact and state.value["_foo"] == "two" and "snapshot at version 1" in state.basis
+            state.exact and state.value["_foo"] == "two" and "snapshot after event 1" in state.basis
         )
         example = next(iter(state.value["_examples"].values()))
         assert isinstance(example, Obj) and example.kind == "entity"
@@ -409,7 +409,7 @@ def test_a_long_replay_goes_on_in_steps_from_the_state_it_reached(
         monkeypatch.setattr(source_module, "REPLAY_STEP", 4)
         steps = [source.state(aggregate.id, 9) for _ in range(3)]
         assert [(s.pending, s.value) for s in steps[:2]] == [(6, None), (2, None)]
-        assert "at version 3 of 9" in steps[0].note and not steps[0].exact
+        assert "at event 3 of 9" in steps[0].note and not steps[0].exact
         assert steps[2].exact and steps[2].pending == 0 and steps[2].value["_foo"] == "v9"
         assert read == list(range(10))  # each event read once
         read.clear()
@@ -689,7 +689,7 @@ def test_cairn_ui_takes_the_store_and_the_model_from_the_environment(store: str)
     command = Command([], environment)
     try:
         body = command.page(f"/aggregates/{secret}/state?version=2")
-        assert "the snapshot at version 1, then its events replayed" in body
+        assert "the snapshot after event 1, then the events after it" in body
         assert "not exact" not in body and "secret bar" in body
     finally:
         command.stop()

@@ -305,7 +305,7 @@ def test_the_state_at_any_version_and_what_changed_between_two(
     expect(state).to_contain_text("_foo")
     expect(state).to_contain_text("Donald")
     expect(page.locator(".basis")).to_contain_text("replayed")
-    page.click("text=version 1 →")
+    page.click("text=event 1 →")
     expect(state).to_contain_text("Example")  # the child entity, named by its class
     shot(page, "state", tmp_path)
     page.goto(f"{scene.server.base}/aggregates/{donald}/diff?a=0&b=2")

@@ -365,10 +365,10 @@ class Source:
         opened = self.open_snapshot(record) if record is not None else None
         if record is None or opened is None or not opened.readable:
             why = "no snapshot" if opened is None else f"the snapshot is {opened.status}"
-            return State(version, None, False, f"{why} at or below version {version}", reason)
+            return State(version, None, False, f"{why} at or before event {version}", reason)
         at = record.originator_version
         note = "" if at == version else f"events {at + 1}..{version} are not applied; {reason}"
-        basis = f"the snapshot at version {at}"
+        basis = f"the snapshot after event {at}"
         return State(version, opened.value, at == version, basis, note, opened.value is None)
 
     def _replay(self, originator_id: UUID, version: int) -> State:
@@ -381,7 +381,7 @@ class Source:
             unsealed |= self.cipher is not None and not _encrypted(record)
             aggregate = self._mapper(record).to_event(record).mutate(aggregate)
         if aggregate is None:  # (a creation fenced off)
-            return State(version, None, True, basis, "no aggregate at this version")
+            return State(version, None, True, basis, "no aggregate after this event")
         if not isinstance(aggregate, Aggregate):
             raise UnreadableRecord(f"aggregate {originator_id}: its events built no aggregate")
         reached = aggregate._version - 1
@@ -391,11 +391,11 @@ class Source:
         )
         if not self._replayed.keep(originator_id, kept) and reached < version:
             raise UnreadableRecord(  # (it could not go on from where it stopped)
-                f"aggregate {originator_id}: its state of {len(encoded):,} bytes at version "
+                f"aggregate {originator_id}: its state of {len(encoded):,} bytes after event "
                 f"{reached} is too large to replay in steps"
             )
         if reached < version:
-            note = f"replaying the events: at version {reached:,} of {version:,} so far…"
+            note = f"replaying the events: at event {reached:,} of {version:,} so far…"
             return State(version, None, False, basis, note, pending=version - reached)
         return kept.state()
 
@@ -419,14 +419,14 @@ class Source:
                 at = snapshot.originator_version
                 aggregate = aggregate_from_snapshot(snapshot, self.model)
                 return _Start(
-                    aggregate, at, f"the snapshot at version {at}, then its events replayed"
+                    aggregate, at, f"the snapshot after event {at}, then the events after it"
                 )
         if kept is not None:
             state = self._sealed.transcoder.decode(kept.encoded)
             snapshot = Snapshot(originator_id, kept.version, kept.topic, state)
             aggregate = aggregate_from_snapshot(snapshot, self.model)
             return _Start(aggregate, kept.version, kept.basis, kept.unsealed)  # as it was then
-        return _Start(None, None, "replayed from version 0")
+        return _Start(None, None, "replayed from event 0")
 
     # ---- checks
 
