@@ -10,7 +10,7 @@ CASSANDRA_URL := cassandra://127.0.0.1:9042/{unique}?replication_factor=1
 CAIRN_TEST_STORES ?= memory://,sqlite:///{tmp}/cairn.db,$(PG_URL),$(CASSANDRA_URL)
 ACCEPTANCE := ../shared/acceptance
 
-.PHONY: demo test lint services stop-services
+.PHONY: demo test lint services stop-services browser
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,12 +30,16 @@ services:
 	@if [[ "$(CAIRN_TEST_STORES)" == *postgresql://127.0.0.1* || "$(CAIRN_TEST_STORES)" == *@127.0.0.1:5432* ]]; then scripts/postgres-node start; fi
 	@if [[ "$(CAIRN_TEST_STORES)" == *cassandra://127.0.0.1* ]]; then scripts/cassandra-node start; fi
 
+# Debian's Chromium, for the browser tests of `cairn ui` (installed if missing).
+browser:
+	@scripts/install-chromium
+
 stop-services:
 	-scripts/cassandra-node stop
 	-scripts/postgres-node stop
 
 # The main suite, then the outage tests (they restart the servers, so they run alone).
-test: $(VENV)/.installed lint services
+test: $(VENV)/.installed lint services browser
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_ACCEPTANCE_STORES='$(CAIRN_TEST_STORES)' \
 		$(PY) -m pytest tests $(wildcard $(ACCEPTANCE))
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_OUTAGE_TESTS=1 \

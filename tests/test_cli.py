@@ -443,6 +443,26 @@ def test_the_store_url_can_come_from_cairn_store(
     assert nowhere.returncode == 2 and "CAIRN_STORE" in nowhere.stderr
 
 
+def test_the_model_is_named_with_import_as_well_as_in_cairn_model(
+    populated: tuple[str, Any],
+) -> None:
+    """Every command that decodes records takes --import PACKAGE, added to $CAIRN_MODEL."""
+    url, aggregate = populated
+    env = {"CAIRN_KEY": KEY, "CAIRN_MODEL": ""}
+    model = ["--import", "cairn.examples.everything"]
+    unknown = json.loads(cairn_env("events", url, str(aggregate.id), "--json", env=env).stdout)
+    assert all("fields" not in row for row in unknown)  # its classes are not in the model
+    events = cairn_env("events", url, str(aggregate.id), "--json", *model, env=env, check=True)
+    assert json.loads(events.stdout)[0]["fields"]["foo"] == "secret info"
+    snapshots = cairn_env("snapshots", url, str(aggregate.id), "--json", *model, env=env)
+    rows = json.loads(snapshots.stdout)
+    assert rows and all("state" in row for row in rows)
+    report = cairn_env("verify", url, "--json", *model, env=env, check=True)
+    assert json.loads(report.stdout)["problems"] == []
+    missing = cairn_env("verify", url, "--import", "no_such_module_here", env=env)
+    assert missing.returncode == 3 and "no_such_module_here" in missing.stderr
+
+
 def test_a_key_is_saved_readable_by_its_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "key.txt"
     base = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
@@ -468,7 +488,8 @@ def test_inspection_commands_never_create_a_store(durable_store_url: str, tmp_pa
     url, some = durable_store_url, str(uuid4())
     for args, key in ((["verify"], None), (["aggregates"], None), (["events", some], None),
                       (["snapshots", some], None), (["snapshot", "--every", "2"], KEY),
-                      (["rotate-key"], KEY), (["forget", some, "--yes"], KEY)):  # fmt: skip
+                      (["rotate-key"], KEY), (["forget", some, "--yes"], KEY),
+                      (["ui"], KEY)):  # fmt: skip
         result = cairn(args[0], url, *args[1:], key=key, check=False)
         assert result.returncode == 3, (args, result.stdout, result.stderr)
         unique = re.search(r"t[0-9a-f]{12}", url)  # the name filled in, else the file's path

@@ -370,3 +370,25 @@ def test_an_unsealed_fence_is_read_only_by_a_store_without_a_key() -> None:
     assert keyed.reseal(fence) is None  # nothing to encrypt; and never sealed as genuine
     with pytest.raises(UnreadableRecord, match="holds no data"):
         Mapper().to_event(fence._replace(data=b"\x00{}"))
+
+
+def test_a_document_is_opened_and_parsed_and_nothing_it_names_is_built() -> None:
+    """to_document authenticates and decrypts as to_event does, and leaves every tagged
+    value as stored: a topic of no loaded class is no error, and nothing is built."""
+    mapper, record = encrypted_record()
+    assert mapper.to_document(record)["name"] == "Ada"
+    payload = b'{"v": {"#": "obj", "t": "gone.module:Vanished", "v": {"a": 1}}}'
+    stranger = Record(uuid4(), 0, "gone.module:Vanished.Created", b"\x00" + payload)
+    assert Mapper().to_document(stranger) == {
+        "v": {"#": "obj", "t": "gone.module:Vanished", "v": {"a": 1}}
+    }
+    sealed = mapper.snapshot_to_record(Snapshot(uuid4(), 2, f"{__name__}:Account", None))
+    assert mapper.to_document(sealed, snapshot=True) is None
+    with pytest.raises(UnreadableRecord, match="authentication failed"):
+        mapper.to_document(sealed)  # a snapshot's bytes are not an event's
+    with pytest.raises(UnreadableRecord, match="not encrypted"):
+        mapper.to_document(stranger)  # under a key, only what it sealed
+    with pytest.raises(UnreadableRecord, match=f"{stranger.originator_id} version 0.*decoded"):
+        Mapper().to_document(stranger._replace(data=b"\x00{not json"))
+    with pytest.raises(UnreadableRecord, match="no cipher"):
+        Mapper().to_document(record)

@@ -11,7 +11,7 @@ from uuid import uuid4
 import pytest
 
 from cairn import AESCipher, AggregateForgotten, Application, KeyRing, UnreadableRecord
-from cairn.crypto import KEY_ID_SIZE, DataKeys
+from cairn.crypto import KEY_ID_SIZE, DataKeys, unverified_key_status
 from cairn.crypto import _wrapping as wrapping
 from cairn.examples.everything import create_example_aggregate
 from cairn.mapping import Mapper
@@ -369,3 +369,21 @@ def test_a_key_per_aggregate_store_opened_without_the_flag_says_to_pass_it(
                 other.id
             ]
         assert "key_per_aggregate" not in str(wrong.value)
+
+
+def test_without_the_master_key_a_tombstone_is_told_from_a_data_key_by_its_length(
+    app: Application,
+) -> None:
+    """What cairn ui shows without $CAIRN_KEY: a label, which DataKeys.status confirms
+    with the key."""
+    kept, gone = create_example_aggregate("kept"), create_example_aggregate("gone")
+    app.save(kept, gone, all_or_none=False)
+    app.forget(gone.id)
+    data_keys = DataKeys(MASTER, app.store)
+    for aggregate, status in ((kept, "own key"), (gone, "forgotten")):
+        assert unverified_key_status(app.store.get_data_key(aggregate.id)) == status
+        assert data_keys.status(aggregate.id) == status
+    assert unverified_key_status(MASTER.encrypt(AESCipher.generate_key(16))) == "own key"
+    assert unverified_key_status(None) == "none" == data_keys.status(uuid4())
+    assert unverified_key_status(b"") == "unreadable"  # a blank tombstone, as the store writes
+    assert unverified_key_status(b"x" * 40) == "unreadable"

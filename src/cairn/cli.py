@@ -96,6 +96,7 @@ def printable(text: str) -> str:
 def store_urls(args: argparse.Namespace) -> list[str]:
     """Every store URL the command was given, to hide their passwords from messages."""
     urls = [getattr(args, name, None) for name in ("store", "source", "target", "views")]
+    urls = [u for each in urls for u in (each if isinstance(each, list) else [each])]
     urls += [u.partition("=")[2] or u for u in getattr(args, "stores", None) or ()]  # (run)
     urls += _run_stores().values()
     return [u for u in (*urls, os.environ.get(STORE_ENV)) if isinstance(u, str)]
@@ -129,20 +130,22 @@ def open_existing(url: str) -> Store:
         raise StoreError(f"{exc} (this command never creates a store: is the URL right?)") from None
 
 
-def model_from_env() -> Model:
+def model_from_env(imports: Sequence[str] = ()) -> Model:
     """The model of the application whose store is read: the modules or packages named in
-    ``$CAIRN_MODEL`` (comma-separated), imported once. A record never names what to import."""
-    return Model([name for name in os.environ.get(MODEL_ENV, "").split(",") if name])
+    ``$CAIRN_MODEL`` (comma-separated) and in ``imports`` (``--import``), imported once.
+    A record never names what to import."""
+    named = [name for name in os.environ.get(MODEL_ENV, "").split(",") if name]
+    return Model([*named, *imports])
 
 
-def mapper_from_env(store: Store) -> Mapper:
+def mapper_from_env(store: Store, imports: Sequence[str] = ()) -> Mapper:
     """A mapper with the key and model in the environment, which also reads aggregates
     that have a data key of their own (``key_per_aggregate``). With a key, it reads only
     what the key sealed (a Mapper with a cipher implies ``always_encrypt``): a plaintext
     record is a problem, not data."""
     cipher = cipher_from_env()
     data_keys = DataKeys(cipher, store) if cipher else None
-    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env())
+    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env(imports))
 
 
 class Progress:
@@ -187,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
             f"out of the process list). Encrypted stores: put the key in ${KEY_ENV} (its "
             f"text, or base64:... as 'cairn key' prints), and during a rotation the old keys "
             f"in ${OLD_KEYS_ENV}; with a key, only what it sealed is read. To decode records, "
-            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated). "
+            f"name the application's modules or packages in ${MODEL_ENV} (comma-separated) "
+            "or with --import. "
             "Exit codes: 0 ok, 1 problems found, 2 bad usage, 3 could not do the work."
         ),
     )
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
         aggregate: bool = False,
         as_json: bool = False,
         quiet: bool = False,
+        model: bool = False,
     ) -> argparse.ArgumentParser:
         """A subcommand with the arguments most commands share."""
         sub = commands.add_parser(name, help=help, description=description)
@@ -214,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print JSON")
         if quiet:
             sub.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        if model:
+            sub.add_argument("--import", dest="imports", action="append", default=[],
+                             metavar="PACKAGE", help="a module or package of the application, "
+                             f"added to those of ${MODEL_ENV}: its classes may be built, to "
+                             "decode records (nothing a record names is imported); "
+                             "repeatable")  # fmt: skip
         sub.set_defaults(run=run, store_from_env=store)
         return sub
 
@@ -269,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as stored when they cannot be decoded.",
         aggregate=True,
         as_json=True,
+        model=True,
     )
     events.add_argument("--lte", type=int, metavar="N", help="only events up to version N")
     command(
@@ -278,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Shows an aggregate's snapshots, newest first.",
         aggregate=True,
         as_json=True,
+        model=True,
     )
     snapshot = command(
         "snapshot",
@@ -285,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(re)build snapshots of every aggregate",
         "Replays every aggregate once and stores a snapshot after every N-th event.",
         quiet=True,
+        model=True,
     )
     snapshot.add_argument("--every", type=int, required=True, metavar="N")
     command(
@@ -297,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are encrypted are problems. Exits 1 if it finds a problem.",
         as_json=True,
         quiet=True,
+        model=True,
     )
     rotate = command(
         "rotate-key",
@@ -366,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--projection", metavar="NAME", action="append", required=True, help="(repeatable)"
     )
     move.add_argument("--yes", action="store_true", help="really move them")
+    ui = command(
+        "ui",
+        run_ui,
+        "browse a store in a local web page (read-only)",
+        "Serves a read-only web page over the store (its aggregates, events, states, feed, "
+        f"projections and checks), decrypting with ${KEY_ENV} when it is set, and prints "
+        "its URL with a token that every request needs. Needs pip install 'cairn[ui]'.",
+        model=True,
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    ui.add_argument("--views", action="append", default=[], metavar="URL",
+                    help="a view store whose projections to follow (sqlite:///views.db, "
+                    "postgresql://...); repeatable")  # fmt: skip
     run = command(
         "run",
         run_system,
@@ -468,7 +497,7 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
 
 def run_events(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
-    mapper = mapper_from_env(recorder)
+    mapper = mapper_from_env(recorder, args.imports)
     try:
         rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
     finally:
@@ -491,7 +520,7 @@ def run_events(args: argparse.Namespace) -> int:
 
 def run_snapshots(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
-    mapper = mapper_from_env(recorder)
+    mapper = mapper_from_env(recorder, args.imports)
     rows = []
     try:
         lte = None
@@ -523,7 +552,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
             store=store,
             cipher=cipher,
             key_per_aggregate=cipher is not None,
-            model=model_from_env(),
+            model=model_from_env(args.imports),
         ) as app:
             taken = tools.rebuild_snapshots(app, args.every, progress)
     finally:
@@ -536,7 +565,7 @@ def run_verify(args: argparse.Namespace) -> int:
     progress = Progress("verifying aggregates", args.quiet)
     recorder = open_existing(args.store)
     try:
-        report = tools.verify(recorder, mapper_from_env(recorder), progress)
+        report = tools.verify(recorder, mapper_from_env(recorder, args.imports), progress)
     finally:
         recorder.close()
     progress.done(f"{report.aggregates:,} aggregates")
@@ -659,6 +688,12 @@ def run_copy(args: argparse.Namespace) -> int:
         lines.append(map_positions(args, args.positions))
     emit(args, {**vars(report), "problems": problems}, lines)
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from cairn.ui import serve  # its web stack is the optional extra cairn[ui]
+
+    return serve(args)
 
 
 def run_system(args: argparse.Namespace) -> int:

@@ -400,6 +400,27 @@ class DataKeys:
                 return outcome
 
 
+def unverified_key_status(
+    wrapped: bytes | None,
+) -> Literal["own key", "forgotten", "none", "unreadable"]:
+    """What an aggregate's stored data key (``Store.get_data_key``) is, told by its length
+    alone, for a reader without the master key (``cairn ui`` with no ``$CAIRN_KEY``).
+
+    A tombstone seals an empty payload, so it is exactly as long as a message's key id,
+    nonce and tag; a wrapped data key is longer by the key (16, 24 or 32 bytes);
+    anything else (a blank tombstone among them) is ``"unreadable"``. Nothing is
+    authenticated: whoever can write to the store can forge either shape, so this
+    only labels what is shown. :meth:`DataKeys.status`, with the master key, says for
+    sure.
+    """
+    if wrapped is None:
+        return "none"
+    overhead = KEY_ID_SIZE + NONCE_SIZE + TAG_SIZE
+    if len(wrapped) == overhead:
+        return "forgotten"
+    return "own key" if len(wrapped) - overhead in KEY_SIZES else "unreadable"
+
+
 def own_key_hint(error: UnreadableRecord, store: Store, originator_id: UUID) -> UnreadableRecord:
     """``error`` (a record the master key alone could not read), saying what to do when the
     aggregate has a data key of its own: the application was opened without

@@ -300,6 +300,21 @@ class Mapper:
             raise _unreadable(record, SNAPSHOT, exc) from None
         return Snapshot(record.originator_id, record.originator_version, record.topic, state)
 
+    # ---- documents
+
+    def to_document(self, record: Record, *, snapshot: bool = False) -> Any:
+        """The JSON document an event or snapshot record holds, opened (authenticated,
+        decrypted, decompressed within ``max_payload``) and parsed, its tagged values as
+        stored: no topic is resolved and no class built, whatever the record names. For
+        tools that show records (``cairn ui``); :class:`UnreadableRecord` naming the
+        record if it cannot be opened or parsed."""
+        kind = SNAPSHOT if snapshot else EVENT
+        payload = self.envelope.open(record, kind)
+        try:
+            return self.transcoder.parse(payload)
+        except Exception as exc:
+            raise _unreadable(record, kind, exc) from None
+
     # ---- fences
 
     def fence(self, originator_id: UUID, version: int) -> Record:
