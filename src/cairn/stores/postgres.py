@@ -145,8 +145,8 @@ SELECT_STORED_VERSION = (
     "WHERE originator_id = %s AND originator_version = ANY(%s)"
 )
 REWRITE_EVENT = (
-    "UPDATE {schema}.events SET data = %s WHERE originator_id = %s AND originator_version = %s "
-    "AND data = %s"
+    "UPDATE {schema}.events SET topic = %s, data = %s WHERE originator_id = %s "
+    "AND originator_version = %s AND topic = %s AND data = %s"
 )
 SELECT_DATA_KEY = "SELECT wrapped FROM {schema}.data_keys WHERE originator_id = %s"
 INSERT_DATA_KEY = (
@@ -464,7 +464,8 @@ class PostgresStore(Store):
 
     def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
         rows = [
-            (new.data, old.originator_id, old.originator_version, old.data) for old, new in changes
+            (new.topic, new.data, old.originator_id, old.originator_version, old.topic, old.data)
+            for old, new in changes
         ]
         with self._connection("nothing was rewritten") as conn, conn.transaction():
             return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
