@@ -144,7 +144,7 @@ class Schema:
                 data = step(data)
             except Exception as exc:
                 raise self._mismatch(
-                    stored, f"its upcast step {name} raised {_raised(exc)}"
+                    stored, f"its upcast step {name} raised {raised(exc)}"
                 ) from None
             if type(data) is not dict:
                 raise self._mismatch(
@@ -185,7 +185,7 @@ def _shown(name: object) -> str:
     return quoted if len(quoted) <= 40 else quoted[:36] + "...'"
 
 
-def _raised(exc: BaseException) -> str:
+def raised(exc: BaseException) -> str:
     """An exception as a message may name it: its class and where it was raised, never its
     text (which may quote the data)."""
     cls = type(exc)

@@ -192,8 +192,9 @@ class Mapper:
 
     # ---- events
 
-    def to_record(self, event: DomainEvent) -> Record:
-        """The record of one event; :class:`EncodingError` names the event and field at fault."""
+    def to_record(self, event: DomainEvent, *, new_key: bool | None = None) -> Record:
+        """The record of one event; :class:`EncodingError` names the event and field at fault.
+        (``new_key``: as :meth:`Envelope.seal <cairn.envelope.Envelope.seal>` takes it.)"""
         fields = dict(vars(event))
         originator_id = fields.pop("originator_id")
         version = fields.pop("originator_version")
@@ -213,7 +214,7 @@ class Mapper:
                 f"event {cls.__qualname__} of aggregate {originator_id} version {version}: "
                 f"{self._too_large(payload)}"
             )
-        data = self._seal(payload, EVENT, originator_id, version, topic)
+        data = self._seal(payload, EVENT, originator_id, version, topic, new_key=new_key)
         return Record(originator_id, version, topic, data)
 
     def _topic(self, cls: type[DomainEvent]) -> tuple[str, int]:
@@ -296,7 +297,7 @@ class Mapper:
 
     # ---- snapshots
 
-    def snapshot_to_record(self, snapshot: Snapshot) -> Record:
+    def snapshot_to_record(self, snapshot: Snapshot, *, new_key: bool | None = None) -> Record:
         """The record of a snapshot; :class:`EncodingError` names the snapshot at fault."""
         state = snapshot.state
         try:
@@ -315,7 +316,12 @@ class Mapper:
                 f"{snapshot.originator_version}: {exc}"
             ) from None
         data = self.envelope.seal(
-            payload, SNAPSHOT, snapshot.originator_id, snapshot.originator_version, snapshot.topic
+            payload,
+            SNAPSHOT,
+            snapshot.originator_id,
+            snapshot.originator_version,
+            snapshot.topic,
+            new_key=new_key,
         )
         return Record(snapshot.originator_id, snapshot.originator_version, snapshot.topic, data)
 
@@ -382,6 +388,31 @@ class Mapper:
             return self.transcoder.is_current(raw)
         except Exception as exc:
             raise _unreadable(record, kind, exc) from None
+
+    def stored_version(self, record: Record, *, snapshot: bool = False) -> int | None:
+        """The schema version a record was stored at (1 when it says none), or None if its
+        payload does not open to a JSON object (reading it says why)."""
+        try:
+            raw = self.transcoder.parse(self.envelope.open(record, SNAPSHOT if snapshot else EVENT))
+        except Exception:
+            return None
+        version = raw.get(VERSION_KEY, 1) if type(raw) is dict else None
+        return version if type(version) is int else None
+
+    def upgraded(self, record: Record, *, snapshot: bool = False) -> Record | None:
+        """The record written again in its current form (its class's current topic and
+        schema versions), sealed under the current key (its aggregate's own key if it has
+        one: never a new one, which would hide the aggregate's other records); None if it
+        is in its current form already (:meth:`is_current`). For ``cairn upgrade``."""
+        if self.is_current(record, snapshot=snapshot):
+            return None
+        try:
+            if snapshot:
+                return self.snapshot_to_record(self.to_snapshot(record), new_key=False)
+            return self.to_record(self.to_event(record), new_key=False)
+        except EncodingError as exc:
+            kind = SNAPSHOT if snapshot else EVENT
+            raise unreadable(record, kind, f"it cannot be written again: {exc}") from None
 
     # ---- fences
 
