@@ -132,7 +132,9 @@ def test_an_aggregate_whose_creation_was_fenced_off_is_listed_as_such(
 def test_events_are_raw_without_the_key_and_decoded_with_it(populated: tuple[str, Any]) -> None:
     url, aggregate = populated
     without_key = cairn("events", url, str(aggregate.id), "--json", check=False)
-    assert without_key.returncode == 1 and "3 of 3 events could not be decoded" in without_key.stderr
+    assert (
+        without_key.returncode == 1 and "3 of 3 events could not be decoded" in without_key.stderr
+    )
     raw = json.loads(without_key.stdout)
     assert [r["version"] for r in raw] == [0, 1, 2] and all("data_base64" in r for r in raw)
     assert "secret" not in json.dumps(raw)
