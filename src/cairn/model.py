@@ -288,7 +288,8 @@ class Model:
 _HOW = (
     "Nothing is imported because a record names it: import the module that defines the "
     "class, or declare it, Application(model=[TheClass, 'package.module']) (for the cairn "
-    "command, CAIRN_MODEL=package.module)."
+    "command, --import package.module, or CAIRN_MODEL=package.module); for a class renamed "
+    "or moved, declare its former topic (docs/evolution.md)."
 )
 
 

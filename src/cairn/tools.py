@@ -13,7 +13,7 @@ from uuid import UUID
 
 from cairn.application import Application, snapshot_of, state_of
 from cairn.crypto import KEY_ID_SIZE
-from cairn.domain import DomainEvent
+from cairn.domain import DomainEvent, find_class, topic_of
 from cairn.errors import (
     AggregateForgotten,
     CairnError,
@@ -21,6 +21,7 @@ from cairn.errors import (
     SchemaMismatch,
     UnreadableRecord,
 )
+from cairn.evolution import own_version
 from cairn.evolution import raised as _raised
 from cairn.mapping import ENCRYPTED, Mapper, Snapshot
 from cairn.renamed import module_aliases
@@ -272,8 +273,17 @@ def _check(
     if not current:
         report.outdated_records += 1
         stored = mapper.stored_version(record, snapshot=snapshot)
-        _group(report.outdated, kind, record, stored, "stored in an older form")
+        _group(report.outdated, kind, record, stored, f"read as {_current_form(read)}")
     return read
+
+
+def _current_form(read: DomainEvent | Snapshot) -> str:
+    """The class a record is read as, and its schema version: its current form."""
+    cls = type(read) if isinstance(read, DomainEvent) else None
+    topic = topic_of(cls) if cls is not None else getattr(read, "topic", "")
+    owner = cls if cls is not None else find_class(topic)
+    version = own_version(owner) if owner is not None else 1
+    return f"{topic} at schema version {version}"
 
 
 def _failed(
