@@ -301,3 +301,39 @@ def test_an_upgrade_killed_halfway_resumes_and_leaves_the_feed_as_it_was(
     assert read("v3", url, "--without-steps-below", "3", key=KEY) == before
     verified = cairn("v3", "verify", url, "--import", "bank", "--json", key=KEY)
     assert json.loads(verified.stdout)["outdated_records"] == 0
+
+
+# ------------------------------------------------------------ the CLI with your own code
+
+
+def test_events_exit_1_and_say_how_to_import_the_model_when_they_cannot_be_decoded(
+    tmp_path: Path,
+) -> None:
+    """Issue 13: 'No module named bank' for every event, and exit 0."""
+    url = f"sqlite:///{tmp_path}/bank.db"
+    with_fixture(url, "plain")
+    ann = next(i for i, a in EXPECTED["accounts"].items() if a["view"]["holder"] == "ann")
+    result = cairn("v2", "events", url, ann, check=False)
+    assert result.returncode == 1
+    assert "8 of 8 events could not be decoded" in result.stderr
+    assert "--import PACKAGE" in result.stderr
+
+
+def test_events_import_the_model_from_the_current_folder_and_show_values_as_json(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/bank.db"
+    with_fixture(url, "plain")
+    ann = next(i for i, a in EXPECTED["accounts"].items() if a["view"]["holder"] == "ann")
+    rows = json.loads(cairn("v2", "events", url, ann, "--import", "bank", "--json").stdout)
+    assert [r["type"] for r in rows][:5] == [
+        "Account.Opened",
+        "Account.Deposited",
+        "Account.Deposited",
+        "Account.MoneyWithdrawn",
+        "Account.CardIssued",
+    ]
+    assert rows[1]["fields"]["value"] == {"amount": "10", "currency": "EUR"}  # Money, upcast
+    assert rows[4]["fields"]["card"]["_last4"] == "1111"  # an entity, upcast
+    outside = cairn(tmp_path, "events", url, ann, "--import", "bank", check=False)
+    assert outside.returncode == 2 and "the current folder" in outside.stderr
