@@ -13,7 +13,7 @@ and runs it again to the end. Each run checks the whole store before it writes a
 verifies it after. Then checks that the feed holds the same events at the same positions
 in the same order, and that every record is in its current form. Prints the throughput
 (events per second over both runs, checks included), the phases of the second run, and
-one JSON line.
+one JSON line. A keyspace or schema made for ``{unique}`` is dropped at the end.
 """
 
 from __future__ import annotations
@@ -48,6 +48,28 @@ def feed(store: Store) -> list[tuple[int | None, str, int]]:
     return rows
 
 
+def drop(url: str) -> None:
+    """Drop the keyspace or schema the run made (a SQLite file stays in its temporary folder)."""
+    if url.startswith("cassandra://"):
+        from cassandra.cluster import Cluster
+
+        hosts, _, rest = url.removeprefix("cassandra://").partition("/")
+        host, _, port = hosts.split(",")[0].partition(":")
+        cluster = Cluster([host], port=int(port or 9042), protocol_version=5)
+        try:
+            keyspace = rest.partition("?")[0]
+            cluster.connect().execute(f'DROP KEYSPACE IF EXISTS "{keyspace}"', timeout=120)
+        finally:
+            cluster.shutdown()
+    elif url.startswith("postgresql://"):
+        import psycopg
+
+        base, _, query = url.partition("?")
+        schema = dict(p.split("=", 1) for p in query.split("&"))["schema"]
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def upgrade(url: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "cairn.cli", "upgrade", url, "--import", "bank", "--json"],
@@ -63,16 +85,25 @@ def main() -> None:
         "--store", required=True, help="store URL; {tmp} and {unique} become fresh names"
     )
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--keep", action="store_true", help="keep a {unique} keyspace or schema")
     args = parser.parse_args()
     url = args.store.replace("{tmp}", tempfile.mkdtemp(prefix="cairn-upgrade-"))
     url = url.replace("{unique}", "u" + uuid.uuid4().hex[:12])
+    try:
+        run(url, args.events)
+    finally:
+        if "{unique}" in args.store and not args.keep:
+            drop(url)
+
+
+def run(url: str, wanted: int) -> None:
     key = "base64:" + base64.b64encode(AESCipher.generate_key()).decode()
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "CAIRN_KEY": key,
     }
-    accounts = args.events // PER_ACCOUNT
+    accounts = wanted // PER_ACCOUNT
     print(f"building {accounts * PER_ACCOUNT:,} events with the v1 model ...", file=sys.stderr)
     built = subprocess.run(
         [sys.executable, str(EVOLUTION / "write_v1.py"), "bulk", url, "--accounts",
