@@ -207,6 +207,11 @@ class Aggregate:
     are bookkeeping and are never part of a snapshot. A change of the attributes is
     a change of the snapshots' form: ``schema_version`` and upcast steps of the
     state dict (docs/evolution.md), or no snapshots of the old form at all.
+
+    Numbering, as in the seed: an aggregate's events are numbered from 0 (their
+    ``originator_version``; ``lte=`` and snapshots use these numbers), and
+    :attr:`version` counts the events applied, so after event 3 ``version`` is 4,
+    the number the next event will have.
     """
 
     _transient: ClassVar[frozenset[str]] = frozenset({"_pending_events", "_application"})
