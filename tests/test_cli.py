@@ -142,7 +142,11 @@ def test_an_aggregate_whose_creation_was_fenced_off_is_listed_as_such(
 
 def test_events_are_raw_without_the_key_and_decoded_with_it(populated: tuple[str, Any]) -> None:
     url, aggregate = populated
-    raw = json.loads(cairn("events", url, str(aggregate.id), "--json").stdout)
+    without_key = cairn("events", url, str(aggregate.id), "--json", check=False)
+    assert (
+        without_key.returncode == 1 and "3 of 3 events could not be decoded" in without_key.stderr
+    )
+    raw = json.loads(without_key.stdout)
     assert [r["version"] for r in raw] == [0, 1, 2] and all("data_base64" in r for r in raw)
     assert "secret" not in json.dumps(raw)
     decoded = json.loads(
@@ -390,7 +394,9 @@ def test_with_a_key_the_cli_reads_only_what_the_key_sealed_and_never_encrypts_a_
                  f"aggregate {victim.id} version 3"):  # fmt: skip
         assert name in problems
     assert "not encrypted" in problems
-    shown = json.loads(cairn("events", url, str(victim.id), "--json", key=KEY).stdout)
+    listed = cairn("events", url, str(victim.id), "--json", key=KEY, check=False)
+    assert listed.returncode == 1 and "1 of 4 events could not be decoded" in listed.stderr
+    shown = json.loads(listed.stdout)
     assert "fields" not in shown[3] and "not encrypted" in shown[3]["undecoded"]
 
     keyless = cairn("verify", url, "--json", check=False)  # no key: still a problem

@@ -269,16 +269,6 @@ def test_an_unknown_topic_is_named() -> None:
         Mapper().to_event(record)
 
 
-def test_fields_added_later_take_their_defaults() -> None:
-    mapper = Mapper()
-    event = Account.create().trigger_event(Account.Opened, balance=Money(Decimal(1), "EUR"))
-    record = mapper.to_record(event)
-    # A record written before 'tags' existed:
-    old = record._replace(data=record.data.replace(b',"tags":{"#":"tuple","v":[]}', b""))
-    assert b"tags" not in old.data
-    assert mapper.to_event(old) == event
-
-
 def test_snapshots_round_trip_and_none_means_discarded() -> None:
     mapper = Mapper(cipher=AESCipher(AESCipher.generate_key()), compress=True)
     account = Account.create()

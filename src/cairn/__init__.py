@@ -15,7 +15,7 @@ from cairn.application import (
     SnapshottingPolicy,
 )
 from cairn.crypto import AESCipher, DataKeys, KeyRing, cipher_from_env
-from cairn.domain import Aggregate, DomainEvent, Entity, attribute
+from cairn.domain import Aggregate, DomainEvent, Entity, Retired, attribute
 from cairn.errors import (
     AggregateDiscarded,
     AggregateForgotten,
@@ -27,8 +27,10 @@ from cairn.errors import (
     InvalidId,
     KeyExhausted,
     NoApplication,
+    NoUpcastStep,
     OutcomeUnknown,
     ProjectionError,
+    SchemaMismatch,
     StoreError,
     SubscriberError,
     TopicError,
@@ -65,6 +67,7 @@ __all__ = [
     "Mapper",
     "Model",
     "NoApplication",
+    "NoUpcastStep",
     "OutcomeUnknown",
     "PostgresViews",
     "Projection",
@@ -72,7 +75,9 @@ __all__ = [
     "ProjectionRunner",
     "Record",
     "Repository",
+    "Retired",
     "SQLiteViews",
+    "SchemaMismatch",
     "Snapshot",
     "Snapshots",
     "SnapshottingPolicy",

@@ -9,7 +9,7 @@ snapshot at or below the wanted version, then the events after it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -17,7 +17,13 @@ from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
 from cairn.domain import Aggregate, DomainEvent, open_applications, topic_of
-from cairn.errors import AggregateNotFound, ConcurrencyError, SubscriberError, UnreadableRecord
+from cairn.errors import (
+    AggregateNotFound,
+    ConcurrencyError,
+    NoUpcastStep,
+    SubscriberError,
+    UnreadableRecord,
+)
 from cairn.feed import Feed, explained
 from cairn.mapping import MAX_PAYLOAD, Mapper, Snapshot
 from cairn.model import Declared, Model
@@ -139,7 +145,12 @@ class Repository(Generic[A]):
     def _rebuild(self, originator_id: UUID, lte: int | None) -> A | None:
         aggregate: Any = None
         gt = None
-        snapshot = self.snapshots.get_snapshot(originator_id, lte=lte)
+        try:
+            snapshot = self.snapshots.get_snapshot(originator_id, lte=lte)
+        except NoUpcastStep:
+            # Of a form the code has no upcast step from (the aggregate's state changed,
+            # and its snapshots are not upcast): the events say the same, from the start.
+            snapshot = None
         if snapshot is not None:
             if snapshot.state is None:
                 # Discarded by then: rebuild from events so the caller sees how far it got.
@@ -207,8 +218,10 @@ class Application:
     so that :meth:`forget` can shred one. ``model`` declares classes, modules
     or packages (by name: imported once, here) whose enums and value objects
     stored data may build, beyond those defined beside the aggregate, event and
-    entity classes (see :class:`~cairn.model.Model`); ``max_payload`` bounds
-    one record's payload, in bytes. Use it as a context manager: inside ``with
+    entity classes (see :class:`~cairn.model.Model`); ``renames`` maps topics
+    that records were stored under to the classes that read them now, beside
+    the classes' own ``former_topics`` (``docs/evolution.md``); ``max_payload``
+    bounds one record's payload, in bytes. Use it as a context manager: inside ``with
     app:`` new aggregates are saved by ``aggregate.save()``.
     """
 
@@ -224,6 +237,7 @@ class Application:
         snapshot_every: int | None = None,
         key_per_aggregate: bool = False,
         model: Model | Iterable[Declared] | None = None,
+        renames: Mapping[str, type] | None = None,
         max_payload: int = MAX_PAYLOAD,
     ) -> None:
         if key_per_aggregate and cipher is None:
@@ -231,7 +245,7 @@ class Application:
                 "key_per_aggregate=True needs a cipher: the master key that wraps them"
             )
         Mapper.check_options(cipher, always_encrypt, max_payload)  # before a store is opened
-        self.model = Model.of(model)
+        self.model = Model.of(model, renames)
         self._owns_store = not isinstance(store, Store)  # close only what it opened
         self.store = store if isinstance(store, Store) else open_store(store)
         data_keys = DataKeys(cipher, self.store) if key_per_aggregate and cipher else None

@@ -8,14 +8,21 @@ A store's URL comes from the command line or ``$CAIRN_STORE`` (which keeps a
 password out of the process list). Only ``demo`` and ``copy``'s target ever
 create a store: every other command opens an existing one, or fails naming it.
 Whatever is printed from a store has its control characters escaped.
+
+The commands that decode records build the application's model from the
+modules or packages named by ``--import`` and ``$CAIRN_MODEL``, imported from
+``sys.path`` and then the current folder; an application's own entry point
+can pass its model instead, ``cairn.cli.main(argv, model=app.model)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import importlib
 import json
+import math
 import os
 import re
 import signal
@@ -26,12 +33,17 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
+from datetime import date, datetime, timedelta
+from datetime import time as daytime
+from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 from typing import Any, TextIO
 from uuid import UUID
 
 from cairn import AESCipher, Application, CairnError, ConcurrencyError, StoreError, tools
 from cairn.crypto import KEY_ENV, OLD_KEYS_ENV, DataKeys, cipher_from_env
+from cairn.domain import Entity
 from cairn.mapping import Mapper
 from cairn.model import Model
 from cairn.positions import PositionMap
@@ -50,13 +62,18 @@ class UsageError(Exception):
     """The command line is incomplete: exit 2."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``cairn`` command; returns its exit code."""
+def main(argv: Sequence[str] | None = None, *, model: Model | None = None) -> int:
+    """Run the ``cairn`` command; returns its exit code.
+
+    ``model``: the application's model, for an application's own entry point (its
+    renames included), instead of ``--import`` and ``$CAIRN_MODEL``.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "run"):
         parser.print_help()
         return EXIT_USAGE
+    args.model = model
     try:
         resolve_stores(args)
         code: int = args.run(args)
@@ -131,21 +148,77 @@ def open_existing(url: str) -> Store:
 
 
 def model_from_env(imports: Sequence[str] = ()) -> Model:
-    """The model of the application whose store is read: the modules or packages named in
-    ``$CAIRN_MODEL`` (comma-separated) and in ``imports`` (``--import``), imported once.
-    A record never names what to import."""
-    named = [name for name in os.environ.get(MODEL_ENV, "").split(",") if name]
-    return Model([*named, *imports])
+    """The model of the application whose store is read: the modules or packages named by
+    ``imports`` (``--import``) and in ``$CAIRN_MODEL`` (comma-separated), imported once,
+    from ``sys.path`` and then the current folder. A record never names what to import."""
+    names = [*imports, *(name for name in os.environ.get(MODEL_ENV, "").split(",") if name)]
+    if names and os.getcwd() not in sys.path and "" not in sys.path:
+        # After everything installed: a file in the folder never shadows a module.
+        sys.path.append(os.getcwd())
+    try:
+        return Model(names)
+    except ValueError as exc:
+        raise UsageError(
+            f"{exc}. cairn imports the application's modules from sys.path, then the current "
+            f"folder ({os.getcwd()}): run it from the project's folder, or install the project"
+        ) from None
 
 
-def mapper_from_env(store: Store, imports: Sequence[str] = ()) -> Mapper:
-    """A mapper with the key and model in the environment, which also reads aggregates
-    that have a data key of their own (``key_per_aggregate``). With a key, it reads only
-    what the key sealed (a Mapper with a cipher implies ``always_encrypt``): a plaintext
-    record is a problem, not data."""
+def model_of(args: argparse.Namespace) -> Model:
+    """The model a command decodes with: the one its entry point gave, else ``--import``'s
+    and ``$CAIRN_MODEL``'s."""
+    imports: list[str] = getattr(args, "imports", None) or []
+    given: Model | None = getattr(args, "model", None)
+    if given is not None:
+        if imports:
+            raise UsageError("this command is given its application's model: leave out --import")
+        return given
+    return model_from_env(imports)
+
+
+def mapper_from_env(store: Store, model: Model | None = None) -> Mapper:
+    """A mapper with the key and model in the environment (or this ``model``), which also
+    reads aggregates that have a data key of their own (``key_per_aggregate``). With a
+    key, it reads only what the key sealed (a Mapper with a cipher implies
+    ``always_encrypt``): a plaintext record is a problem, not data."""
     cipher = cipher_from_env()
     data_keys = DataKeys(cipher, store) if cipher else None
-    return Mapper(cipher=cipher, data_keys=data_keys, model=model_from_env(imports))
+    return Mapper(
+        cipher=cipher,
+        data_keys=data_keys,
+        model=model if model is not None else model_from_env(),
+    )
+
+
+def plain(value: Any) -> Any:
+    """A decoded value as JSON shows it: a value object or an entity as an object of its
+    fields, Decimal, UUID and times as text (ISO 8601), a timedelta in seconds, bytes in
+    base64, an enum by its value, tuples and sets as lists, a dict's keys as text, a
+    float that JSON cannot hold (nan, inf) as text."""
+    t = type(value)
+    if value is None or t is str or t is bool or t is int:
+        return value
+    if t is float:
+        return value if math.isfinite(value) else repr(value)
+    if t is list or t is tuple or t is set or t is frozenset:
+        return [plain(x) for x in value]
+    if t is dict:
+        return {k if type(k) is str else json.dumps(plain(k)): plain(v) for k, v in value.items()}
+    if isinstance(value, Enum):
+        return plain(value.value)
+    if isinstance(value, datetime | date | daytime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name, None)) for f in dataclasses.fields(value)}
+    if isinstance(value, Entity):
+        return {k: plain(v) for k, v in vars(value).items()}
+    return repr(value)  # nothing decoding builds: kept visible all the same
 
 
 class Progress:
@@ -207,10 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
         aggregate: bool = False,
         as_json: bool = False,
         quiet: bool = False,
-        model: bool = False,
+        decodes: bool = False,
     ) -> argparse.ArgumentParser:
         """A subcommand with the arguments most commands share."""
         sub = commands.add_parser(name, help=help, description=description)
+        if decodes:
+            sub.add_argument(
+                "--import",
+                dest="imports",
+                metavar="MODULE",
+                action="append",
+                help="a module or package of the application's model, imported from sys.path "
+                f"then the current folder (repeatable; also ${MODEL_ENV}, comma-separated)",
+            )
         if store:
             sub.add_argument("store", metavar="STORE_URL", nargs="?", help=f"default: ${STORE_ENV}")
         if aggregate:
@@ -219,12 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--json", action="store_true", help="print JSON")
         if quiet:
             sub.add_argument("--quiet", action="store_true", help="no progress on stderr")
-        if model:
-            sub.add_argument("--import", dest="imports", action="append", default=[],
-                             metavar="PACKAGE", help="a module or package of the application, "
-                             f"added to those of ${MODEL_ENV}: its classes may be built, to "
-                             "decode records (nothing a record names is imported); "
-                             "repeatable")  # fmt: skip
         sub.set_defaults(run=run, store_from_env=store)
         return sub
 
@@ -277,20 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
         run_events,
         "show the events of one aggregate",
         f"Shows an aggregate's events, decoded (with ${KEY_ENV}, only those it sealed), or "
-        "as stored when they cannot be decoded.",
+        "as stored when they cannot be decoded (then it exits 1). With --json, value objects "
+        "and entities are objects of their fields.",
         aggregate=True,
         as_json=True,
-        model=True,
+        decodes=True,
     )
     events.add_argument("--lte", type=int, metavar="N", help="only events up to version N")
     command(
         "snapshots",
         run_snapshots,
         "show the snapshots of one aggregate",
-        "Shows an aggregate's snapshots, newest first.",
+        "Shows an aggregate's snapshots, newest first (exits 1 if one cannot be decoded).",
         aggregate=True,
         as_json=True,
-        model=True,
+        decodes=True,
     )
     snapshot = command(
         "snapshot",
@@ -298,20 +375,41 @@ def build_parser() -> argparse.ArgumentParser:
         "(re)build snapshots of every aggregate",
         "Replays every aggregate once and stores a snapshot after every N-th event.",
         quiet=True,
-        model=True,
+        decodes=True,
     )
     snapshot.add_argument("--every", type=int, required=True, metavar="N")
     command(
         "verify",
         run_verify,
         "check every record of a store (changes nothing)",
-        "Reads every event and each aggregate's newest snapshot: checks that each decrypts "
-        f"(with ${KEY_ENV}: each must be sealed by it) and decodes, and that each aggregate's "
-        "versions have no gap. Without a key, records not encrypted in a store whose others "
-        "are encrypted are problems. Exits 1 if it finds a problem.",
+        "Reads every event and snapshot with the application's code (--import): checks that "
+        f"each decrypts (with ${KEY_ENV}: each must be sealed by it) and decodes, upcast "
+        "steps and all, that each aggregate's versions have no gap, and that each aggregate "
+        "replays and agrees with its snapshots. Says, by topic and the schema version records "
+        "were stored at, how many would fail and why, and how many are in an older form "
+        "('cairn upgrade' rewrites them). Without a key, records not encrypted in a store "
+        "whose others are encrypted are problems. Exits 1 if it finds a problem: run it "
+        "with the next release's code on a copy of production before deploying.",
         as_json=True,
         quiet=True,
-        model=True,
+        decodes=True,
+    )
+    upgrade = command(
+        "upgrade",
+        run_upgrade,
+        "rewrite old records in their current form (resumable, verified)",
+        "Rewrites in place every event and snapshot stored in an older form than its class's "
+        "current one (an older schema_version, a former topic), as the application's code "
+        "(--import) reads it: same aggregate, version and feed position, sealed under the key "
+        f"in ${KEY_ENV}. Afterwards the upcast steps from older forms can be deleted. Refuses "
+        "to start if 'cairn verify' finds a problem. Resumes where it stopped when run again; "
+        "verifies the store at the end.",
+        as_json=True,
+        quiet=True,
+        decodes=True,
+    )
+    upgrade.add_argument(
+        "--dry-run", action="store_true", help="check, and say what it would rewrite"
     )
     rotate = command(
         "rotate-key",
@@ -388,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Serves a read-only web page over the store (its aggregates, events, states, feed, "
         f"projections and checks), decrypting with ${KEY_ENV} when it is set, and prints "
         "its URL with a token that every request needs. Needs pip install 'cairn[ui]'.",
-        model=True,
+        decodes=True,
     )
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     ui.add_argument("--port", type=int, default=0, help="port (default: a free one)")
@@ -489,6 +587,7 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
         row["data_base64"] = base64.b64encode(record.data).decode()
         row["undecoded"] = str(exc)
         return row
+    row["type"] = type(event).__qualname__
     row["fields"] = {
         k: v for k, v in vars(event).items() if k not in ("originator_id", "originator_version")
     }
@@ -497,14 +596,19 @@ def describe(record: Record, mapper: Mapper) -> dict[str, Any]:
 
 def run_events(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
-    mapper = mapper_from_env(recorder, args.imports)
     try:
+        mapper = mapper_from_env(recorder, model_of(args))
         rows = [describe(r, mapper) for r in recorder.select(args.id, lte=args.lte)]
     finally:
         recorder.close()
     if not rows:
         warn(args, f"no events of aggregate {args.id} in {redact(args.store)}")
         return EXIT_PROBLEMS
+    undecoded = sum("undecoded" in row for row in rows)
+    if args.json:
+        for row in rows:
+            if "fields" in row:
+                row["fields"] = plain(row["fields"])
     lines = []
     for row in rows:
         if "fields" in row:
@@ -515,14 +619,23 @@ def run_events(args: argparse.Namespace) -> int:
                 f"{row['version']:>6}  {row['topic']}  <{len(row['data_base64']) * 3 // 4} bytes, {row['undecoded']}>"
             )
     emit(args, rows, lines)
+    if undecoded:
+        warn(args, f"{undecoded} of {len(rows)} events could not be decoded{_IMPORT_HINT}")
+        return EXIT_PROBLEMS
     return EXIT_OK
+
+
+_IMPORT_HINT = (
+    f" (to decode records, cairn imports the application's modules: --import PACKAGE, or "
+    f"${MODEL_ENV}; with ${KEY_ENV}, only what that key sealed is read)"
+)
 
 
 def run_snapshots(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
-    mapper = mapper_from_env(recorder, args.imports)
     rows = []
     try:
+        mapper = mapper_from_env(recorder, model_of(args))
         lte = None
         while (record := recorder.get_snapshot(args.id, lte=lte)) is not None:
             row: dict[str, Any] = {"version": record.originator_version, "topic": record.topic}
@@ -534,11 +647,14 @@ def run_snapshots(args: argparse.Namespace) -> int:
             lte = record.originator_version - 1
     finally:
         recorder.close()
-    emit(
-        args,
-        rows,
-        [f"{r['version']:>6}  {r['topic']}  {r.get('state', r.get('undecoded'))}" for r in rows],
-    )
+    lines = [f"{r['version']:>6}  {r['topic']}  {r.get('state', r.get('undecoded'))}" for r in rows]
+    if args.json:
+        rows = [{**r, "state": plain(r["state"])} if "state" in r else r for r in rows]
+    emit(args, rows, lines)
+    undecoded = sum("undecoded" in row for row in rows)
+    if undecoded:
+        warn(args, f"{undecoded} of {len(rows)} snapshots could not be decoded{_IMPORT_HINT}")
+        return EXIT_PROBLEMS
     return EXIT_OK
 
 
@@ -552,7 +668,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
             store=store,
             cipher=cipher,
             key_per_aggregate=cipher is not None,
-            model=model_from_env(args.imports),
+            model=model_of(args),
         ) as app:
             taken = tools.rebuild_snapshots(app, args.every, progress)
     finally:
@@ -565,14 +681,39 @@ def run_verify(args: argparse.Namespace) -> int:
     progress = Progress("verifying aggregates", args.quiet)
     recorder = open_existing(args.store)
     try:
-        report = tools.verify(recorder, mapper_from_env(recorder, args.imports), progress)
+        report = tools.verify(recorder, mapper_from_env(recorder, model_of(args)), progress)
     finally:
         recorder.close()
     progress.done(f"{report.aggregates:,} aggregates")
+    lines = [*report.problems, *verify_groups(report), verify_summary(args, report)]
+    document = {**vars(report), "forgotten_ids": sorted(str(i) for i in report.forgotten_ids)}
+    emit(args, document, lines)
+    return EXIT_PROBLEMS if report.problems else EXIT_OK
+
+
+def verify_groups(report: tools.VerifyReport) -> list[str]:
+    """The records that would fail, and those in an older form, by topic and stored version."""
+    lines = []
+    if report.failures:
+        lines.append("records that cannot be read, by topic and the schema version stored at:")
+        lines += tools.grouped_lines(report.failures, "would fail")
+    if report.outdated:
+        lines.append(
+            "records in an older form than their class's (read through upcast steps and "
+            "former topics; 'cairn upgrade' rewrites them):"
+        )
+        lines += tools.grouped_lines(report.outdated, "in an older form")
+    return lines
+
+
+def verify_summary(args: argparse.Namespace, report: tools.VerifyReport) -> str:
     summary = (
         f"{redact(args.store)}: {report.aggregates:,} aggregates, {report.events:,} events, "
-        f"{report.snapshots:,} snapshots checked; {len(report.problems)} problem(s)"
+        f"{report.snapshots:,} snapshots checked, {report.replayed:,} aggregates replayed; "
+        f"{_problems(report)}"
     )
+    if report.outdated_records:
+        summary += f"; {report.outdated_records:,} records in an older form"
     if report.forgotten_ids:
         summary += f"; {len(report.forgotten_ids):,} aggregates forgotten (crypto-shredded)"
     if report.encrypted_unchecked:
@@ -581,9 +722,84 @@ def run_verify(args: argparse.Namespace) -> int:
         )
     if report.plaintext and report.encrypted:
         summary += f"; {report.plaintext:,} records not encrypted"
-    document = {**vars(report), "forgotten_ids": sorted(str(i) for i in report.forgotten_ids)}
-    emit(args, document, [*report.problems, summary])
-    return EXIT_PROBLEMS if report.problems else EXIT_OK
+    return summary
+
+
+def _problems(report: tools.VerifyReport) -> str:
+    listed = len(report.problems)
+    if listed > tools.LISTED:
+        return f"more than {tools.LISTED} problems ({report.failed:,} records cannot be read)"
+    return f"{listed} problem(s)"
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    recorder = open_existing(args.store)
+    try:
+        mapper = mapper_from_env(recorder, model_of(args))
+        checking = Progress("checking records", args.quiet)
+        before = tools.verify(recorder, mapper, checking)
+        checking.done(f"{before.aggregates:,} aggregates")
+        if before.problems or before.encrypted_unchecked or args.dry_run:
+            return _upgrade_not_run(args, before)
+        progress = Progress("upgrading records", args.quiet)
+        report = tools.upgrade(recorder, mapper, progress, check=False)
+        progress.done(f"{report.events:,} events rewritten")
+    finally:
+        recorder.close()
+    report.before = before
+    summary = (
+        f"{redact(args.store)}: rewrote {report.events:,} events and {report.snapshots:,} "
+        f"snapshots of {report.aggregates:,} aggregates in their current form, took "
+        f"{report.snapshots_taken:,} snapshots again from their events; {report.current:,} "
+        f"events were in their current form already"
+    )
+    if report.changed:
+        summary += f"; {report.changed:,} events changed meanwhile were left (run it again)"
+    if report.forgotten:
+        summary += f"; {report.forgotten:,} aggregates are forgotten"
+    after = report.after
+    verified = (
+        f"verified: {after.events:,} events and {after.snapshots:,} snapshots read, all in "
+        "their current form"
+        if after is not None and not report.problems
+        else f"verified: {len(report.problems)} problem(s)"
+    )
+    document = {
+        **{k: v for k, v in vars(report).items() if k not in ("before", "after")},
+        "outdated_before": before.outdated_records,
+    }
+    emit(args, document, [*report.problems, summary, verified])
+    return EXIT_PROBLEMS if report.problems or report.changed else EXIT_OK
+
+
+def _upgrade_not_run(args: argparse.Namespace, before: tools.VerifyReport) -> int:
+    """What the check before an upgrade found, when the upgrade does not run."""
+    lines = [*before.problems, *verify_groups(before)]
+    if before.encrypted_unchecked:
+        lines.append(
+            f"{before.encrypted_unchecked:,} records are encrypted: put the key in ${KEY_ENV}"
+        )
+    document = {
+        "refused": not args.dry_run or bool(before.problems),
+        "dry_run": args.dry_run,
+        "problems": before.problems,
+        "failures": before.failures,
+        "outdated": before.outdated,
+        "outdated_records": before.outdated_records,
+    }
+    if before.problems or before.encrypted_unchecked:
+        lines.append(
+            f"{redact(args.store)}: refusing to upgrade: the application's code cannot read "
+            "every record (fix the code or its upcast steps, and check again with cairn verify)"
+        )
+        emit(args, {**document, "refused": True}, lines)
+        return EXIT_PROBLEMS
+    lines.append(
+        f"{redact(args.store)}: would rewrite {before.outdated_records:,} records in their "
+        "current form (dry run: nothing written)"
+    )
+    emit(args, {**document, "refused": False}, lines)
+    return EXIT_OK
 
 
 def run_rotate_key(args: argparse.Namespace) -> int:

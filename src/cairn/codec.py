@@ -5,7 +5,9 @@ Values JSON cannot carry exactly are written as tagged objects,
 entities name their class by topic; decoding builds only classes of the
 application's :class:`~cairn.model.Model`, and builds them as they were
 stored: a value object field by field, never through ``__init__`` or
-``__post_init__``. Nesting is bounded both ways (:data:`MAX_DEPTH`), and a
+``__post_init__``. A value object or entity whose class declares a
+``schema_version`` above 1 carries it as ``"#v"`` beside its fields, and is
+read in its class's current form (:mod:`cairn.evolution`). Nesting is bounded both ways (:data:`MAX_DEPTH`), and a
 malformed value is an :class:`~cairn.UnreadableRecord` that names its tag,
 never its content.
 """
@@ -26,8 +28,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from cairn.domain import DomainEvent, Entity, shown
-from cairn.errors import CairnError, EncodingError, TopicError, UnreadableRecord
+from cairn.domain import DomainEvent, Entity, shown, topic_of
+from cairn.errors import CairnError, EncodingError, UnreadableRecord
+from cairn.evolution import VERSION_KEY, Schema
 from cairn.model import Kind, Model
 
 TAG = "#"
@@ -99,26 +102,16 @@ class _ValueFields:
     """What building a value object of one class needs, worked out once."""
 
     names: frozenset[str]
-    required: frozenset[str]
-    defaults: dict[str, Any]
-    factories: dict[str, Callable[[], Any]]
+    schema: Schema
+    plain: bool  # at schema version 1: stored fields that are exactly ``names`` are current
 
     @classmethod
     def of(cls, value_class: type) -> _ValueFields:
-        fields = dataclasses.fields(value_class)
+        schema = Schema.of(value_class)
         return cls(
-            names=frozenset(f.name for f in fields),
-            required=frozenset(
-                f.name
-                for f in fields
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-            ),
-            defaults={f.name: f.default for f in fields if f.default is not dataclasses.MISSING},
-            factories={
-                f.name: f.default_factory
-                for f in fields
-                if f.default_factory is not dataclasses.MISSING
-            },
+            names=frozenset(f.name for f in dataclasses.fields(value_class)),
+            schema=schema,
+            plain=schema.version == 1,
         )
 
 
@@ -162,8 +155,10 @@ class JSONTranscoder:
             "obj": self._decode_value_object,
             "ent": self._decode_entity,
         }
-        self._topics: dict[type, tuple[str, str]] = {}  # class -> (tag, topic), checked
+        # class -> (tag, topic, schema version), checked
+        self._topics: dict[type, tuple[str, str, int]] = {}
         self._value_fields: dict[type, _ValueFields] = {}
+        self._entity_schemas: dict[type, Schema] = {}
 
     # ---- bytes
 
@@ -249,7 +244,7 @@ class JSONTranscoder:
 
     def _encode_object(self, value: Any, depth: int) -> Any:
         t = type(value)
-        tag, topic = self._topics.get(t) or self._topic(t)
+        tag, topic, version = self._topics.get(t) or self._topic(t)
         if tag == "enum":
             return {TAG: tag, "t": topic, "v": self.to_json(value.value, depth)}
         if tag == "obj":
@@ -261,16 +256,19 @@ class JSONTranscoder:
                     raise EncodingError(
                         f"value object {t.__qualname__} has no value for its field {f.name!r}"
                     ) from None
-            return {TAG: tag, "t": topic, "v": fields}
-        return {
-            TAG: tag,
-            "t": topic,
-            "v": {k: self.to_json(v, depth) for k, v in vars(value).items()},
-        }
+        else:
+            fields = {k: self.to_json(v, depth) for k, v in vars(value).items()}
+            if VERSION_KEY in fields:
+                raise EncodingError(
+                    f"entity {t.__qualname__} has an attribute named {VERSION_KEY!r}"
+                )
+        if version != 1:
+            fields[VERSION_KEY] = version
+        return {TAG: tag, "t": topic, "v": fields}
 
-    def _topic(self, t: type) -> tuple[str, str]:
-        """The tag and topic of a class whose values are stored with their class; checked
-        to resolve back to it, so that nothing is stored that cannot be read."""
+    def _topic(self, t: type) -> tuple[str, str, int]:
+        """The tag, topic and schema version of a class whose values are stored with their
+        class; checked to resolve back to it, so that nothing is stored that cannot be read."""
         name = f"{t.__module__}.{t.__qualname__}"
         kind: Kind
         if issubclass(t, Enum):
@@ -286,10 +284,11 @@ class JSONTranscoder:
             )
         try:
             topic = self.model.check(t, kind)
-        except TopicError as exc:
+            version = 1 if tag == "enum" else Schema.of(t).version
+        except UnreadableRecord as exc:  # a TopicError, or a schema declared wrong
             raise EncodingError(f"cannot store a value of type {name}: {exc}") from None
-        self._topics[t] = (tag, topic)
-        return tag, topic
+        self._topics[t] = (tag, topic, version)
+        return tag, topic, version
 
     def from_json(self, value: Any, depth: int) -> Any:
         """The value that :meth:`to_json` made JSON-ready; :class:`UnreadableRecord` if it
@@ -331,7 +330,8 @@ class JSONTranscoder:
 
     def _decode_value_object(self, tagged: dict[str, Any], depth: int) -> Any:
         """Built as stored, field by field (``init=False`` fields included): its
-        ``__init__`` and ``__post_init__`` do not run again."""
+        ``__init__`` and ``__post_init__`` do not run again. Stored in an older form, its
+        fields are brought to the current one by its class's upcast steps first."""
         cls = self.model.value_class(tagged["t"])
         spec = self._value_fields.get(cls) or self._value_fields.setdefault(
             cls, _ValueFields.of(cls)
@@ -339,22 +339,11 @@ class JSONTranscoder:
         stored = tagged["v"]
         if type(stored) is not dict:
             raise UnreadableRecord(f"value object {cls.__qualname__}: its fields are not an object")
-        if not stored.keys() <= spec.names:
-            unknown = min(stored.keys() - spec.names)
-            raise UnreadableRecord(
-                f"value object {cls.__qualname__} has no field {shown(unknown, 40)}"
-            )
-        if not spec.required <= stored.keys():
-            missing = min(spec.required - stored.keys())
-            raise UnreadableRecord(f"value object {cls.__qualname__} lacks its field {missing!r}")
+        self._decode_in_place(stored, depth)
+        if not (spec.plain and stored.keys() == spec.names):
+            stored = spec.schema.upcast(stored, spec.names)  # schema evolution
         value: Any = object.__new__(cls)
-        for name in spec.names:
-            if name in stored:
-                field = self.from_json(stored[name], depth)
-            elif name in spec.defaults:
-                field = spec.defaults[name]
-            else:
-                field = spec.factories[name]()
+        for name, field in stored.items():
             object.__setattr__(value, name, field)
         return value
 
@@ -363,6 +352,50 @@ class JSONTranscoder:
         stored = tagged["v"]
         if type(stored) is not dict:
             raise UnreadableRecord(f"entity {cls.__qualname__}: its attributes are not an object")
+        self._decode_in_place(stored, depth)
+        schema = self._entity_schemas.get(cls) or self._entity_schemas.setdefault(
+            cls, Schema.of(cls)
+        )
+        if VERSION_KEY in stored or schema.version != 1:
+            stored = schema.upcast(stored, None)  # schema evolution (attributes undeclared)
         entity = object.__new__(cls)
-        vars(entity).update((k, self.from_json(v, depth)) for k, v in stored.items())
+        vars(entity).update(stored)
         return entity
+
+    def _decode_in_place(self, stored: dict[str, Any], depth: int) -> None:
+        for k, v in stored.items():
+            if type(v) is dict or type(v) is list:
+                stored[k] = self.from_json(v, depth)
+
+    # ---- the current form
+
+    def is_current(self, value: Any, depth: int = 0) -> bool:
+        """Whether a parsed value (tagged values still tagged) names every class under its
+        current topic and holds every value object and entity at its class's current schema
+        version: whether writing it again would store it as it is. Values of classes that
+        do not resolve raise as decoding would."""
+        if depth >= MAX_DEPTH:
+            raise UnreadableRecord(f"values nested more than {MAX_DEPTH} levels deep")
+        t = type(value)
+        if t is list:
+            return all(self.is_current(x, depth + 1) for x in value)
+        if t is not dict:
+            return True
+        tag = value.get(TAG)
+        if tag in ("obj", "ent", "enum"):
+            cls = self.model.resolve(value["t"], _KINDS[tag])
+            if topic_of(cls) != value["t"]:
+                return False
+            if tag == "enum":
+                return True
+            fields = value["v"]
+            if type(fields) is not dict:
+                raise UnreadableRecord(f"a {tag!r} value's fields are not an object")
+            if fields.get(VERSION_KEY, 1) != Schema.of(cls).version:
+                return False
+            return all(self.is_current(x, depth + 1) for x in fields.values())
+        inner = value.values() if tag is None else [value.get("v")]
+        return all(self.is_current(x, depth + 1) for x in inner)
+
+
+_KINDS: dict[str, Kind] = {"obj": "value object", "ent": "entity", "enum": "enum"}

@@ -40,6 +40,10 @@ _module_namespace = vars(ModuleType)["__dict__"].__get__
 _class_namespace = vars(type)["__dict__"].__get__
 _class_module = vars(type)["__module__"].__get__
 _class_qualname = vars(type)["__qualname__"].__get__
+# The same, for the model's walks of modules and classes.
+module_namespace = _module_namespace
+class_namespace = _class_namespace
+class_module = _class_module
 
 
 def topic_of(cls: type) -> str:
@@ -101,6 +105,12 @@ class DomainEvent:
     originator_version: int
     timestamp: datetime
 
+    # Schema evolution (docs/evolution.md), each read from a class's own body only:
+    # the version of the form it writes, and the topics it was stored under before.
+    # Upcast steps are static methods upcast_v1_v2(data) -> data, and so on.
+    schema_version: ClassVar[int] = 1
+    former_topics: ClassVar[tuple[str, ...]] = ()
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # Why here: events must be immutable values, and forgetting the
@@ -149,8 +159,12 @@ class Fenced(DomainEvent):
 class Entity:
     """A child entity: it has an identity, and exists only inside its aggregate.
 
-    Its attributes are stored as part of the aggregate's snapshots.
+    Its attributes are stored as part of the aggregate's snapshots (a change of them
+    is a schema change: ``schema_version`` and upcast steps, docs/evolution.md).
     """
+
+    schema_version: ClassVar[int] = 1
+    former_topics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, id: UUID) -> None:
         self._id = id
@@ -190,7 +204,9 @@ class Aggregate:
     """The root entity of an aggregate: the only way in to the entities it controls.
 
     State lives in the instance's attributes; attributes named in ``_transient``
-    are bookkeeping and are never part of a snapshot.
+    are bookkeeping and are never part of a snapshot. A change of the attributes is
+    a change of the snapshots' form: ``schema_version`` and upcast steps of the
+    state dict (docs/evolution.md), or no snapshots of the old form at all.
 
     Numbering, as in the seed: an aggregate's events are numbered from 0 (their
     ``originator_version``; ``lte=`` and snapshots use these numbers), and
@@ -199,6 +215,8 @@ class Aggregate:
     """
 
     _transient: ClassVar[frozenset[str]] = frozenset({"_pending_events", "_application"})
+    schema_version: ClassVar[int] = 1
+    former_topics: ClassVar[tuple[str, ...]] = ()
 
     _id: UUID
     _version: int
@@ -385,23 +403,32 @@ class Aggregate:
         return f"<{type(self).__qualname__} {self._id} version={self._version}>"
 
 
+class Retired(Aggregate.Event):
+    """An event class no longer in use, read as a no-op: its stored records only advance
+    their aggregate's version (and ``modified_on``), so that aggregates still replay.
+
+    Map the retired topics to it explicitly: a subclass of the aggregate's with
+    ``former_topics = ("bank.accounts:Account.Frozen",)``, or
+    ``Application(renames={"bank.accounts:Account.Frozen": Retired})``. Its stored
+    fields are neither decoded nor kept: retiring them is what the mapping declares.
+    It is never stored (the mapper refuses), and cannot retire a ``Created`` event.
+    """
+
+
 _CREATED_FIELDS = frozenset(f.name for f in dataclasses.fields(Aggregate.Created))
 # The state every aggregate has, which only cairn sets.
 _BOOKKEEPING = frozenset(Aggregate.__annotations__) - {"_transient"}
 
 
 def aggregate_class(topic: object) -> type[Aggregate] | None:
-    """The loaded :class:`Aggregate` subclass a topic names (see :func:`find_class`), or None."""
-    cls = _aggregate_classes.get(topic) if type(topic) is str else None
-    if cls is None and type(topic) is str:
-        found = find_class(topic)
-        if found is None or not issubclass(found, Aggregate):
-            return None
-        cls = _aggregate_classes[topic] = found
-    return cls
+    """The loaded :class:`Aggregate` subclass a topic names (see :func:`find_class`), or None.
 
-
-_aggregate_classes: dict[str, type[Aggregate]] = {}  # found ones only: bounded by the classes
+    Not cached: a class defined again under its name (a new version of a model, in
+    one process) is the one found. A mapper gives a Created event the current topic
+    of its aggregate's class, which its model resolved (renames included).
+    """
+    found = find_class(topic) if type(topic) is str else None
+    return found if found is not None and issubclass(found, Aggregate) else None
 
 
 def attribute(getter: Callable[[Any], Any]) -> property:

@@ -103,9 +103,18 @@ class Envelope:
         self.max_payload = max_payload
 
     def seal(
-        self, payload: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
+        self,
+        payload: bytes,
+        kind: bytes,
+        originator_id: UUID,
+        version: int,
+        topic: str,
+        *,
+        new_key: bool | None = None,
     ) -> bytes:
-        """The stored bytes of a payload (already checked to be within ``max_payload``)."""
+        """The stored bytes of a payload (already checked to be within ``max_payload``).
+        With data keys, an aggregate's first event makes its key (``new_key`` False: never,
+        as when a stored record is written again)."""
         flags = 0
         if self.compress and len(payload) >= COMPRESS_MIN_SIZE:
             compressed = _compress(payload)
@@ -115,7 +124,8 @@ class Envelope:
         if self.data_keys is not None:
             # An aggregate gets its own key with its first event; one created before
             # key_per_aggregate was on stays under the master key.
-            own = self.data_keys.cipher(originator_id, create=kind == EVENT and version == 0)
+            create = kind == EVENT and version == 0 if new_key is None else new_key
+            own = self.data_keys.cipher(originator_id, create=create)
             cipher = own or self.cipher
         if cipher is not None:
             flags |= ENCRYPTED

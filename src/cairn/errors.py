@@ -84,6 +84,48 @@ class TopicError(UnreadableRecord):
     declared, or of the wrong kind): the record cannot be read."""
 
 
+class SchemaMismatch(UnreadableRecord):
+    """A stored event, snapshot, value object or entity does not fit its class as the class
+    and its upcast steps say (``docs/evolution.md``): a stored field that no field or step
+    consumes, a field that no step adds, an upcast step that failed or is missing.
+
+    ``type_name`` (the class), ``stored_version`` (the schema version the data was
+    written at), ``field`` (the field at fault, or None) and ``reason`` say what; the
+    message also names the record (aggregate, version, topic), never the data.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type_name: str = "",
+        stored_version: int | None = None,
+        field: str | None = None,
+        reason: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.stored_version = stored_version
+        self.field = field
+        self.reason = reason or message
+
+    def renamed(self, message: str) -> SchemaMismatch:
+        """The same error with another message (one that names the record too)."""
+        return type(self)(
+            message,
+            type_name=self.type_name,
+            stored_version=self.stored_version,
+            field=self.field,
+            reason=self.reason,
+        )
+
+
+class NoUpcastStep(SchemaMismatch):
+    """Stored data is at a schema version its class has no upcast step from (a step
+    deleted too soon, or data written by newer code). A snapshot in this state is passed
+    over (the aggregate is replayed from its events); an event is unreadable."""
+
+
 class StoreError(CairnError):
     """A store cannot be opened or used: bad URL, unreachable server, full disk."""
 

@@ -14,6 +14,7 @@ from cairn.crypto import own_key_hint
 from cairn.domain import DomainEvent, topic_of
 from cairn.errors import AggregateForgotten, UnreadableRecord
 from cairn.mapping import Mapper
+from cairn.model import Model
 from cairn.renamed import Alias
 from cairn.stores import FeedPage, Record, Store
 from cairn.stores.contract import feed_after, feed_limit, feed_topics
@@ -51,7 +52,7 @@ class Feed:
         (crypto-shredded) are passed over: their positions stay, their content can
         no longer be read.
         """
-        records = self.store.read_feed(after, limit, topics=topics_of(topics))
+        records = self.store.read_feed(after, limit, topics=topics_of(topics, self.mapper.model))
         to_event = self.mapper.to_event
         try:
             pairs = [(r.position, to_event(r)) for r in records]
@@ -88,7 +89,11 @@ class Feed:
                 f"poll_interval must be a number of seconds above 0, not {poll_interval!r}"
             )
         return self._follow(
-            after, limit, poll_interval, stop or threading.Event(), topics_of(topics)
+            after,
+            limit,
+            poll_interval,
+            stop or threading.Event(),
+            topics_of(topics, self.mapper.model),
         )
 
     def _follow(
@@ -117,20 +122,22 @@ def explained(
     return error
 
 
-def topics_of(topics: Topics | None) -> tuple[str, ...] | None:
-    """The topics of these event classes (topics given as text kept as they are), checked."""
+def topics_of(topics: Topics | None, model: Model | None = None) -> tuple[str, ...] | None:
+    """The topics of these event classes (topics given as text kept as they are), checked;
+    with the ``model``, an event class's records stored under a former topic of it too
+    (a renamed or moved class: ``docs/evolution.md``)."""
     if topics is None:
         return None
     if isinstance(topics, str | type):
         raise ValueError(
             "topics is a collection of event classes or topics, not one: write topics=[...]"
         )
-    names = []
+    names: list[str] = []
     for topic in topics:
         if isinstance(topic, type):
             if not issubclass(topic, DomainEvent):
                 raise ValueError(f"{topic.__qualname__} is not an event class (a DomainEvent)")
-            names.append(topic_of(topic))
+            names.extend(model.topics_of(topic) if model is not None else [topic_of(topic)])
         else:
             names.append(topic)
     return feed_topics(names)

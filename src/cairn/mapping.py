@@ -9,9 +9,15 @@ checked:
 1. open: authenticate and decrypt (a record of an encrypted store means
    nothing before this), decompress within ``max_payload``;
 2. parse the JSON;
-3. resolve the record's topic to a class of the application's model;
-4. decode the values (enums, value objects, entities: of the model only) and
-   build the event or snapshot.
+3. resolve the record's topic to a class of the application's model (a
+   topic it was stored under before a rename, through the model's declarations);
+4. decode the values (enums, value objects, entities: of the model only; each
+   of those in its current form, as 5 says);
+5. schema evolution (:mod:`cairn.evolution`): a record not stored in its
+   class's current form (an older ``schema_version``, other fields) is brought
+   to it by the class's upcast steps, and must then hold exactly the class's
+   fields; a record in the current form skips this stage;
+6. build the event or snapshot.
 
 Every failure after the store returned the record is an
 :class:`~cairn.UnreadableRecord` (or its :class:`~cairn.TopicError`) that names
@@ -21,14 +27,14 @@ the aggregate, version and topic, never the data.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from cairn.codec import MAX_DEPTH, TAG, JSONTranscoder, error_name
 from cairn.crypto import Cipher, DataKeys
-from cairn.domain import Aggregate, DomainEvent, Fenced, shown
+from cairn.domain import Aggregate, DomainEvent, Fenced, Retired, topic_of
 from cairn.envelope import (
     COMPRESS_MIN_SIZE,
     COMPRESSED,
@@ -40,7 +46,8 @@ from cairn.envelope import (
     Envelope,
     unreadable,
 )
-from cairn.errors import CairnError, EncodingError, UnreadableRecord
+from cairn.errors import CairnError, EncodingError, SchemaMismatch, UnreadableRecord
+from cairn.evolution import VERSION_KEY, Schema
 from cairn.model import Declared, Model
 from cairn.stores import FENCE_TOPIC, Record
 
@@ -81,31 +88,26 @@ class _EventClass:
     """What building events of one class needs, worked out once per topic."""
 
     cls: type[DomainEvent]
-    names: frozenset[str]  # the fields a record's payload may carry
-    required: frozenset[str]  # ... and must
-    defaults: dict[str, Any]  # for fields added to the class after records were stored
-    factories: dict[str, Callable[[], Any]]
+    names: frozenset[str]  # the fields a record's payload holds, in the current form
+    schema: Schema  # its version and upcast steps
     creates: bool  # a Created event: it names its aggregate's class
-    plain: bool  # none of the above to do: no defaults, no factories, not a Created event
+    retired: bool  # read as a no-op: its stored fields are not decoded
+    plain: bool  # none of the above to mind: a payload of exactly ``names`` is current
 
     @classmethod
     def of(cls, event_class: type[DomainEvent]) -> _EventClass:
-        fields = [f for f in dataclasses.fields(event_class) if f.name not in _COLUMNS]
-        defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-        factories = {
-            f.name: f.default_factory
-            for f in fields
-            if f.default_factory is not dataclasses.MISSING
-        }
+        schema = Schema.of(event_class)
         creates = issubclass(event_class, Aggregate.Created)
+        retired = issubclass(event_class, Retired)
         return cls(
             cls=event_class,
-            names=frozenset(f.name for f in fields),
-            required=frozenset(f.name for f in fields) - defaults.keys() - factories.keys(),
-            defaults=defaults,
-            factories=factories,
+            names=frozenset(
+                f.name for f in dataclasses.fields(event_class) if f.name not in _COLUMNS
+            ),
+            schema=schema,
             creates=creates,
-            plain=not (defaults or factories or creates),
+            retired=retired,
+            plain=schema.version == 1 and not creates and not retired,
         )
 
 
@@ -154,8 +156,9 @@ class Mapper:
         self._decode_fields = self.transcoder.decode_fields
         # Both directions of the topic lookup, cached: every record needs one.
         self._event_classes: dict[str, _EventClass] = {}
-        self._aggregate_topics: set[str] = set()  # checked, in Created events
-        self._topics: dict[type, str] = {}
+        self._aggregate_topics: dict[str, str] = {}  # in Created events: stored -> current
+        self._written: dict[type, tuple[str, int]] = {}  # event class -> topic, schema version
+        self._schemas: dict[str, Schema] = {}  # aggregate topic -> its snapshots' schema
 
     @staticmethod
     def check_options(key: object, always_encrypt: bool | None, max_payload: int) -> None:
@@ -189,13 +192,16 @@ class Mapper:
 
     # ---- events
 
-    def to_record(self, event: DomainEvent) -> Record:
-        """The record of one event; :class:`EncodingError` names the event and field at fault."""
+    def to_record(self, event: DomainEvent, *, new_key: bool | None = None) -> Record:
+        """The record of one event; :class:`EncodingError` names the event and field at fault.
+        (``new_key``: as :meth:`Envelope.seal <cairn.envelope.Envelope.seal>` takes it.)"""
         fields = dict(vars(event))
         originator_id = fields.pop("originator_id")
         version = fields.pop("originator_version")
         cls = type(event)
-        topic = self._topics.get(cls) or self._topic(cls)
+        topic, schema_version = self._written.get(cls) or self._topic(cls)
+        if schema_version != 1:
+            fields[VERSION_KEY] = schema_version
         try:
             payload = self.transcoder.encode(fields)
         except EncodingError as exc:
@@ -208,18 +214,27 @@ class Mapper:
                 f"event {cls.__qualname__} of aggregate {originator_id} version {version}: "
                 f"{self._too_large(payload)}"
             )
-        data = self._seal(payload, EVENT, originator_id, version, topic)
+        data = self._seal(payload, EVENT, originator_id, version, topic, new_key=new_key)
         return Record(originator_id, version, topic, data)
 
-    def _topic(self, cls: type[DomainEvent]) -> str:
-        """The event class's topic, checked to resolve back to it (or nothing is stored)."""
+    def _topic(self, cls: type[DomainEvent]) -> tuple[str, int]:
+        """The event class's topic, checked to resolve back to it (or nothing is stored),
+        and its schema version."""
+        if issubclass(cls, Retired):
+            raise EncodingError(
+                f"cannot store an event of class {cls.__qualname__}: it is a retired event, "
+                "read as a no-op and never stored"
+            )
         try:
-            topic = self._topics[cls] = self.model.check(cls, "event")
+            written = self._written[cls] = (
+                self.model.check(cls, "event"),
+                Schema.of(cls).version,
+            )
         except UnreadableRecord as exc:
             raise EncodingError(
                 f"cannot store an event of class {cls.__qualname__}: {exc}"
             ) from None
-        return topic
+        return written
 
     def to_event(self, record: Record) -> DomainEvent:
         """The event a record holds; :class:`UnreadableRecord` (or :class:`TopicError`) naming
@@ -234,14 +249,12 @@ class Mapper:
         payload = self._open(record, EVENT)  # 1. authenticated, decompressed
         try:
             raw = self._parse(payload)  # 2. JSON
-            # (Schema evolution will upcast ``raw`` here, before the class is chosen.)
             spec = self._event_classes.get(record.topic) or self._event_class(record.topic)  # 3.
-            if type(raw) is not dict or raw.keys() != spec.names:
-                _check_fields(spec, raw)  # not every field stored as the class has them
-            fields = self._decode_fields(raw)  # 4. values, then the event
-            if not spec.plain:
-                fields = self._complete(spec, fields)
-            fields["originator_id"] = record.originator_id
+            if spec.plain and type(raw) is dict and raw.keys() == spec.names:
+                fields = self._decode_fields(raw)  # 4. values (5: stored in the current form)
+            else:
+                fields = self._evolve(spec, raw)  # 4. values, 5. to the current form
+            fields["originator_id"] = record.originator_id  # 6. the event
             fields["originator_version"] = record.originator_version
             event: DomainEvent = object.__new__(spec.cls)
             # Why not cls(**fields): a frozen dataclass's __init__ costs a setattr
@@ -251,18 +264,32 @@ class Mapper:
             raise _unreadable(record, EVENT, exc) from None
         return event
 
-    def _complete(self, spec: _EventClass, fields: dict[str, Any]) -> dict[str, Any]:
-        """The fields with the defaults of those not stored; a Created event's aggregate
-        class checked to be one of the model's."""
-        if spec.defaults:
-            fields = {**spec.defaults, **fields}
-        for name, factory in spec.factories.items():
-            if name not in fields:
-                fields[name] = factory()
-        if spec.creates and fields["originator_topic"] not in self._aggregate_topics:
-            self.model.aggregate_class(fields["originator_topic"])
-            self._aggregate_topics.add(fields["originator_topic"])  # found: one of the model's
+    def _evolve(self, spec: _EventClass, raw: Any) -> dict[str, Any]:
+        """Schema evolution, the stage a record stored in its class's current form skips:
+        the stored fields, decoded, brought to the current form by the class's upcast
+        steps and checked to be exactly its fields; a Created event's aggregate class
+        resolved by the model (a renamed one under its current topic); a retired event's
+        fields left undecoded."""
+        if type(raw) is not dict:
+            raise UnreadableRecord("its payload is not a JSON object")
+        if spec.retired:
+            if "timestamp" not in raw:
+                raise UnreadableRecord("it lacks the field timestamp")
+            return {"timestamp": self.transcoder.from_json(raw["timestamp"], 1)}
+        fields = spec.schema.upcast(self._decode_fields(raw), spec.names)
+        if spec.creates:
+            fields["originator_topic"] = self._aggregate_topic(fields["originator_topic"])
         return fields
+
+    def _aggregate_topic(self, stored: Any) -> str:
+        """The current topic of the aggregate class a Created event names, checked to be one
+        of the model's."""
+        current = self._aggregate_topics.get(stored) if type(stored) is str else None
+        if current is None:
+            if type(stored) is not str:
+                raise UnreadableRecord("its originator_topic is not a topic")
+            current = self._aggregate_topics[stored] = topic_of(self.model.aggregate_class(stored))
+        return current
 
     def _event_class(self, topic: str) -> _EventClass:
         spec = self._event_classes[topic] = _EventClass.of(self.model.event_class(topic))
@@ -270,35 +297,122 @@ class Mapper:
 
     # ---- snapshots
 
-    def snapshot_to_record(self, snapshot: Snapshot) -> Record:
+    def snapshot_to_record(self, snapshot: Snapshot, *, new_key: bool | None = None) -> Record:
         """The record of a snapshot; :class:`EncodingError` names the snapshot at fault."""
+        state = snapshot.state
         try:
-            payload = self.transcoder.encode_value(snapshot.state)
+            schema = self._snapshot_schema(snapshot.topic)
+            if state is not None:
+                if VERSION_KEY in state:
+                    raise EncodingError(f"its state has an attribute named {VERSION_KEY!r}")
+                if schema.version != 1:
+                    state = {**state, VERSION_KEY: schema.version}
+            payload = self.transcoder.encode_value(state)
             if len(payload) > self._max_payload:
                 raise EncodingError(self._too_large(payload))
-        except EncodingError as exc:
+        except (EncodingError, UnreadableRecord) as exc:
             raise EncodingError(
                 f"snapshot of aggregate {snapshot.originator_id} version "
                 f"{snapshot.originator_version}: {exc}"
             ) from None
         data = self.envelope.seal(
-            payload, SNAPSHOT, snapshot.originator_id, snapshot.originator_version, snapshot.topic
+            payload,
+            SNAPSHOT,
+            snapshot.originator_id,
+            snapshot.originator_version,
+            snapshot.topic,
+            new_key=new_key,
         )
         return Record(snapshot.originator_id, snapshot.originator_version, snapshot.topic, data)
 
     def to_snapshot(self, record: Record) -> Snapshot:
         """The snapshot a record holds: of an aggregate class of the model, with the state
         of that aggregate at that version; :class:`UnreadableRecord` if it can't be read."""
-        payload = self.envelope.open(record, SNAPSHOT)
+        payload = self.envelope.open(record, SNAPSHOT)  # 1.
         try:
-            raw = self.transcoder.parse(payload)
-            self.model.aggregate_class(record.topic)
-            state = None if raw is None else self.transcoder.from_json(raw, 0)
+            raw = self.transcoder.parse(payload)  # 2.
+            schema = self._snapshot_schema(record.topic)  # 3.
+            state = None if raw is None else self.transcoder.from_json(raw, 0)  # 4.
             if state is not None:
+                if type(state) is not dict:
+                    raise UnreadableRecord("its state is not a dict of attributes")
+                if VERSION_KEY in state or schema.version != 1:  # 5.
+                    state = schema.upcast(state, None)
                 _check_state(state, record)
         except Exception as exc:
             raise _unreadable(record, SNAPSHOT, exc) from None
-        return Snapshot(record.originator_id, record.originator_version, record.topic, state)
+        topic = topic_of(schema.owner)  # the current one, if the class was renamed
+        return Snapshot(record.originator_id, record.originator_version, topic, state)
+
+    def _snapshot_schema(self, topic: str) -> Schema:
+        """The schema of the aggregate class a snapshot's topic names (one of the model's)."""
+        schema = self._schemas.get(topic)
+        if schema is None:
+            schema = self._schemas[topic] = Schema.of(self.model.aggregate_class(topic))
+        return schema
+
+    # ---- the current form (for cairn upgrade)
+
+    def is_current(self, record: Record, *, snapshot: bool = False) -> bool:
+        """Whether a record is stored in its current form: under its class's current
+        topic, at its schema version, every value object and entity inside at theirs, and a
+        Created event naming its aggregate class's current topic; what writing it again
+        would store as it is. A fence and a retired event are current (they are never
+        written again). :class:`UnreadableRecord` as reading it would."""
+        if record.topic == FENCE_TOPIC and not snapshot:
+            return True
+        kind = SNAPSHOT if snapshot else EVENT
+        payload = self.envelope.open(record, kind)
+        try:
+            raw = self.transcoder.parse(payload)
+            if snapshot:
+                schema = self._snapshot_schema(record.topic)
+                owner: type = schema.owner
+            else:
+                spec = self._event_classes.get(record.topic) or self._event_class(record.topic)
+                if spec.retired:
+                    return True
+                schema, owner = spec.schema, spec.cls
+            if topic_of(owner) != record.topic:
+                return False
+            if raw is None and snapshot:
+                return True  # discarded: no state
+            if type(raw) is not dict:
+                raise UnreadableRecord("its payload is not a JSON object")
+            if raw.get(VERSION_KEY, 1) != schema.version:
+                return False
+            if not snapshot and spec.creates:
+                stored = raw.get("originator_topic")
+                if self._aggregate_topic(stored) != stored:
+                    return False
+            return self.transcoder.is_current(raw)
+        except Exception as exc:
+            raise _unreadable(record, kind, exc) from None
+
+    def stored_version(self, record: Record, *, snapshot: bool = False) -> int | None:
+        """The schema version a record was stored at (1 when it says none), or None if its
+        payload does not open to a JSON object (reading it says why)."""
+        try:
+            raw = self.transcoder.parse(self.envelope.open(record, SNAPSHOT if snapshot else EVENT))
+        except Exception:
+            return None
+        version = raw.get(VERSION_KEY, 1) if type(raw) is dict else None
+        return version if type(version) is int else None
+
+    def upgraded(self, record: Record, *, snapshot: bool = False) -> Record | None:
+        """The record written again in its current form (its class's current topic and
+        schema versions), sealed under the current key (its aggregate's own key if it has
+        one: never a new one, which would hide the aggregate's other records); None if it
+        is in its current form already (:meth:`is_current`). For ``cairn upgrade``."""
+        if self.is_current(record, snapshot=snapshot):
+            return None
+        try:
+            if snapshot:
+                return self.snapshot_to_record(self.to_snapshot(record), new_key=False)
+            return self.to_record(self.to_event(record), new_key=False)
+        except EncodingError as exc:
+            kind = SNAPSHOT if snapshot else EVENT
+            raise unreadable(record, kind, f"it cannot be written again: {exc}") from None
 
     # ---- documents
 
@@ -348,18 +462,6 @@ class Mapper:
         )
 
 
-def _check_fields(spec: _EventClass, raw: Any) -> None:
-    """A payload carries no field its event class lacks, and every field it needs."""
-    if type(raw) is not dict:
-        raise UnreadableRecord("its payload is not a JSON object")
-    if not raw.keys() <= spec.names:
-        unknown = min(raw.keys() - spec.names)
-        raise UnreadableRecord(f"{spec.cls.__qualname__} has no field {shown(unknown, 40)}")
-    if not spec.required <= raw.keys():
-        missing = ", ".join(sorted(spec.required - raw.keys()))
-        raise UnreadableRecord(f"it lacks the field(s) {missing}")
-
-
 def _check_state(state: Any, record: Record) -> None:
     """A snapshot's state is the state of the aggregate and version its record names."""
     if type(state) is not dict:
@@ -377,6 +479,8 @@ def _check_state(state: Any, record: Record) -> None:
 
 def _unreadable(record: Record, kind: bytes, exc: Exception) -> CairnError:
     """The error for a record whose payload failed to decode, as raised or for ``exc``."""
+    if isinstance(exc, SchemaMismatch):  # its reason, its details, and the record's name
+        return exc.renamed(str(unreadable(record, kind, str(exc))))
     if isinstance(exc, UnreadableRecord):  # cairn's own: its reason, with the record's name
         return type(exc)(str(unreadable(record, kind, str(exc))))
     if isinstance(exc, CairnError):  # e.g. AggregateForgotten: as it is

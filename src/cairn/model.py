@@ -17,6 +17,12 @@ objects inside it. A topic resolves only to a class that
   an aggregate, event or entity class (found from the class hierarchy), or one
   the application declared, ``Application(model=[Money, "bank.values"])``.
 
+A topic a class was stored under before a rename or a move resolves to it
+through a declaration only: the application's ``renames`` (old topic -> class),
+else a class of a model module whose own ``former_topics`` names it
+(:mod:`cairn.evolution`). Declarations come before what the old name would find
+in the loaded modules, and the kind is checked alike.
+
 :class:`Model` is the one place where topics resolve.
 """
 
@@ -25,13 +31,25 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from enum import Enum
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
-from cairn.domain import Aggregate, DomainEvent, Entity, find_class, shown, topic_of
+from cairn.domain import (
+    Aggregate,
+    DomainEvent,
+    Entity,
+    class_module,
+    class_namespace,
+    find_class,
+    module_namespace,
+    shown,
+    topic_of,
+)
 from cairn.errors import TopicError
+from cairn.evolution import former_topics, valid_topic
 
 Kind = Literal["event", "aggregate", "entity", "enum", "value object"]
 Declared = type | ModuleType | str  # a class, a module, or a module's or package's name
@@ -59,24 +77,49 @@ class Model:
 
     ``declared`` adds to what the class hierarchy gives: classes, modules, and
     modules or packages by name (imported here, once, with their submodules:
-    the developer chose them). Lookups are cached; a topic that does not
-    resolve costs one walk of the loaded aggregate, event and entity classes.
+    the developer chose them). ``renames`` maps topics that records were stored
+    under to the classes that read them now (``{"bank.old:Account.Deposited":
+    Account.Deposited}``; a retired event's to :class:`cairn.domain.Retired`),
+    for classes that cannot say so themselves with ``former_topics``. Lookups
+    are cached; a topic that does not resolve costs one walk of the model's
+    classes (then it is remembered until another module is loaded).
     """
 
-    def __init__(self, declared: Iterable[Declared] = ()) -> None:
+    def __init__(
+        self, declared: Iterable[Declared] = (), renames: Mapping[str, type] | None = None
+    ) -> None:
         self._declared_classes: dict[str, type] = {}
         self._declared_modules: set[str] = set()
         for item in declared:
             self._declare(item)
+        self._renames: dict[str, type] = {}
+        for old, cls in (renames or {}).items():
+            if type(old) is not str or not valid_topic(old):
+                raise ValueError(f"renames: {shown(old)} is not a topic ('module:Class')")
+            if not isinstance(cls, type):
+                raise TypeError(f"renames: {old} maps to {type(cls).__name__}, not a class")
+            self._renames[old] = cls
+            self._declared_classes[topic_of(cls)] = cls
         self._found: dict[Kind, dict[str, type]] = {kind: {} for kind in _BASES}
         self._model_modules: frozenset[str] = frozenset()
+        self._former: dict[str, type] = {}  # former topic -> class, of the model's classes
+        self._claimed_twice: dict[str, tuple[type, type]] = {}
+        self._indexed_modules = -1  # len(sys.modules) when the former topics were indexed
+        self._missed: dict[tuple[str, Kind], str] = {}  # why, bounded; see _look_up
+        self._missed_modules = 0
 
     @classmethod
-    def of(cls, model: Model | Iterable[Declared] | None) -> Model:
-        """``model`` itself if it is a Model, else a Model of the declared items."""
+    def of(
+        cls,
+        model: Model | Iterable[Declared] | None,
+        renames: Mapping[str, type] | None = None,
+    ) -> Model:
+        """``model`` itself if it is a Model, else a Model of the declared items and renames."""
         if isinstance(model, Model):
+            if renames:
+                raise ValueError("give the renames to the Model, or model= a list, not both")
             return model
-        return cls([model] if isinstance(model, str) else model or ())
+        return cls([model] if isinstance(model, str) else model or (), renames)
 
     # ---- lookups, one per kind
 
@@ -113,25 +156,56 @@ class Model:
         :class:`TopicError` saying why it would not be (so that nothing is stored that
         cannot be read back)."""
         topic = topic_of(cls)
-        if self.resolve(topic, kind) is not cls:
+        found = self.resolve(topic, kind)
+        if found is not cls:
+            renamed = self._renamed(topic)
+            if renamed is not None and renamed is found:
+                raise TopicError(
+                    f"{topic} is declared a former topic of {topic_of(renamed)}: records stored "
+                    "under it are read as that class, so this one can no longer be stored"
+                )
             raise TopicError(
                 f"{topic} is found under its topic as another class (was its module reloaded?)"
             )
         return topic
+
+    def topics_of(self, cls: type) -> tuple[str, ...]:
+        """Every topic that records of ``cls`` may be stored under: its own, then those
+        declared former topics of it (for the feed filtered by event class)."""
+        self._index_former_topics(again=False)
+        own = topic_of(cls)
+        former = [t for t, c in (*self._former.items(), *self._renames.items()) if c is cls]
+        return (own, *sorted(set(former) - {own}))
 
     # ---- how
 
     def _look_up(self, topic: str, kind: Kind) -> type:
         if type(topic) is not str:
             raise TopicError(f"a {kind} topic is not a string")
-        cls = self._declared_classes.get(topic) or find_class(topic)
+        if len(sys.modules) != self._missed_modules or len(self._missed) >= _MISSES_KEPT:
+            self._missed.clear()  # a module loaded since may define the class
+            self._missed_modules = len(sys.modules)
+        missed = self._missed.get((topic, kind))
+        if missed is not None:
+            raise TopicError(missed)
+        try:
+            return self._find(topic, kind)
+        except TopicError as exc:
+            self._missed[topic, kind] = str(exc)
+            raise
+
+    def _find(self, topic: str, kind: Kind) -> type:
+        renamed = self._renamed(topic, again=False)
+        cls = renamed or self._declared_classes.get(topic) or find_class(topic)
+        if cls is None:
+            renamed = cls = self._renamed(topic, again=True)  # a class defined since?
         if cls is None:
             raise TopicError(f"topic {shown(topic)} names no loaded class. {_HOW}")
         bases = _BASES[kind]
         is_kind = issubclass(cls, bases) if bases else not issubclass(cls, _NOT_VALUES)
         # A value object's class must be of the model before anything of it is
         # looked at (is_dataclass reads its attributes).
-        if is_kind and kind in ("enum", "value object"):
+        if is_kind and kind in ("enum", "value object") and renamed is None:
             is_kind = self._in_model(topic)
             if not is_kind:
                 raise TopicError(
@@ -141,8 +215,43 @@ class Model:
         if is_kind and kind == "value object":
             is_kind = dataclasses.is_dataclass(cls)
         if not is_kind:
-            raise TopicError(f"topic {shown(topic)} names a class that is not {_WHAT[kind]}")
+            what = "names" if renamed is None else f"is a former topic of {topic_of(cls)},"
+            raise TopicError(f"topic {shown(topic)} {what} a class that is not {_WHAT[kind]}")
         return cls
+
+    def _renamed(self, topic: str, *, again: bool = False) -> type | None:
+        """The class declared to read records stored under ``topic``: the application's
+        renames first, then the ``former_topics`` of the model's classes (indexed once,
+        and ``again`` if asked, or when a module was loaded since)."""
+        cls = self._renames.get(topic)
+        if cls is not None:
+            return cls
+        self._index_former_topics(again)
+        twice = self._claimed_twice.get(topic)
+        if twice is not None:
+            raise TopicError(
+                f"topic {shown(topic)} is a former topic of two classes, {topic_of(twice[0])} "
+                f"and {topic_of(twice[1])}: declare it in one of them only, or map it in "
+                "Application(renames=...)"
+            )
+        return self._former.get(topic)
+
+    def _index_former_topics(self, again: bool) -> None:
+        """Every former topic the model's classes declare: once, then again when asked or
+        when a module was loaded since (which may define classes of the model)."""
+        if not again and self._indexed_modules == len(sys.modules):
+            return
+        self._indexed_modules = len(sys.modules)
+        self._model_modules = _defining_modules()
+        modules = sorted(self._model_modules | self._declared_modules)
+        classes = [*_classes_of(modules), *self._declared_classes.values()]
+        former: dict[str, type] = {}
+        twice: dict[str, tuple[type, type]] = {}
+        for cls in classes:
+            for topic in former_topics(cls):
+                if former.setdefault(topic, cls) is not cls:
+                    twice[topic] = (former[topic], cls)
+        self._former, self._claimed_twice = former, twice
 
     def _in_model(self, topic: str) -> bool:
         """Whether the class ``topic`` names lies in a model module (by the topic's module
@@ -179,8 +288,36 @@ class Model:
 _HOW = (
     "Nothing is imported because a record names it: import the module that defines the "
     "class, or declare it, Application(model=[TheClass, 'package.module']) (for the cairn "
-    "command, CAIRN_MODEL=package.module)."
+    "command, --import package.module, or CAIRN_MODEL=package.module); for a class renamed "
+    "or moved, declare its former topic (docs/evolution.md)."
 )
+
+
+_MISSES_KEPT = 1024  # topics remembered not to resolve, at most (a store may hold many)
+_NESTING = 8  # how deep classes nest in classes, at most, when looking for former topics
+
+
+def _classes_of(modules: Iterable[str]) -> list[type]:
+    """The classes that these (loaded) modules define, nested ones included: read from their
+    namespaces, so that no attribute hook runs."""
+    found: list[type] = []
+    for name in modules:
+        module = sys.modules.get(name)
+        if module is None or not issubclass(type(module), ModuleType):
+            continue
+        stack = [(value, 0) for value in module_namespace(module).values()]
+        seen: set[int] = set()
+        while stack:
+            value, depth = stack.pop()
+            if not issubclass(type(value), type) or id(value) in seen:
+                continue
+            seen.add(id(value))
+            if class_module(value) != name:
+                continue  # imported from elsewhere: found under its own module, if a model one
+            found.append(value)
+            if depth < _NESTING:
+                stack.extend((inner, depth + 1) for inner in class_namespace(value).values())
+    return found
 
 
 def _defining_modules() -> frozenset[str]:

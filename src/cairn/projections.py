@@ -210,7 +210,7 @@ class ProjectionRunner(Generic[T]):
         self.views = views
         self.page_size = feed_limit(page_size)  # (ValueError now, not at the first page)
         self.failure: Exception | None = None
-        self._topics = topics_of(projection.topics)
+        self._topics = topics_of(projection.topics, feed.mapper.model)
         self._set_up = False
 
     def move_position(self, positions: PositionMap) -> tuple[int, int]:

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal, overload
 from uuid import UUID
 
-from cairn.application import Application, snapshot_of
+from cairn.application import Application, snapshot_of, state_of
 from cairn.crypto import KEY_ID_SIZE
-from cairn.errors import AggregateForgotten, CairnError, UnreadableRecord
-from cairn.mapping import ENCRYPTED, Mapper
+from cairn.domain import DomainEvent, find_class, topic_of
+from cairn.errors import (
+    AggregateForgotten,
+    CairnError,
+    NoUpcastStep,
+    SchemaMismatch,
+    UnreadableRecord,
+)
+from cairn.evolution import own_version
+from cairn.evolution import raised as _raised
+from cairn.mapping import ENCRYPTED, Mapper, Snapshot
 from cairn.renamed import module_aliases
 from cairn.stores import FENCE_TOPIC, Record, Store
 
@@ -66,7 +75,14 @@ def aggregate_type(created_topic: str) -> str:
 
 @dataclass
 class VerifyReport:
-    """What ``verify`` found: counts, and one line per problem (empty when all is well)."""
+    """What ``verify`` found: counts, and one line per problem (empty when all is well).
+
+    ``failures`` groups the records that cannot be read by kind, topic and the schema
+    version they were stored at (None when that cannot be told): how many, and each
+    distinct reason with its count and first record. ``outdated`` groups alike the
+    records that read well but are stored in an older form than their class's current
+    one (``cairn upgrade`` rewrites them), snapshots passed over included.
+    """
 
     aggregates: int = 0
     events: int = 0
@@ -76,11 +92,73 @@ class VerifyReport:
     encrypted_unchecked: int = 0  # encrypted records, with no key given to check them
     forgotten_ids: set[UUID] = field(default_factory=set)  # crypto-shredded on purpose
     problems: list[str] = field(default_factory=list)
+    failed: int = 0  # records that cannot be read
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    outdated_records: int = 0  # readable, and stored in an older form
+    outdated: list[dict[str, Any]] = field(default_factory=list)
+    # Snapshots of a form their class has no upcast step from: passed over when read
+    # (the aggregate is replayed from its events); cairn upgrade takes them again.
+    snapshots_passed_over: int = 0
+    replayed: int = 0  # aggregates replayed with the code, and compared with their snapshots
+
+    def problem(self, line: str) -> None:
+        """Note a problem: the first LISTED are named, the others counted."""
+        if len(self.problems) < LISTED:
+            self.problems.append(line)
+        elif len(self.problems) == LISTED:
+            self.problems.append("... and more problems (their groups below say how many)")
+
+
+def _group(
+    groups: list[dict[str, Any]],
+    kind: str,
+    record: Record,
+    stored_version: int | None,
+    reason: str,
+) -> None:
+    """Count a record in its group (kind, topic, stored version), under its reason."""
+    key = (kind, record.topic, stored_version)
+    for group in groups:
+        if (group["kind"], group["topic"], group["stored_version"]) == key:
+            break
+    else:
+        group = {"kind": kind, "topic": record.topic, "stored_version": stored_version}
+        group.update(records=0, reasons=[])
+        groups.append(group)
+    group["records"] += 1
+    for known in group["reasons"]:
+        if known["reason"] == reason:
+            known["records"] += 1
+            return
+    if len(group["reasons"]) < _REASONS:
+        example = f"aggregate {record.originator_id} version {record.originator_version}"
+        group["reasons"].append({"reason": reason, "records": 1, "first": example})
+
+
+_REASONS = 5  # distinct reasons kept per group; the others only counted
+_UNREADABLE = " is unreadable: "
+
+
+def grouped_lines(groups: list[dict[str, Any]], what: str) -> list[str]:
+    """A report's groups as lines: ``topic (events stored at schema version N): ...``."""
+    lines = []
+    for g in groups:
+        at = (
+            "an unknown version"
+            if g["stored_version"] is None
+            else f"version {g['stored_version']}"
+        )
+        lines.append(f"{g['topic']} ({g['kind']}s stored at schema {at}): {g['records']:,} {what}")
+        for r in g["reasons"]:
+            lines.append(f"    {r['records']:,} x {r['reason']} (first: {r['first']})")
+    return lines
 
 
 def verify(recorder: Store, mapper: Mapper, progress: Progress = _no_progress) -> VerifyReport:
-    """Read every event and newest snapshot: each must decrypt and decode, and each
-    aggregate's versions must run from 0 without a gap. Changes nothing.
+    """Read every event and snapshot with the mapper's model and code: each must decrypt
+    and decode (upcast steps run), each aggregate's versions must run from 0 without a
+    gap, and each aggregate, replayed, must apply its events and agree with each of its
+    snapshots. Changes nothing.
 
     With ``mapper.always_encrypt`` a record that is not encrypted is a problem of its
     own; without (no key to check with), plaintext records in a store that also holds
@@ -90,39 +168,61 @@ def verify(recorder: Store, mapper: Mapper, progress: Progress = _no_progress) -
     plaintext: list[str] = []  # the first LISTED, named
     for originator_id in iter_aggregate_ids(recorder):
         report.aggregates += 1
+        snapshots = _check_snapshots(report, plaintext, recorder, mapper, originator_id)
+        replay: _Replay | None = _Replay(originator_id, mapper, snapshots)
         expected = 0
         for record in recorder.select(originator_id):
             if record.originator_version != expected:
-                report.problems.append(
+                report.problem(
                     f"aggregate {originator_id}: version {record.originator_version} follows "
                     f"{expected - 1} (versions {expected}..{record.originator_version - 1} are missing)"
                 )
+                replay = None
             expected = record.originator_version + 1
             report.events += 1
             _count(report, plaintext, record)
-            _check(report, mapper, record)
-        snapshot = recorder.get_snapshot(originator_id)
-        if snapshot is not None:
-            report.snapshots += 1
-            _count(report, plaintext, snapshot, snapshot=True)
-            _check(report, mapper, snapshot, snapshot=True)
-            if snapshot.originator_version >= expected:
-                report.problems.append(
-                    f"aggregate {originator_id}: snapshot at version {snapshot.originator_version} "
-                    f"is beyond its last event ({expected - 1})"
+            event = _check(report, mapper, record)
+            if replay is not None:
+                replay = replay.apply(report, event)
+        if replay is not None:
+            replay.done(report)
+        for version in snapshots:
+            if version >= expected:
+                report.problem(
+                    f"aggregate {originator_id}: snapshot at version {version} is beyond its "
+                    f"last event ({expected - 1})"
                 )
         progress(report.aggregates, None)
     if report.plaintext and report.encrypted and not mapper.always_encrypt:
-        report.problems += [
-            f"{name} is not encrypted, in a store whose other records are (slipped in "
-            "without the key?)"
-            for name in plaintext
-        ]
+        for name in plaintext:
+            report.problem(
+                f"{name} is not encrypted, in a store whose other records are (slipped in "
+                "without the key?)"
+            )
         if report.plaintext > len(plaintext):
-            report.problems.append(
+            report.problem(
                 f"... and {report.plaintext - len(plaintext):,} more records not encrypted"
             )
     return report
+
+
+def _check_snapshots(
+    report: VerifyReport,
+    plaintext: list[str],
+    recorder: Store,
+    mapper: Mapper,
+    originator_id: UUID,
+) -> dict[int, Snapshot | None]:
+    """Check every snapshot of the aggregate; by version, each as read (None: unreadable,
+    or passed over)."""
+    snapshots: dict[int, Snapshot | None] = {}
+    lte = None
+    while (record := recorder.get_snapshot(originator_id, lte=lte)) is not None:
+        report.snapshots += 1
+        _count(report, plaintext, record, snapshot=True)
+        snapshots[record.originator_version] = _check(report, mapper, record, snapshot=True)
+        lte = record.originator_version - 1
+    return snapshots
 
 
 def _count(
@@ -136,16 +236,256 @@ def _count(
         report.encrypted += 1
 
 
-def _check(report: VerifyReport, mapper: Mapper, record: Record, *, snapshot: bool = False) -> None:
+@overload
+def _check(
+    report: VerifyReport, mapper: Mapper, record: Record, *, snapshot: Literal[False] = False
+) -> DomainEvent | None: ...
+@overload
+def _check(
+    report: VerifyReport, mapper: Mapper, record: Record, *, snapshot: Literal[True]
+) -> Snapshot | None: ...
+def _check(
+    report: VerifyReport, mapper: Mapper, record: Record, *, snapshot: bool = False
+) -> DomainEvent | Snapshot | None:
+    """The record, read (None if it cannot be, counted and grouped), and whether it is in
+    its current form (counted and grouped if not)."""
     if mapper.cipher is None and record.data[:1] and record.data[0] & ENCRYPTED:
         report.encrypted_unchecked += 1  # nothing to check it with
-        return
+        return None
+    kind = "snapshot" if snapshot else "event"
     try:
-        mapper.to_snapshot(record) if snapshot else mapper.to_event(record)
+        read = mapper.to_snapshot(record) if snapshot else mapper.to_event(record)
+        current = mapper.is_current(record, snapshot=snapshot)
     except AggregateForgotten:
         report.forgotten_ids.add(record.originator_id)
+        return None
+    except NoUpcastStep as exc:
+        if not snapshot:
+            _failed(report, mapper, kind, record, exc)
+            return None
+        report.snapshots_passed_over += 1
+        report.outdated_records += 1
+        _group(report.outdated, kind, record, exc.stored_version, exc.reason + "; passed over")
+        return None
     except CairnError as exc:
-        report.problems.append(str(exc))
+        _failed(report, mapper, kind, record, exc)
+        return None
+    if not current:
+        report.outdated_records += 1
+        stored = mapper.stored_version(record, snapshot=snapshot)
+        _group(report.outdated, kind, record, stored, f"read as {_current_form(read)}")
+    return read
+
+
+def _current_form(read: DomainEvent | Snapshot) -> str:
+    """The class a record is read as, and its schema version: its current form."""
+    cls = type(read) if isinstance(read, DomainEvent) else None
+    topic = topic_of(cls) if cls is not None else getattr(read, "topic", "")
+    owner = cls if cls is not None else find_class(topic)
+    version = own_version(owner) if owner is not None else 1
+    return f"{topic} at schema version {version}"
+
+
+def _failed(
+    report: VerifyReport, mapper: Mapper, kind: str, record: Record, exc: CairnError
+) -> None:
+    report.failed += 1
+    report.problem(str(exc))
+    if isinstance(exc, SchemaMismatch):
+        stored, reason = exc.stored_version, exc.reason
+    else:
+        stored = mapper.stored_version(record, snapshot=kind == "snapshot")
+        reason = str(exc).partition(_UNREADABLE)[2] or str(exc)
+    _group(report.failures, kind, record, stored, reason)
+
+
+class _Replay:
+    """An aggregate replayed with the code, event by event, and compared with each of its
+    snapshots at their versions (what the repository would build from either)."""
+
+    def __init__(
+        self, originator_id: UUID, mapper: Mapper, snapshots: dict[int, Snapshot | None]
+    ) -> None:
+        self.originator_id = originator_id
+        self.mapper = mapper
+        self.snapshots = snapshots
+        self.aggregate: Any = None
+
+    def apply(self, report: VerifyReport, event: DomainEvent | None) -> _Replay | None:
+        """Self, with the event applied; None once it cannot go on (the problem noted)."""
+        if event is None:
+            return None  # unreadable (a problem already), or not checked without a key
+        try:
+            self.aggregate = event.mutate(self.aggregate)
+        except Exception as exc:
+            why = str(exc) if isinstance(exc, CairnError) else f"it raised {_raised(exc)}"
+            report.problem(
+                f"aggregate {self.originator_id}: event {type(event).__qualname__} version "
+                f"{event.originator_version} cannot be applied with this code: {why}"
+            )
+            return None
+        if self.aggregate is None:
+            return None  # a creation fenced off: no aggregate
+        snapshot = self.snapshots.get(event.originator_version)
+        if snapshot is not None:
+            self._compare(report, snapshot)
+        return self
+
+    def done(self, report: VerifyReport) -> None:
+        report.replayed += self.aggregate is not None
+
+    def _compare(self, report: VerifyReport, snapshot: Snapshot) -> None:
+        aggregate = self.aggregate
+        if snapshot.state is None or aggregate._is_discarded:
+            differ = [] if snapshot.state is None and aggregate._is_discarded else ["discarded"]
+        else:
+            mine, theirs = state_of(aggregate), snapshot.state
+            differ = sorted(
+                (repr(name) for name in mine.keys() | theirs.keys()
+                 if not self._same(mine, theirs, name)),
+            )  # fmt: skip
+        if differ:
+            report.problem(
+                f"snapshot of aggregate {self.originator_id} version "
+                f"{snapshot.originator_version} ({snapshot.topic}) differs from its events "
+                f"replayed with this code, in {', '.join(differ[:10])} (a change of the "
+                "aggregate's attributes without a schema_version and an upcast step for its "
+                "snapshots?)"
+            )
+
+    def _same(self, mine: dict[str, Any], theirs: dict[str, Any], name: str) -> bool:
+        if name not in mine or name not in theirs:
+            return False
+        if mine[name] == theirs[name]:
+            return True
+        encode = self.mapper.transcoder.encode_value  # equal as stored (nan, eq=False)
+        try:
+            return encode(mine[name]) == encode(theirs[name])
+        except CairnError:
+            return False
+
+
+# --------------------------------------------------------------------------- upgrade
+
+
+@dataclass
+class UpgradeReport:
+    """What ``upgrade`` did, and what the checks before and after it found."""
+
+    aggregates: int = 0
+    events: int = 0  # rewritten in their current form
+    snapshots: int = 0  # rewritten in their current form
+    snapshots_taken: int = 0  # of a form with no upcast step: taken again from the events
+    current: int = 0  # events already in their current form (fences and retired ones too)
+    changed: int = 0  # changed by someone else meanwhile: left as they are (run it again)
+    forgotten: int = 0  # aggregates crypto-shredded: nothing to read
+    refused: bool = False  # the check before found problems: nothing was written
+    problems: list[str] = field(default_factory=list)
+    before: VerifyReport | None = None
+    after: VerifyReport | None = None
+
+
+REWRITE_BATCH = 500  # events per compare-and-set call
+
+
+def upgrade(
+    store: Store, mapper: Mapper, progress: Progress = _no_progress, *, check: bool = True
+) -> UpgradeReport:
+    """Rewrite every event and snapshot that is not in its current form (its class's
+    current topic and schema versions, ``Mapper.is_current``) in its current form, in
+    place: same aggregate, version and feed position, sealed under the mapper's current
+    key. Then the upcast steps from older forms are no longer needed by this store.
+
+    With ``check`` (the default), :func:`verify` first: if it finds a problem, or
+    encrypted records it cannot check, nothing is written (``refused``). Each rewrite is
+    a compare-and-set, so that a record changed meanwhile is left as it is and counted
+    (``changed``), and an interrupted upgrade resumes where it stopped: records already
+    in their current form are passed over. At the end, ``verify`` again: every record
+    must read, and be in its current form. A snapshot of a form its class has no step
+    from is taken again from the aggregate's events.
+    """
+    report = UpgradeReport()
+    if check:
+        report.before = verify(store, mapper)
+        if report.before.problems or report.before.encrypted_unchecked:
+            report.refused = True
+            report.problems = list(report.before.problems)
+            if report.before.encrypted_unchecked:
+                report.problems.append(
+                    f"{report.before.encrypted_unchecked:,} records are encrypted, and no key "
+                    "was given to read them"
+                )
+            return report
+    for originator_id in iter_aggregate_ids(store):
+        report.aggregates += 1
+        try:
+            _upgrade_events(report, store, mapper, originator_id)
+            _upgrade_snapshots(report, store, mapper, originator_id)
+        except AggregateForgotten:
+            report.forgotten += 1
+        progress(report.events + report.current, None)
+    report.after = verify(store, mapper)
+    report.problems = list(report.after.problems)
+    if report.after.outdated_records:
+        report.problems.append(
+            f"{report.after.outdated_records:,} records are still in an older form (written "
+            "meanwhile by code not yet upgraded, or changed during the upgrade): run it again"
+        )
+    return report
+
+
+def _upgrade_events(
+    report: UpgradeReport, store: Store, mapper: Mapper, originator_id: UUID
+) -> None:
+    changes: list[tuple[Record, Record]] = []
+    for record in store.select(originator_id):
+        new = mapper.upgraded(record)
+        if new is None:
+            report.current += 1
+            continue
+        changes.append((record, new))
+        if len(changes) >= REWRITE_BATCH:
+            _rewrite(report, store, changes)
+            changes = []
+    if changes:
+        _rewrite(report, store, changes)
+
+
+def _rewrite(report: UpgradeReport, store: Store, changes: list[tuple[Record, Record]]) -> None:
+    replaced = store.rewrite(changes)
+    report.events += replaced
+    report.changed += len(changes) - replaced
+
+
+def _upgrade_snapshots(
+    report: UpgradeReport, store: Store, mapper: Mapper, originator_id: UUID
+) -> None:
+    lte = None
+    while (record := store.get_snapshot(originator_id, lte=lte)) is not None:
+        lte = record.originator_version - 1
+        try:
+            new = mapper.upgraded(record, snapshot=True)
+        except NoUpcastStep:
+            new = _taken_again(store, mapper, record)
+            if new is None:
+                continue
+            report.snapshots_taken += 1
+        else:
+            if new is None:
+                continue
+            report.snapshots += 1
+        store.put_snapshot(new)
+
+
+def _taken_again(store: Store, mapper: Mapper, record: Record) -> Record | None:
+    """A snapshot at the record's version, from the aggregate's events (None if there is no
+    aggregate at that version: its creation was fenced off)."""
+    aggregate: Any = None
+    for stored in store.select(record.originator_id, lte=record.originator_version):
+        aggregate = mapper.to_event(stored).mutate(aggregate)
+    if aggregate is None or aggregate._version != record.originator_version + 1:
+        return None
+    return mapper.snapshot_to_record(snapshot_of(aggregate), new_key=False)
 
 
 # --------------------------------------------------------------------------- copy

@@ -372,9 +372,12 @@ class Store(ABC):
 
     @abstractmethod
     def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
-        """For each (old, new) pair, replace a stored event's data with ``new.data`` if it is
-        still ``old.data``; how many were replaced. Only key rotation rewrites: events are
-        otherwise immutable."""
+        """For each (old, new) pair of the same aggregate and version, replace the stored
+        event's topic and data with ``new.topic`` and ``new.data`` if they are still
+        ``old.topic`` and ``old.data`` (a compare-and-set); how many were replaced. The
+        event keeps its feed position. Only key rotation (new data) and ``cairn upgrade``
+        (new data, and a new topic for a renamed class) rewrite: events are otherwise
+        immutable."""
 
     # -- tracking and following (process applications, docs/processes.md): what a process
     # has processed of each upstream, recorded with the reactions, so that each reaction is

@@ -146,13 +146,13 @@ class MemoryStore(Store):
             for old, new in changes:
                 key = (old.originator_id, old.originator_version)
                 at = self._feed_index.get(key)
-                if at is None or self._feed[at].data != old.data:
+                if at is None or self._feed[at][2:4] != (old.topic, old.data):
                     continue
                 versions, stored = self._events[old.originator_id]
                 stored[bisect.bisect_left(versions, old.originator_version)] = Record(
-                    *key, old.topic, new.data
+                    *key, new.topic, new.data
                 )
-                self._feed[at] = Record(*key, old.topic, new.data, at + 1)
+                self._feed[at] = Record(*key, new.topic, new.data, at + 1)
                 replaced += 1
         return replaced
 

@@ -160,8 +160,8 @@ SELECT_STORED_VERSION = (
     "WHERE originator_id = %s AND originator_version = ANY(%s)"
 )
 REWRITE_EVENT = (
-    "UPDATE {schema}.events SET data = %s WHERE originator_id = %s AND originator_version = %s "
-    "AND data = %s"
+    "UPDATE {schema}.events SET topic = %s, data = %s WHERE originator_id = %s "
+    "AND originator_version = %s AND topic = %s AND data = %s"
 )
 # A tracked position only ever increases. In a reaction's transaction, it is written
 # first: a second runner's transaction waits on the row until the first commits, then
@@ -508,7 +508,8 @@ class PostgresStore(Store):
 
     def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
         rows = [
-            (new.data, old.originator_id, old.originator_version, old.data) for old, new in changes
+            (new.topic, new.data, old.originator_id, old.originator_version, old.topic, old.data)
+            for old, new in changes
         ]
         with self._connection("nothing was rewritten") as conn, conn.transaction():
             return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)

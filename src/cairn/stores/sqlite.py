@@ -79,7 +79,8 @@ SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 # by secure_delete). TRUNCATE waits for readers (the busy timeout) to finish.
 CHECKPOINT = "PRAGMA wal_checkpoint(TRUNCATE)"
 REWRITE_EVENT = (
-    "UPDATE events SET data = ? WHERE originator_id = ? AND originator_version = ? AND data = ?"
+    "UPDATE events SET topic = ?, data = ? WHERE originator_id = ? AND originator_version = ? "
+    "AND topic = ? AND data = ?"
 )
 SELECT_DATA_KEY = "SELECT wrapped FROM data_keys WHERE originator_id = ?"
 INSERT_DATA_KEY = "INSERT OR IGNORE INTO data_keys (originator_id, wrapped) VALUES (?, ?)"
@@ -362,7 +363,14 @@ class SQLiteStore(Store):
 
     def rewrite(self, changes: Sequence[tuple[Record, Record]]) -> int:
         rows = [
-            (new.data, old.originator_id.bytes, old.originator_version, old.data)
+            (
+                new.topic,
+                new.data,
+                old.originator_id.bytes,
+                old.originator_version,
+                old.topic,
+                old.data,
+            )
             for old, new in changes
         ]
         conn = self._connection()

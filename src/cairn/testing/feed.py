@@ -123,6 +123,33 @@ class FeedSuite:
         feed = whole_feed(store)
         assert store.read_feed(feed[-1].position, 10) == []  # type: ignore[arg-type]
 
+    def test_a_rewrite_carries_a_new_topic_and_keeps_the_feed_position(self, store: Store) -> None:
+        """A class renamed: ``cairn upgrade`` rewrites its records under the new topic, at
+        the same positions, and the feed filtered by topic finds them under it."""
+        old_topic, new_topic, other = _topics()
+        a = uuid4()
+        stored = _records(a, range(2), topic=old_topic)
+        store.append(stored)
+        before = [r for r in whole_feed(store) if r.originator_id == a]
+        renamed = Record(a, 1, new_topic, b"\x00renamed")
+        not_stored = Record(a, 0, other, stored[0].data)  # the same data, another topic
+        assert store.rewrite([(stored[1], renamed), (not_stored, renamed)]) == 1
+        assert [(r.topic, r.data) for r in store.select(a)] == [
+            (old_topic, stored[0].data),
+            (new_topic, renamed.data),
+        ]
+        after = [r for r in whole_feed(store) if r.originator_id == a]
+        assert [r.position for r in after] == [r.position for r in before]
+        assert [r.topic for r in after] == [old_topic, new_topic]
+        found, position = [], 0
+        while True:
+            page = store.read_feed(position, 100, topics=[new_topic])
+            found += [(r.originator_version, r.position) for r in page]
+            if page.caught_up:
+                break
+            position = page.next_after
+        assert found == [(1, before[1].position)]
+
     # -- how a reader reads it
 
     def test_follow_with_limit_0_and_read_with_limit_minus_1_are_refused_alike_by_every_store(

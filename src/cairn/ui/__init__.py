@@ -32,7 +32,7 @@ def serve(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     from cairn.ui.source import Source
 
-    source = Source.from_env(args.store, args.imports)
+    source = Source.from_env(args.store, args.imports or ())
     try:
         ui = UI(source, views=args.views, freeze=True)  # the process is the UI's alone
         try:

@@ -158,10 +158,11 @@ SELECT_AGGREGATE_IDS_AFTER = (
     "SELECT DISTINCT originator_id FROM {keyspace}.events "
     "WHERE token(originator_id) > token(?) LIMIT ?"
 )
-# Key rotation's compare-and-set: with Paxos, as every other write of an event row.
+# The compare-and-set of key rotation and upgrades: with Paxos, as every other write of an
+# event row. The feed's claims name events by id and version, not topic: they stay.
 REWRITE_EVENT = (
-    "UPDATE {keyspace}.events SET data = ? WHERE originator_id = ? AND originator_version = ? "
-    "IF data = ?"
+    "UPDATE {keyspace}.events SET topic = ?, data = ? WHERE originator_id = ? "
+    "AND originator_version = ? IF topic = ? AND data = ?"
 )
 
 

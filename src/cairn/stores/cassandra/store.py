@@ -306,7 +306,14 @@ class CassandraStore(Store):
         try:
             for group in groups.values():
                 rows = [
-                    (new.data, old.originator_id, old.originator_version, old.data)
+                    (
+                        new.topic,
+                        new.data,
+                        old.originator_id,
+                        old.originator_version,
+                        old.topic,
+                        old.data,
+                    )
                     for old, new in group
                 ]
                 if len(rows) > 1:

@@ -1,0 +1,3 @@
+"""The example bank, version 1: the model the fixture stores were written with."""
+
+MODEL = "bank.accounts"  # the module of the model's aggregate
