@@ -20,7 +20,8 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
-    ADD_POSITION,
+    ADD_COLUMN,
+    ADDED_COLUMNS,
     CREATE_KEYSPACE,
     CREATE_TABLES,
     SELECT_ANY_ROW,
@@ -37,7 +38,6 @@ DEFAULT_WRITE_LIMIT = 16 * 1024 * 1024
 _SCHEMA_SETTLING = re.compile(
     r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
 )
-_NO_POSITION = "the events' position column"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
 # driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
 _DOWN_OR_SLOW = (
@@ -75,13 +75,15 @@ def settled(action: Callable[[], T]) -> T:
 
 
 def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
-    """Create the keyspace and tables unless they exist (or say which are missing)."""
+    """Create the keyspace and tables unless they exist (or say which are missing), and
+    add the columns that tables made by an earlier cairn lack."""
     missing = _missing(cluster, settings)
-    if not missing:
-        return
-    if missing == _NO_POSITION:
-        _add_position(session, settings)
-        return
+    if missing:
+        _create(cluster, session, settings, missing)
+    _add_columns(cluster, session, settings)
+
+
+def _create(cluster: Any, session: Any, settings: Settings, missing: str) -> None:
     if not settings.create:
         raise StoreError(
             f"{settings.url}: {missing} does not exist and create=false; create it, "
@@ -110,8 +112,6 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
                 )
     except DRIVER_ERRORS as exc:
         raise StoreError(f"{settings.url}: cannot create {missing}: {exc}") from exc
-    if _missing(cluster, settings) == _NO_POSITION:
-        _add_position(session, settings)
 
 
 def check_replicas(session: Any, settings: Settings) -> None:
@@ -161,31 +161,38 @@ def server_write_limit(session: Any, settings: Settings) -> int:
 
 
 def _missing(cluster: Any, settings: Settings) -> str | None:
-    """The keyspace or first table (or column) that does not exist yet, in words, or None."""
+    """The keyspace or first table that does not exist yet, in words, or None."""
     keyspace = cluster.metadata.keyspaces.get(settings.keyspace)
     if keyspace is None:
         return f"keyspace {settings.keyspace!r}"
     for table in TABLES:
         if table not in keyspace.tables:
             return f"table {settings.keyspace}.{table}"
-    if "position" not in keyspace.tables["events"].columns:
-        return _NO_POSITION
     return None
 
 
-def _add_position(session: Any, settings: Settings) -> None:
-    """Give an events table made before the feed its ``position`` column."""
-    if not settings.create:
-        raise StoreError(
-            f"{settings.url}: table {settings.keyspace}.events has no position column "
-            "(it predates the feed) and create=false; open it once without create=false "
-            "to let cairn add it"
+def _add_columns(cluster: Any, session: Any, settings: Settings) -> None:
+    """Give tables made by an earlier cairn the columns added since (ADDED_COLUMNS)."""
+    tables = cluster.metadata.keyspaces[settings.keyspace].tables
+    for table, column, kind in ADDED_COLUMNS:
+        if column in tables[table].columns:
+            continue
+        if not settings.create:
+            raise StoreError(
+                f"{settings.url}: table {settings.keyspace}.{table} has no {column} column "
+                "(an earlier cairn made it) and create=false; open it once without "
+                "create=false to let cairn add it"
+            )
+        cql = ADD_COLUMN.format(
+            keyspace=settings.quoted_keyspace, table=table, column=column, type=kind
         )
-    try:
-        session.execute(ADD_POSITION.format(keyspace=settings.quoted_keyspace), timeout=60)
-    except DRIVER_ERRORS as exc:
-        if "conflicts with an existing column" not in str(exc):  # another process added it
-            raise StoreError(f"{settings.url}: cannot add the events' position: {exc}") from exc
+        try:
+            session.execute(cql, timeout=60)
+        except DRIVER_ERRORS as exc:
+            if "conflicts with an existing column" not in str(exc):  # another process added it
+                raise StoreError(
+                    f"{settings.url}: cannot add column {column} to {table}: {exc}"
+                ) from exc
 
 
 def _replication_cql(settings: Settings, cluster: Any) -> str:

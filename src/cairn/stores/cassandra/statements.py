@@ -36,6 +36,8 @@ CREATE_TABLES = (
     # partition; `head` is the bucket's next free position, advanced only by
     # Paxos. `abandoned` is a hint from a writer whose events write is known
     # never to have begun; otherwise the events alone say what became of a claim.
+    # `sealed`: the claiming writer's fences are sealed with its key, so a fence of
+    # this claim must be too.
     """CREATE TABLE IF NOT EXISTS {keyspace}.feed (
         bucket bigint,
         position bigint,
@@ -44,11 +46,13 @@ CREATE_TABLES = (
         originator_version bigint,
         size int,
         abandoned boolean,
+        sealed boolean,
         PRIMARY KEY ((bucket), position))""",
 )
 TABLES = ("events", "snapshots", "data_keys", "feed")
-# Keyspaces made before the feed existed: their events table gains the column.
-ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
+# Columns added since the first keyspaces were made: (table, column, type).
+ADDED_COLUMNS = (("events", "position", "bigint"), ("feed", "sealed", "boolean"))
+ADD_COLUMN = "ALTER TABLE {keyspace}.{table} ADD {column} {type}"
 # Read at ALL once a table is made, so that no replica is used before it serves it.
 SELECT_ANY_ROW = "SELECT * FROM {keyspace}.{table} LIMIT 1"
 SELECT_SETTINGS = "SELECT name, value FROM system_views.settings WHERE name IN ({names})"
@@ -95,8 +99,8 @@ REPLACE_DATA_KEY = (
 # claim) and one CLAIM_ROW per position. Not applied: the result carries `head`.
 CLAIM_HEAD = "UPDATE {keyspace}.feed SET head = ? WHERE bucket = ? IF head = ?"
 CLAIM_ROW = (
-    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size, "
+    "sealed) VALUES (?, ?, ?, ?, ?, ?)"
 )
 # A plain write, never read by Paxos: only a hint for readers.
 ABANDON_CLAIM = "UPDATE {keyspace}.feed SET abandoned = true WHERE bucket = ? AND position = ?"
@@ -104,7 +108,7 @@ SELECT_HEAD = "SELECT head FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
 # A claim's age is the coordinator's clock minus the claim's Paxos timestamp:
 # server clocks on both sides, never the client's.
 SELECT_CLAIMS = (
-    "SELECT position, originator_id, originator_version, size, abandoned, "
+    "SELECT position, originator_id, originator_version, size, abandoned, sealed, "
     "writetime(originator_id), toUnixTimestamp(currentTimestamp()) "
     "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
 )
