@@ -1151,7 +1151,9 @@ def test_a_feed_table_made_before_sealed_fences_gains_the_column(fresh_url: str)
     cluster = Cluster(HOSTS, protocol_version=5)
     cluster.connect().execute(f'ALTER TABLE "{keyspace}".feed DROP sealed', timeout=60)
     cluster.shutdown()
-    with pytest.raises(StoreError, match=r"feed has no sealed column .* create=false"):
+    with pytest.raises(
+        StoreError, match=r"the feed.s sealed column does not exist .* create=false"
+    ):
         CassandraStore.from_url(with_option(fresh_url, "create=false"))
     store = CassandraStore.from_url(fresh_url)
     a = uuid4()

@@ -25,7 +25,7 @@ from cassandra.policies import RoundRobinPolicy
 from cairn import Application
 from cairn.domain import topic_of
 from cairn.stores import Record
-from cairn.stores.cassandra import CassandraRecorder
+from cairn.stores.cassandra import CassandraStore
 from tests.racer import ROOT, Counter
 from tests.test_outages import SaveLoop
 
@@ -101,9 +101,9 @@ def wait_for_the_ring(seconds: float = 120) -> None:
 
 def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None:
     with Application(store=cluster) as app:
-        recorder = app.recorder
-        assert isinstance(recorder, CassandraRecorder)
-        assert recorder.settings.consistency == "QUORUM"
+        store = app.store
+        assert isinstance(store, CassandraStore)
+        assert store.settings.consistency == "QUORUM"
         counter = Counter.create()
         app.save(counter)
         loop = SaveLoop(app, counter.id)
@@ -116,14 +116,14 @@ def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None
             wait_for(loop, before + 20)  # 20 more saves with a node down, however slowly
             during = loop.outcomes["acknowledged"] - before
             down = time.monotonic() - killed
-            feed_during = len(recorder.read_feed(0, 100_000))  # the feed reads at QUORUM too
+            feed_during = len(store.read_feed(0, 100_000))  # the feed reads at QUORUM too
             node("start", HOSTS[1])
             wait_for(loop, loop.outcomes["acknowledged"] + 20)
         finally:
             loop.stop.set()
             loop.join(timeout=120)
         events = list(app.events.get(counter.id))
-        feed = [r for r in read_whole_feed(recorder) if r.originator_id == counter.id]
+        feed = [r for r in read_whole_feed(store) if r.originator_id == counter.id]
     stored = {e.originator_version for e in events}
     batches: Tally[int] = Tally(e.batch for e in events[1:])  # type: ignore[attr-defined]
     lost = [v for v in loop.acknowledged if v not in stored]
@@ -150,9 +150,9 @@ def wait_for(loop: SaveLoop, acknowledged: int, seconds: float = 120) -> None:
         time.sleep(0.1)
 
 
-def read_whole_feed(recorder: CassandraRecorder) -> list[Record]:
+def read_whole_feed(store: CassandraStore) -> list[Record]:
     feed: list[Record] = []
-    while page := recorder.read_feed(feed[-1].position if feed else 0, 1000):
+    while page := store.read_feed(feed[-1].position if feed else 0, 1000):
         feed += page
     return feed
 

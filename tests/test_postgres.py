@@ -310,7 +310,7 @@ def test_concurrent_first_use_creates_the_tables_once(
     tables = admin.execute(
         "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (fresh,)
     ).fetchall()
-    assert tables == [("data_keys",), ("events",), ("snapshots",)]
+    assert tables == [("data_keys",), ("events",), ("snapshots",), ("tracking",)]
     assert admin.execute(f'SELECT count(*) FROM "{fresh}".events').fetchone() == (8,)
 
 

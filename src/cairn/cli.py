@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
 import json
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -33,7 +36,7 @@ from cairn.mapping import Mapper
 from cairn.model import Model
 from cairn.positions import PositionMap
 from cairn.projections import PostgresViews, SQLiteViews, Views
-from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub
+from cairn.stores import STORE_ENV, Record, Store, open_store, redact, scrub, store_class
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_ERROR = 0, 1, 2, 3
 MODEL_ENV = "CAIRN_MODEL"
@@ -93,6 +96,8 @@ def printable(text: str) -> str:
 def store_urls(args: argparse.Namespace) -> list[str]:
     """Every store URL the command was given, to hide their passwords from messages."""
     urls = [getattr(args, name, None) for name in ("store", "source", "target", "views")]
+    urls += [u.partition("=")[2] or u for u in getattr(args, "stores", None) or ()]  # (run)
+    urls += _run_stores().values()
     return [u for u in (*urls, os.environ.get(STORE_ENV)) if isinstance(u, str)]
 
 
@@ -220,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         "concurrency, snapshots every second event, state at an earlier version) on a fresh "
         "store, and shows what happens at each step.",
         store=False,
+    )
+    demo.add_argument(
+        "scenario",
+        nargs="?",
+        choices=("everything", "processes"),
+        default="everything",
+        help="everything (default): the seed's scenario; processes: orders, reservations and "
+        "payments reacting to each other (cairn.examples.shop)",
     )
     demo.add_argument(
         "--store",
@@ -353,6 +366,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--projection", metavar="NAME", action="append", required=True, help="(repeatable)"
     )
     move.add_argument("--yes", action="store_true", help="really move them")
+    run = command(
+        "run",
+        run_system,
+        "run a system of process applications (docs/processes.md)",
+        "Runs the process applications of the cairn.processes.System named MODULE:NAME (the "
+        "module must be importable: set PYTHONPATH), one OS process each, each following its "
+        "upstreams' feeds from the positions it has processed, and reacting to each event "
+        "exactly once. SIGTERM or Ctrl-C stops them cleanly; run again, each resumes where "
+        "it stopped. A process whose policy raises stops at that event, saying which, and "
+        "the others go on. Each application has a store of its own: --store TEMPLATE, with "
+        f"{{name}} where its name goes (default: ${STORE_ENV} as such a template), and "
+        "--store NAME=URL for one application.",
+        store=False,
+    )
+    run.add_argument("system", metavar="MODULE:NAME")
+    run.add_argument(
+        "--store",
+        dest="stores",
+        action="append",
+        metavar="[NAME=]URL",
+        help="a store URL template with {name}, or one application's store as NAME=URL",
+    )
+    run.add_argument(
+        "--app",
+        action="append",
+        metavar="NAME",
+        help="run only this process application, here (a thread each); repeatable",
+    )
     return parser
 
 
@@ -625,6 +666,85 @@ def run_copy(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
+def run_system(args: argparse.Namespace) -> int:
+    """``cairn run``: the system's processes, an OS process each, or those of --app here."""
+    from cairn.processes import MultiprocessRunner, run_in_this_process
+
+    system = load_system(args.system)
+    stores = system_stores(args)
+    for url in system.stores(stores).values():  # checked before anything starts
+        if isinstance(url, str) and not store_class(url).durable:
+            raise UsageError(
+                f"{redact(url)} is not shared between processes: cairn run needs stores "
+                "that other processes open (sqlite, postgresql, cassandra)"
+            )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.app:
+        return run_in_this_process(system, stores, args.app, stop, cipher=cipher_from_env())
+    runner = MultiprocessRunner(args.system, system, stores)
+    runner.start()
+    return runner.supervise(stop)
+
+
+def load_system(topic: str) -> Any:
+    """The ``cairn.processes.System`` named ``module:name`` (the operator's own code)."""
+    from cairn.processes import System
+
+    module_name, _, name = topic.partition(":")
+    if not module_name or not name:
+        raise UsageError(
+            f"name the system as MODULE:NAME, e.g. cairn.examples.shop:system, not {topic!r}"
+        )
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r} ({exc}): is it on PYTHONPATH?") from None
+    except AttributeError:
+        raise UsageError(f"{module_name!r} has no {name!r}") from None
+    if not isinstance(found, System):
+        raise UsageError(f"{topic} is a {type(found).__name__}, not a cairn.processes.System")
+    return found
+
+
+def system_stores(args: argparse.Namespace) -> dict[str, str]:
+    """The stores of ``cairn run``: --store arguments, else what `cairn run` handed its
+    children, else ``$CAIRN_STORE`` as a template."""
+    stores: dict[str, str] = {}
+    for given in args.stores or ():
+        name, equals, url = given.partition("=")
+        if equals and re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            stores[name] = url
+        else:
+            stores["*"] = given
+    if not stores:
+        stores = _run_stores() or (
+            {"*": os.environ[STORE_ENV]} if os.environ.get(STORE_ENV) else {}
+        )
+    if not stores:
+        raise UsageError(f"give the stores: --store TEMPLATE (with {{name}}), or ${STORE_ENV}")
+    return stores
+
+
+def _run_stores() -> dict[str, str]:
+    """The stores `cairn run` hands the OS processes it starts (in the environment, not argv)."""
+    from cairn.processes import STORES_ENV
+
+    handed = os.environ.get(STORES_ENV)
+    if not handed:
+        return {}
+    try:
+        stores = json.loads(handed)
+    except ValueError:
+        raise UsageError(f"${STORES_ENV} is not JSON") from None
+    if not isinstance(stores, dict) or not all(isinstance(v, str) for v in stores.values()):
+        raise UsageError(f"${STORES_ENV} is not a JSON object of names and store URLs")
+    return stores
+
+
 def map_positions(args: argparse.Namespace, path: Path) -> str:
     """Write the position map of the copy just made and verified; a line that says so."""
     source, target = open_existing(args.source), open_existing(args.target)
@@ -681,6 +801,8 @@ def run_move_positions(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if args.scenario == "processes":
+        return run_processes_demo(args)
     url: str = args.store or f"sqlite:///{tempfile.mkdtemp(prefix='cairn-demo-')}/demo.db"
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///").partition("?")[0])
@@ -697,6 +819,28 @@ def run_demo(args: argparse.Namespace) -> int:
         finally:
             recorder.close()
     Demo(sys.stdout).run(url)
+    return EXIT_OK
+
+
+def run_processes_demo(args: argparse.Namespace) -> int:
+    """``cairn demo processes``: the shop's system, on new stores (a template with {name})."""
+    from cairn.examples import shop
+
+    template: str = args.store or f"sqlite:///{tempfile.mkdtemp(prefix='cairn-demo-')}/{{name}}.db"
+    if "{name}" not in template and not template.startswith("memory:"):
+        raise UsageError("--store is a template for three stores: put {name} where each name goes")
+    for url in map(str, shop.system.stores(template).values()):
+        if url.startswith("sqlite:///"):
+            if Path(url.removeprefix("sqlite:///").partition("?")[0]).exists():
+                raise UsageError(f"{redact(url)} exists: the demo runs on new stores")
+        elif not url.startswith("memory:"):
+            store = open_store(url)
+            try:
+                if store.aggregate_ids(limit=1):
+                    raise UsageError(f"{redact(url)} holds aggregates: the demo needs new stores")
+            finally:
+                store.close()
+    shop.demo(template, sys.stdout, cipher=AESCipher("0123456789abcdef"))
     return EXIT_OK
 
 

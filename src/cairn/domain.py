@@ -124,15 +124,16 @@ class Fenced(DomainEvent):
 
     A fence holds no data, so its time is unknown (``timestamp`` is the Unix epoch)
     and the aggregate's ``modified_on`` is left as it was. A fence at version 0 is a
-    creation that never happened: there is no aggregate.
+    creation that never happened: there is no aggregate, until a ``Created`` event at
+    the version after the fences (a process application makes one so).
     """
 
     timestamp: datetime = datetime.fromtimestamp(0, UTC)
 
     def mutate(self, aggregate: Any) -> Any:
-        if aggregate is None and self.originator_version == 0:
+        if aggregate is None:  # fences only, from version 0: no aggregate yet
             return None
-        version = None if aggregate is None else aggregate._version
+        version = aggregate._version
         if version != self.originator_version:
             raise UnreadableRecord(
                 f"aggregate {self.originator_id}: a fence has version "
@@ -239,7 +240,8 @@ class Aggregate:
                 )
             new: Any = object.__new__(cls)
             new._id = self.originator_id
-            new._version = 0
+            # 0, or the version after the fences of creations abandoned before it.
+            new._version = self.originator_version if aggregate is None else 0
             new._created_on = self.timestamp
             new._is_discarded = False
             new._pending_events = []

@@ -26,6 +26,26 @@ class ConcurrencyError(CairnError):
         self.stored = tuple(stored)
 
 
+class AlreadyProcessed(CairnError):
+    """A reaction was refused, nothing of it stored: its upstream event (or a later one) is
+    recorded as processed already, by another runner of the process or before a crash."""
+
+
+class ProcessStopped(CairnError):
+    """A process stopped at an upstream event it could not react to (its policy raised, or
+    the event could not be read): it stays there, without skipping it, until restarted.
+
+    ``process``, ``upstream`` and ``position`` say where; the message names the event's
+    type, aggregate and version, never its data; the error is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, process: str, upstream: str, position: int) -> None:
+        super().__init__(message)
+        self.process = process
+        self.upstream = upstream
+        self.position = position
+
+
 class UnreadableRecord(CairnError):
     """A stored record cannot be read back: it fails to decrypt, authenticate or decode
     (tampered, under another key, copied from another record). Never decoded into garbage.

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import ClassVar, NamedTuple, TypeVar
 from uuid import UUID
 
-from cairn.errors import AllOrNoneUnsupported, InvalidId
+from cairn.errors import AllOrNoneUnsupported, InvalidId, StoreError
 
 MAX_VERSION = 2**63 - 1  # versions are 64-bit integers in every store
 # A filtered read of a store that filters after reading (filter_feed) looks at most
@@ -76,6 +76,23 @@ def unsealed_fence(originator_id: UUID, version: int) -> Record:
 
 
 UNSEALED_FENCES = Fences(unsealed_fence, sealed=False)
+
+
+class Tracking(NamedTuple):
+    """That a process has processed ``upstream``'s feed up to ``position`` (the upstream is
+    named as the process's system names it; positions are the upstream store's)."""
+
+    upstream: str
+    position: int
+
+
+class Reacted(NamedTuple):
+    """The last reaction to an upstream stored in one aggregate (Cassandra records it there):
+    the upstream's feed ``position`` it reacted to, and the aggregate's ``version`` it began at."""
+
+    position: int
+    version: int
+
 
 R = TypeVar("R")
 
@@ -209,8 +226,10 @@ class Store(ABC):
     """What every store does; ``cairn.testing``'s suites hold each store to it.
 
     Grouped by capability, in the order every store defines them: opening;
-    events; snapshots; data keys; the feed; scanning and rewriting; closing.
-    A store that lacks a method cannot be made (its class stays abstract).
+    events; snapshots; data keys; the feed; scanning and rewriting; tracking;
+    closing. A store that lacks a method cannot be made (its class stays
+    abstract), except tracking's, which only process applications need
+    (``docs/processes.md``): a store without them holds any other application.
 
     Events: ``append`` stores a batch atomically with a uniqueness check on
     (originator id, version), or raises :class:`~cairn.ConcurrencyError` and
@@ -383,6 +402,60 @@ class Store(ABC):
         """For each (old, new) pair, replace a stored event's data with ``new.data`` if it is
         still ``old.data``; how many were replaced. Only key rotation rewrites: events are
         otherwise immutable."""
+
+    # -- tracking and following (process applications, docs/processes.md): what a process
+    # has processed of each upstream, recorded with the reactions, so that each reaction is
+    # stored exactly once; and a wake-up when an upstream has new events
+
+    # False: a reaction's events and its tracking are one transaction, and the tracked
+    # position is exact. True (Cassandra: no transaction across partitions): each
+    # aggregate's batch records the reaction in the aggregate itself (``last_reaction``),
+    # and the tracked position is advanced by ``track`` alone, so it may lag.
+    tracks_per_aggregate: ClassVar[bool] = False
+
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        """Store a reaction: these event records, and that ``tracking.position`` of
+        ``tracking.upstream`` was processed.
+
+        Refused with :class:`~cairn.AlreadyProcessed`, nothing stored, if that position
+        (or a later one) of that upstream was processed already: by a second runner of
+        the same process, or before a crash. A version collision is a
+        :class:`~cairn.ConcurrencyError`, as for ``append``. Where ``tracks_per_aggregate``,
+        each aggregate's batch is stored all or none on its own, with the reaction
+        recorded in it, and one whose aggregate records this position (or a later one)
+        is left out as already stored; AlreadyProcessed then means that all were.
+        Empty ``records``: as ``track``.
+        """
+        raise self._untracked()
+
+    def track(self, tracking: Tracking) -> None:
+        """Record that ``tracking.upstream`` was processed up to ``tracking.position``,
+        unless a later position is recorded: for events whose reactions stored nothing,
+        and, where ``tracks_per_aggregate``, for the reactions too."""
+        raise self._untracked()
+
+    def tracked_position(self, upstream: str) -> int:
+        """The last position of ``upstream`` recorded as processed (0 if none)."""
+        raise self._untracked()
+
+    def last_reaction(self, originator_id: UUID, upstream: str) -> Reacted | None:
+        """Where ``tracks_per_aggregate``: the last reaction to ``upstream`` stored in this
+        aggregate. Elsewhere None: a reaction is stored whole or not at all, with its
+        tracking, so no aggregate holds part of one."""
+        return None
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``wake`` (from a thread of the store's) soon after events are appended, by
+        any process, until the function returned is called; None where the store cannot
+        tell (PostgreSQL can: LISTEN/NOTIFY), and followers poll. Only a hint: a follower
+        polls all the same, less often."""
+        return None
+
+    def _untracked(self) -> StoreError:
+        return StoreError(
+            f"{self.url}: this store cannot hold a process application: it does not "
+            "record what a process has processed (append_tracked, track, tracked_position)"
+        )
 
     # -- closing
 

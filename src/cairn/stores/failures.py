@@ -8,7 +8,7 @@ from types import TracebackType
 from uuid import UUID
 
 from cairn.errors import ConcurrencyError, StoreError
-from cairn.stores.contract import Record
+from cairn.stores.contract import Record, Tracking
 
 
 def already_stored(originator_id: UUID, version: int) -> str:
@@ -19,6 +19,15 @@ def already_stored(originator_id: UUID, version: int) -> str:
 def repeated(originator_id: UUID, version: int) -> str:
     """The message of a batch refused because it gives one version twice."""
     return f"aggregate {originator_id}: the batch repeats version {version}"
+
+
+def already_processed(url: str, tracking: Tracking) -> str:
+    """The message of a reaction refused because its upstream position is processed already."""
+    return (
+        f"{url}: position {tracking.position} of {tracking.upstream!r} is recorded as "
+        "processed already (by another runner of this process, or before a restart); "
+        "nothing of this reaction was stored"
+    )
 
 
 def refusal(

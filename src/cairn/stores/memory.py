@@ -12,10 +12,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from cairn.errors import ConcurrencyError
+from cairn.errors import AlreadyProcessed, ConcurrencyError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import FeedPage, Record, Store, aggregate_id, check_ids, filter_feed
-from cairn.stores.failures import already_stored, repeated
+from cairn.stores.contract import (
+    FeedPage,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+    filter_feed,
+)
+from cairn.stores.failures import already_processed, already_stored, repeated
 from cairn.stores.urls import Options
 
 
@@ -26,12 +34,13 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self.url = "memory://"
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (re-entered: append_tracked appends under it)
         self._events: dict[UUID, tuple[list[int], list[Record]]] = {}
         self._feed: list[Record] = []  # the record at position p is at index p - 1
         self._feed_index: dict[tuple[UUID, int], int] = {}
         self._snapshots: dict[UUID, dict[int, Record]] = {}
         self._data_keys: dict[UUID, bytes] = {}
+        self._tracking: dict[str, int] = {}
 
     @classmethod
     def from_url(cls, url: str) -> MemoryStore:
@@ -146,6 +155,24 @@ class MemoryStore(Store):
                 self._feed[at] = Record(*key, old.topic, new.data, at + 1)
                 replaced += 1
         return replaced
+
+    # -- tracking
+
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        with self._lock:
+            if self._tracking.get(tracking.upstream, 0) >= tracking.position:
+                raise AlreadyProcessed(already_processed(self.url, tracking))
+            self.append(records)
+            self._tracking[tracking.upstream] = tracking.position
+
+    def track(self, tracking: Tracking) -> None:
+        with self._lock:
+            if self._tracking.get(tracking.upstream, 0) < tracking.position:
+                self._tracking[tracking.upstream] = tracking.position
+
+    def tracked_position(self, upstream: str) -> int:
+        with self._lock:
+            return self._tracking.get(upstream, 0)
 
 
 if TYPE_CHECKING:

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -42,10 +43,18 @@ import psycopg
 from psycopg import errors, pq, sql
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
-from cairn.errors import OutcomeUnknown, StoreError
+from cairn.errors import AlreadyProcessed, OutcomeUnknown, StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import MAX_VERSION, FeedPage, Record, Store, aggregate_id, check_ids
-from cairn.stores.failures import DriverErrors, refusal
+from cairn.stores.contract import (
+    MAX_VERSION,
+    FeedPage,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+)
+from cairn.stores.failures import DriverErrors, already_processed, refusal
 from cairn.stores.urls import Options, redact
 
 # All of the store's SQL, in one place. {schema} is the schema's quoted name.
@@ -55,11 +64,13 @@ SELECT_TABLES = (
     "SELECT c.relname, format_type(a.atttypid, a.atttypmod) FROM pg_class c "
     "JOIN pg_namespace n ON n.oid = c.relnamespace "
     "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'originator_version' "
-    "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots', 'data_keys')"
+    "WHERE n.nspname = %s AND c.relname IN ('events', 'snapshots', 'data_keys', 'tracking')"
 )
 # Two processes running CREATE ... IF NOT EXISTS at once can still collide in the
 # catalogs (UniqueViolation on pg_type): those creating one schema queue on this lock.
 TABLES = ("events", "snapshots", "data_keys")
+# Made since process applications: a schema made before has none, and opens without it.
+OPTIONAL_TABLES = ("tracking",)
 LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 CREATE_TABLES = (
@@ -80,6 +91,10 @@ CREATE_TABLES = (
         originator_id uuid PRIMARY KEY,
         wrapped bytea NOT NULL)""",
     "CREATE UNIQUE INDEX IF NOT EXISTS events_feed ON {schema}.events (position)",
+    # What a process application has processed of each upstream (docs/processes.md).
+    """CREATE TABLE IF NOT EXISTS {schema}.tracking (
+        upstream text PRIMARY KEY,
+        position bigint NOT NULL)""",
     # One entry per aggregate (its first event), for listing aggregates.
     """CREATE INDEX IF NOT EXISTS events_aggregates ON {schema}.events (originator_id)
         WHERE originator_version = 0""",
@@ -148,6 +163,15 @@ REWRITE_EVENT = (
     "UPDATE {schema}.events SET data = %s WHERE originator_id = %s AND originator_version = %s "
     "AND data = %s"
 )
+# A tracked position only ever increases. In a reaction's transaction, it is written
+# first: a second runner's transaction waits on the row until the first commits, then
+# finds the position not past it, changes nothing (rowcount 0), and is rolled back.
+TRACK = (
+    "INSERT INTO {schema}.tracking AS t (upstream, position) VALUES (%s, %s) "
+    "ON CONFLICT (upstream) DO UPDATE SET position = EXCLUDED.position "
+    "WHERE t.position < EXCLUDED.position"
+)
+SELECT_TRACKED = "SELECT position FROM {schema}.tracking WHERE upstream = %s"
 SELECT_DATA_KEY = "SELECT wrapped FROM {schema}.data_keys WHERE originator_id = %s"
 INSERT_DATA_KEY = (
     "INSERT INTO {schema}.data_keys (originator_id, wrapped) VALUES (%s, %s) "
@@ -169,6 +193,10 @@ SELECT_SNAPSHOT = (
     "SELECT originator_version, topic, data FROM {schema}.snapshots WHERE originator_id = %s "
     "AND originator_version <= %s ORDER BY originator_version DESC LIMIT 1"
 )
+
+# Followers LISTEN on the store's channel; the notifier NOTIFYs it after saves.
+NOTIFY = "SELECT pg_notify(%s, '')"
+NOTIFY_EVERY = 0.005  # seconds: at most one NOTIFY this often, for all the saves since
 
 # Batches up to this size are one multi-row INSERT, larger ones a binary COPY: each
 # is the fastest on its side (PostgreSQL 15 on loopback, events/s: 10-event batches
@@ -224,6 +252,9 @@ class PostgresStore(Store):
         )
         # Connections are made in the background; the first operation waits for one.
         self._pool.open(wait=False)
+        # Followers LISTEN on it (watch); saves NOTIFY it, through the notifier.
+        self._channel = ("cairn:" + schema).encode()[:63].decode(errors="ignore")
+        self._notifier = _Notifier(self)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -276,11 +307,13 @@ class PostgresStore(Store):
         with self._errors(failure):
             found = dict(conn.execute(SELECT_TABLES, (self.schema,)).fetchall())
             narrow = [t for t in VERSIONED if found.get(t) == "integer"]
-            if set(found) == set(TABLES) and not narrow:
+            if set(found) == {*TABLES, *OPTIONAL_TABLES} and not narrow:
                 return
             row = conn.execute(SELECT_SCHEMA, (self.schema,)).fetchone()
             schema_exists = bool(row and row[0])
             if not create:
+                if set(TABLES) <= set(found) and not narrow:
+                    return  # made before the optional tables: usable without them
                 raise StoreError(self._cannot_create(found, narrow, schema_exists))
             with conn.transaction():
                 conn.execute(LOCK_SCHEMA, (f"cairn.{self.schema}",))
@@ -327,6 +360,11 @@ class PostgresStore(Store):
     def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
         if not records:
             return
+        self._append(records, None)
+
+    def _append(self, records: Sequence[Record], tracking: Tracking | None) -> None:
+        """The batch in one transaction; with ``tracking``, which the transaction advances
+        first (a second runner waits on its row, then finds it advanced: AlreadyProcessed)."""
         check_ids(records)
         if len(records) >= 1 << TXID_BITS:
             raise StoreError(
@@ -341,6 +379,11 @@ class PostgresStore(Store):
             committing = False
             try:
                 with conn.transaction():
+                    if (
+                        tracking is not None
+                        and conn.execute(self._sql.track, tracking).rowcount == 0
+                    ):
+                        raise AlreadyProcessed(already_processed(self.url, tracking))
                     self._insert(conn, rows)
                     committing = True  # the block's end sends COMMIT
             except errors.UniqueViolation:
@@ -357,6 +400,7 @@ class PostgresStore(Store):
                     f"{self.url}: the batch of {_batch_names(records)} was not stored "
                     f"(its transaction was never committed): {_reason(exc)}"
                 ) from exc
+        self._notifier.saved()
 
     def _insert(
         self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes, int]]
@@ -469,10 +513,104 @@ class PostgresStore(Store):
         with self._connection("nothing was rewritten") as conn, conn.transaction():
             return sum(conn.execute(self._sql.rewrite_event, row).rowcount for row in rows)
 
+    # -- tracking
+
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        if not records:
+            self.track(tracking)
+            return
+        self._append(records, tracking)
+
+    def track(self, tracking: Tracking) -> None:
+        with self._connection(f"cannot track {tracking.upstream!r}") as conn:
+            conn.execute(self._sql.track, tracking)
+
+    def tracked_position(self, upstream: str) -> int:
+        with self._connection(f"cannot read the tracked position of {upstream!r}") as conn:
+            row = conn.execute(self._sql.select_tracked, (upstream,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def watch(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """LISTEN on the store's channel, on a connection of its own, in a thread that calls
+        ``wake`` on each notification (reconnecting after a second if the connection is
+        lost, meanwhile followers poll)."""
+        stop = threading.Event()
+        listen = sql.SQL("LISTEN {}").format(sql.Identifier(self._channel))
+
+        def listening() -> None:
+            while not stop.is_set():
+                try:
+                    with self._connect() as conn:
+                        conn.execute(listen)
+                        wake()  # (anything saved before LISTEN took effect: read it)
+                        while not stop.is_set():
+                            for _ in conn.notifies(timeout=0.5):
+                                wake()
+                except (psycopg.Error, StoreError) as exc:
+                    log.info("%s: not listening for saves (%s); again in 1 s", self.url, exc)
+                    stop.wait(1.0)
+
+        thread = threading.Thread(target=listening, name=f"cairn-listen {self.url}", daemon=True)
+        thread.start()
+
+        def unwatch() -> None:
+            stop.set()
+            thread.join(timeout=2.0)
+
+        return unwatch
+
     # -- closing
 
     def close(self) -> None:
+        self._notifier.close()
         self._pool.close()
+
+
+class _Notifier:
+    """NOTIFYs the store's channel soon after saves, from a thread of its own: once per
+    NOTIFY_EVERY at most, for all the saves since. Not in the save's transaction: a NOTIFY
+    there serialises commits (PostgreSQL takes a lock for it at COMMIT), which cost about
+    a fifth of the saves/s of four writers here; a save only sets an event."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.wanted = threading.Event()
+        self.pending = False  # a save not notified yet
+        self.closed = False
+        self.thread: threading.Thread | None = None
+        self.pid = 0  # the thread's process: a thread does not survive fork
+
+    def saved(self) -> None:
+        if self.pid != os.getpid():
+            self.pid = os.getpid()
+            self.thread = threading.Thread(
+                target=self._run, name=f"cairn-notify {self.store.url}", daemon=True
+            )
+            self.thread.start()
+        self.pending = True
+        self.wanted.set()
+
+    def _run(self) -> None:
+        while True:
+            self.wanted.wait()
+            self.wanted.clear()
+            if self.pending:
+                self.pending = False
+                try:
+                    with self.store._pool.connection() as conn:
+                        conn.execute(NOTIFY, (self.store._channel,))
+                except (psycopg.Error, PoolClosed, PoolTimeout) as exc:
+                    log.debug("%s: no notification of a save: %s", self.store.url, exc)
+            if self.closed:
+                return
+            time.sleep(NOTIFY_EVERY)
+
+    def close(self) -> None:
+        """Send the notification of the last saves, if any, before the pool closes."""
+        self.closed = True
+        self.wanted.set()
+        if self.thread is not None and self.pid == os.getpid():
+            self.thread.join(timeout=1.0)
 
 
 class _Statements:
@@ -507,6 +645,8 @@ class _Statements:
         self.replace_data_key = render(REPLACE_DATA_KEY)
         self.upsert_snapshot = render(UPSERT_SNAPSHOT)
         self.select_snapshot = render(SELECT_SNAPSHOT)
+        self.track = render(TRACK)
+        self.select_tracked = render(SELECT_TRACKED)
 
 
 def _with_default_schema(url: str) -> str:

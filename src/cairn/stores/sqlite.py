@@ -24,10 +24,18 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 from uuid import UUID
 
-from cairn.errors import StoreError
+from cairn.errors import AlreadyProcessed, StoreError
 from cairn.renamed import module_aliases
-from cairn.stores.contract import MAX_VERSION, FeedPage, Record, Store, aggregate_id, check_ids
-from cairn.stores.failures import DriverErrors, refusal
+from cairn.stores.contract import (
+    MAX_VERSION,
+    FeedPage,
+    Record,
+    Store,
+    Tracking,
+    aggregate_id,
+    check_ids,
+)
+from cairn.stores.failures import DriverErrors, already_processed, refusal
 from cairn.stores.urls import Options
 
 # All of the store's SQL, in one place.
@@ -50,6 +58,10 @@ SCHEMA = (
         wrapped BLOB NOT NULL) WITHOUT ROWID""",
     # One entry per aggregate (its first event), for listing aggregates.
     "CREATE INDEX IF NOT EXISTS events_aggregates ON events (originator_id) WHERE originator_version = 0",
+    # What a process application has processed of each upstream (docs/processes.md).
+    """CREATE TABLE IF NOT EXISTS tracking (
+        upstream TEXT PRIMARY KEY,
+        position INTEGER NOT NULL) WITHOUT ROWID""",
 )
 INSERT_EVENT = (
     "INSERT INTO events (originator_id, originator_version, topic, data) VALUES (?, ?, ?, ?)"
@@ -96,9 +108,18 @@ SELECT_SNAPSHOT = (
     "AND originator_version <= ? ORDER BY originator_version DESC LIMIT 1"
 )
 
+# A tracked position only ever increases: a reaction whose position is not past the
+# recorded one changes no row (a second runner, or a replay after a crash), and its
+# transaction is rolled back.
+TRACK = (
+    "INSERT INTO tracking (upstream, position) VALUES (?, ?) ON CONFLICT (upstream) "
+    "DO UPDATE SET position = excluded.position WHERE position < excluded.position"
+)
+SELECT_TRACKED = "SELECT position FROM tracking WHERE upstream = ?"
+
 OPTIONS = ("synchronous", "timeout", "create")
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-TABLES = ("events", "snapshots", "data_keys")
+TABLES = ("events", "snapshots", "data_keys")  # (not tracking: older files have none)
 VERSIONS_PER_QUERY = 500  # well under SQLite's limit on a statement's parameters (999 before 3.32)
 
 log = logging.getLogger(__name__)
@@ -354,6 +375,38 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
             raise self._errors.error("nothing was rewritten", exc) from exc
         return replaced
+
+    # -- tracking
+
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        check_ids(records)
+        rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            tracked = conn.execute(TRACK, tracking).rowcount
+            if tracked:
+                conn.executemany(INSERT_EVENT, rows)
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise refusal(records, self._first_stored) from None
+            raise self._errors.error("the reaction was not stored", exc) from exc
+        if not tracked and records:
+            raise AlreadyProcessed(already_processed(self.url, tracking))
+
+    def track(self, tracking: Tracking) -> None:
+        with self._errors(f"cannot track {tracking.upstream!r}"):
+            self._connection().execute(TRACK, tracking)
+
+    def tracked_position(self, upstream: str) -> int:
+        with self._errors(f"cannot read the tracked position of {upstream!r}"):
+            row = self._connection().execute(SELECT_TRACKED, (upstream,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     # -- closing
 

@@ -1,8 +1,9 @@
 """The conformance suites, for any store: a store proves itself by running them.
 
 ``StoreSuite`` (events, snapshots, data keys, scanning and rewriting),
-``FeedSuite`` (the feed's five guarantees) and ``FaultSuite`` (writers killed
-mid-save) are classes of tests. In a test module, subclass them, and register
+``FeedSuite`` (the feed's five guarantees), ``FaultSuite`` (writers killed
+mid-save), ``TrackingSuite`` (what process applications need of a store) and
+``ProcessSuite`` (process applications under crashes) are classes of tests. In a test module, subclass them, and register
 the plugin that gives them their store fixtures::
 
     # conftest.py
@@ -24,11 +25,28 @@ import pytest
 
 # pytest's assertion messages for the suites' asserts (they are not in a test folder).
 pytest.register_assert_rewrite(
-    "cairn.testing.faults", "cairn.testing.feed", "cairn.testing.plugin", "cairn.testing.stores"
+    "cairn.testing.faults",
+    "cairn.testing.feed",
+    "cairn.testing.plugin",
+    "cairn.testing.processes",
+    "cairn.testing.stores",
+    "cairn.testing.tracking",
 )
 
 from cairn.testing.faults import FaultSuite  # noqa: E402
 from cairn.testing.feed import FeedSuite, keys, whole_feed  # noqa: E402
+from cairn.testing.processes import ProcessSuite  # noqa: E402
 from cairn.testing.stores import StoreSuite, records, versions_of  # noqa: E402
+from cairn.testing.tracking import TrackingSuite  # noqa: E402
 
-__all__ = ["FaultSuite", "FeedSuite", "StoreSuite", "keys", "records", "versions_of", "whole_feed"]
+__all__ = [
+    "FaultSuite",
+    "FeedSuite",
+    "ProcessSuite",
+    "StoreSuite",
+    "TrackingSuite",
+    "keys",
+    "records",
+    "versions_of",
+    "whole_feed",
+]

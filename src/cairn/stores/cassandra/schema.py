@@ -20,10 +20,12 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
-    ADD_COLUMN,
-    ADDED_COLUMNS,
+    ADD_POSITION,
+    ADD_SEALED,
+    ADD_TRACKED,
     CREATE_KEYSPACE,
     CREATE_TABLES,
+    CREATE_TRACKING,
     SELECT_ANY_ROW,
     SELECT_SETTINGS,
     TABLES,
@@ -38,6 +40,11 @@ DEFAULT_WRITE_LIMIT = 16 * 1024 * 1024
 _SCHEMA_SETTLING = re.compile(
     r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
 )
+_NO_POSITION = "the events' position column"
+_NO_SEALED = "the feed's sealed column"
+# Columns added since the first keyspaces were made, in the order _missing names them.
+_ADDED_COLUMNS = ((_NO_POSITION, ADD_POSITION), (_NO_SEALED, ADD_SEALED))
+_NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
 # driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
 _DOWN_OR_SLOW = (
@@ -75,35 +82,26 @@ def settled(action: Callable[[], T]) -> T:
 
 
 def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
-    """Create the keyspace and tables unless they exist (or say which are missing), and
-    add the columns that tables made by an earlier cairn lack."""
-    missing = _missing(cluster, settings)
-    if missing:
-        _create(cluster, session, settings, missing)
-    _add_columns(cluster, session, settings)
-
-
-def _create(cluster: Any, session: Any, settings: Settings, missing: str) -> None:
+    """Create the keyspace and tables unless they exist (or say which are missing)."""
+    missing = _add_columns(cluster, session, settings)
+    if not missing:
+        return
+    if missing == _NO_TRACKING:
+        if settings.create:  # else: a keyspace for any application but a process
+            _add_tracking(cluster, session, settings)
+        return
     if not settings.create:
         raise StoreError(
             f"{settings.url}: {missing} does not exist and create=false; create it, "
             "or drop create=false from the URL to let cairn create it"
         )
-    # Every process sends its DDL to the same node, so that concurrent first
-    # uses are serialised by that node's schema updates instead of racing
-    # to create the same table twice on different nodes.
-    host = min(
-        (h for h in cluster.metadata.all_hosts() if h.is_up is not False),
-        key=lambda h: str(h.endpoint),
-        default=None,
-    )
     keyspace = settings.quoted_keyspace
     replication = _replication_cql(settings, cluster)
     statements = [CREATE_KEYSPACE.format(keyspace=keyspace, replication=replication)]
-    statements += [cql.format(keyspace=keyspace) for cql in CREATE_TABLES]
+    statements += [cql.format(keyspace=keyspace) for cql in (*CREATE_TABLES, CREATE_TRACKING)]
     try:
         for cql in statements:
-            result = session.execute(cql, host=host, timeout=60)
+            result = _execute_ddl(cluster, session, cql)
             if not result.response_future.is_schema_agreed:
                 raise StoreError(
                     f"{settings.url}: the nodes did not agree on the new schema within "
@@ -112,6 +110,30 @@ def _create(cluster: Any, session: Any, settings: Settings, missing: str) -> Non
                 )
     except DRIVER_ERRORS as exc:
         raise StoreError(f"{settings.url}: cannot create {missing}: {exc}") from exc
+    _add_columns(cluster, session, settings)
+
+
+def _execute_ddl(cluster: Any, session: Any, cql: str) -> Any:
+    """Run one ``IF NOT EXISTS`` statement on the first node, in a fixed order, that answers.
+
+    Every process sends its DDL to the same node, so that concurrent first uses
+    are serialised by that node's schema updates instead of racing to create the
+    same table twice on different nodes. A node that is down, restarting or
+    marked down by the driver is passed over for the next one: the statements
+    are idempotent, and a store must open while one node of several is away.
+    """
+    hosts = sorted(
+        (h for h in cluster.metadata.all_hosts() if h.is_up is not False),
+        key=lambda h: str(h.endpoint),
+    )
+    for host in hosts[:-1]:
+        try:
+            return session.execute(cql, host=host, timeout=60)
+        except DRIVER_ERRORS as exc:
+            if not down_or_slow(exc):
+                raise
+            log.info("DDL not sent to %s, which is down or slow (%s); trying the next", host, exc)
+    return session.execute(cql, host=hosts[-1] if hosts else None, timeout=60)
 
 
 def check_replicas(session: Any, settings: Settings) -> None:
@@ -161,38 +183,53 @@ def server_write_limit(session: Any, settings: Settings) -> int:
 
 
 def _missing(cluster: Any, settings: Settings) -> str | None:
-    """The keyspace or first table that does not exist yet, in words, or None."""
+    """The keyspace or first table (or column) that does not exist yet, in words, or None."""
     keyspace = cluster.metadata.keyspaces.get(settings.keyspace)
     if keyspace is None:
         return f"keyspace {settings.keyspace!r}"
     for table in TABLES:
         if table not in keyspace.tables:
             return f"table {settings.keyspace}.{table}"
+    if "position" not in keyspace.tables["events"].columns:
+        return _NO_POSITION
+    if "sealed" not in keyspace.tables["feed"].columns:
+        return _NO_SEALED
+    if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
+        return _NO_TRACKING
     return None
 
 
-def _add_columns(cluster: Any, session: Any, settings: Settings) -> None:
-    """Give tables made by an earlier cairn the columns added since (ADDED_COLUMNS)."""
-    tables = cluster.metadata.keyspaces[settings.keyspace].tables
-    for table, column, kind in ADDED_COLUMNS:
-        if column in tables[table].columns:
+def _add_columns(cluster: Any, session: Any, settings: Settings) -> str | None:
+    """Give tables made by an earlier cairn the columns added since; what is missing then."""
+    missing = _missing(cluster, settings)
+    for column, cql in _ADDED_COLUMNS:
+        if missing != column:
             continue
         if not settings.create:
             raise StoreError(
-                f"{settings.url}: table {settings.keyspace}.{table} has no {column} column "
-                "(an earlier cairn made it) and create=false; open it once without "
-                "create=false to let cairn add it"
+                f"{settings.url}: {column} does not exist (an earlier cairn made the table) "
+                "and create=false; open it once without create=false to let cairn add it"
             )
-        cql = ADD_COLUMN.format(
-            keyspace=settings.quoted_keyspace, table=table, column=column, type=kind
-        )
         try:
-            session.execute(cql, timeout=60)
+            session.execute(cql.format(keyspace=settings.quoted_keyspace), timeout=60)
         except DRIVER_ERRORS as exc:
             if "conflicts with an existing column" not in str(exc):  # another process added it
-                raise StoreError(
-                    f"{settings.url}: cannot add column {column} to {table}: {exc}"
-                ) from exc
+                raise StoreError(f"{settings.url}: cannot add {column}: {exc}") from exc
+        missing = _missing(cluster, settings)
+    return missing
+
+
+def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:
+    """Give a keyspace made before process applications its tracking table and the events'
+    tracked columns (another process may be adding them too)."""
+    keyspace = settings.quoted_keyspace
+    try:
+        session.execute(CREATE_TRACKING.format(keyspace=keyspace), timeout=60)
+        if "tracked" not in cluster.metadata.keyspaces[settings.keyspace].tables["events"].columns:
+            session.execute(ADD_TRACKED.format(keyspace=keyspace), timeout=60)
+    except DRIVER_ERRORS as exc:
+        if "conflicts with an existing column" not in str(exc):
+            raise StoreError(f"{settings.url}: cannot add {_NO_TRACKING}: {exc}") from exc
 
 
 def _replication_cql(settings: Settings, cluster: Any) -> str:

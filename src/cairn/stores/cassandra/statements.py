@@ -19,6 +19,8 @@ CREATE_TABLES = (
         topic text,
         data blob,
         position bigint,
+        tracked map<text, bigint> static,
+        tracked_from map<text, bigint> static,
         PRIMARY KEY ((originator_id), originator_version))""",
     """CREATE TABLE IF NOT EXISTS {keyspace}.snapshots (
         originator_id uuid,
@@ -49,10 +51,22 @@ CREATE_TABLES = (
         sealed boolean,
         PRIMARY KEY ((bucket), position))""",
 )
+# What a process application has processed of each upstream, advanced only by Paxos.
+CREATE_TRACKING = """CREATE TABLE IF NOT EXISTS {keyspace}.tracking (
+        upstream text PRIMARY KEY,
+        position bigint)"""
 TABLES = ("events", "snapshots", "data_keys", "feed")
-# Columns added since the first keyspaces were made: (table, column, type).
-ADDED_COLUMNS = (("events", "position", "bigint"), ("feed", "sealed", "boolean"))
-ADD_COLUMN = "ALTER TABLE {keyspace}.{table} ADD {column} {type}"
+# Keyspaces made before the feed existed: their events table gains the column.
+ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
+# Keyspaces made before sealed fences: their feed's claims gain the column.
+ADD_SEALED = "ALTER TABLE {keyspace}.feed ADD sealed boolean"
+# Keyspaces made before process applications: the tracking table and the events'
+# static columns, added when opened with create (a keyspace without them holds any
+# application but a process).
+ADD_TRACKED = (
+    "ALTER TABLE {keyspace}.events ADD (tracked map<text, bigint> static, "
+    "tracked_from map<text, bigint> static)"
+)
 # Read at ALL once a table is made, so that no replica is used before it serves it.
 SELECT_ANY_ROW = "SELECT * FROM {keyspace}.{table} LIMIT 1"
 SELECT_SETTINGS = "SELECT name, value FROM system_views.settings WHERE name IN ({names})"
@@ -116,6 +130,30 @@ SELECT_CLAIMED = (
     "SELECT originator_version, topic, data, position FROM {keyspace}.events "
     "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
 )
+
+# -- tracking (process applications; docs/processes.md tells the protocol)
+
+# A reaction's batch on one aggregate's partition: its events, each INSERT_EVENT
+# (IF NOT EXISTS), and one of these on the partition's static columns, which record
+# the upstream position it reacts to (and the version it begins at), on condition
+# that the position recorded is lower. `<` is false on a missing key, so a batch that
+# creates the aggregate, and the first reaction to an upstream in an existing one,
+# ask `= null` instead. (A condition on the static columns also makes a refused
+# batch return them: with IF NOT EXISTS alone, it returns only the rows in its way.)
+REACT = (
+    "UPDATE {keyspace}.events SET tracked[?] = ?, tracked_from[?] = ? "
+    "WHERE originator_id = ? IF tracked[?] < ?"
+)
+REACT_FIRST = (
+    "UPDATE {keyspace}.events SET tracked[?] = ?, tracked_from[?] = ? "
+    "WHERE originator_id = ? IF tracked[?] = null"
+)
+SELECT_REACTED = (
+    "SELECT tracked, tracked_from FROM {keyspace}.events WHERE originator_id = ? LIMIT 1"
+)
+SELECT_TRACKED = "SELECT position FROM {keyspace}.tracking WHERE upstream = ?"
+ADVANCE_TRACKED = "UPDATE {keyspace}.tracking SET position = ? WHERE upstream = ? IF position < ?"
+INSERT_TRACKED = "INSERT INTO {keyspace}.tracking (upstream, position) VALUES (?, ?) IF NOT EXISTS"
 
 # -- scanning and rewriting
 

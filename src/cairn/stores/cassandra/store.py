@@ -27,11 +27,14 @@ from cairn.stores.cassandra.outcomes import (
 from cairn.stores.cassandra.session import WRITE_PROFILE, Connection, connect, release
 from cairn.stores.cassandra.settings import Settings, parse_url
 from cairn.stores.cassandra.statements import prepare
+from cairn.stores.cassandra.tracking import CassandraTracking
 from cairn.stores.contract import (
     MAX_VERSION,
     FeedPage,
+    Reacted,
     Record,
     Store,
+    Tracking,
     aggregate_id,
     check_ids,
     filter_feed,
@@ -77,6 +80,7 @@ class CassandraStore(Store):
         self.feed = (
             CassandraFeed(settings, self.connection, lambda: self.fences) if settings.feed else None
         )
+        self.tracking = CassandraTracking(self)
 
     @classmethod
     def from_url(cls, url: str) -> CassandraStore:
@@ -329,6 +333,22 @@ class CassandraStore(Store):
         connection = self.connection()
         with self._errors(failure):
             return connection.session.execute(getattr(connection.statements, statement), params)
+
+    # -- tracking (process applications): tracking.py, and docs/processes.md
+
+    tracks_per_aggregate = True  # no transaction across partitions: recorded per aggregate
+
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+        self.tracking.append(records, tracking)
+
+    def track(self, tracking: Tracking) -> None:
+        self.tracking.track(tracking)
+
+    def tracked_position(self, upstream: str) -> int:
+        return self.tracking.position(upstream)
+
+    def last_reaction(self, originator_id: UUID, upstream: str) -> Reacted | None:
+        return self.tracking.last_reaction(originator_id, upstream)
 
     # -- closing
 
