@@ -8,9 +8,11 @@ such a URL, or a node that answers, they are reported as skipped (failed under
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from cairn import (
     AllOrNoneUnsupported,
     Application,
     ConcurrencyError,
+    FenceNeedsKey,
     UnreadableRecord,
 )
 from cairn.crypto import KeyRing
@@ -780,13 +783,6 @@ def test_the_fence_topic_is_the_domains_fenced_event() -> None:
     assert topic_of(Fenced) == FENCE_TOPIC
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnreadableRecord,
-    reason="issue 12, finding 8 (to do in the Cassandra store): the feed reader writes an "
-    "unsealed fence, which an encrypted store now refuses as a keyless writer's could be "
-    "forged; the store is to write Mapper.fence()'s sealed one",
-)
 def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
     fresh_url: str,
 ) -> None:
@@ -819,7 +815,8 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
         assert time.monotonic() - started >= 0.5  # not before it was old enough
         assert keys(feed) == [(counter.id, 0), (counter.id, 1), (counter.id, 2), (later.id, 0)]
         fence = feed[2]
-        assert (fence.topic, fence.data, fence.position) == (FENCE_TOPIC, b"", (claimed << 16) + 1)
+        assert (fence.topic, fence.position) == (FENCE_TOPIC, (claimed << 16) + 1)
+        assert fence.data[:1] == b"\x02" and isinstance(app.mapper.to_event(fence), Fenced)
         positions = [r.position for r in feed]
         assert positions == sorted(set(positions))  # type: ignore[type-var]
         assert whole_feed(store, page=1) == feed
@@ -842,10 +839,141 @@ def test_a_writer_dead_after_its_claim_holds_readers_until_they_fence_it_off(
         assert report.problems == [] and report.events == 5
         assert keys(whole_feed(store))[-1] == (counter.id, 3)
         rotated = tools.rotate_key(store, Mapper(cipher=KeyRing(new, old)))
-        assert (rotated.events, rotated.current) == (4, 1)  # the fence has nothing to encrypt
+        assert (rotated.events, rotated.current) == (5, 0)  # the sealed fence: resealed too
     with Application(store=url, cipher=new, always_encrypt=True) as app:
         assert app.repository[counter.id].count == 2
         assert tools.verify(app.store, app.mapper).problems == []
+
+
+def test_a_reader_without_the_key_refuses_to_fence_an_encrypted_writers_claim_and_writes_nothing(
+    fresh_url: str,
+) -> None:
+    """Issue 12, finding 8, from the honest side: a reader without the key (cairn copy, a
+    bare store) that meets an abandoned claim of an encrypted application must not write
+    the unsealed fence the application would refuse (the aggregate would be unreadable),
+    nor wait for ever: it says which claim, and that the key fences it. Once a reader
+    with the key has, it reads on."""
+    from cairn.domain import Fenced
+
+    url = with_option(fresh_url, "feed_fence_after=0.5")
+    with Application(store=url, cipher=AESCipher(AESCipher.generate_key())) as app:
+        counter = Counter.create()
+        app.save(counter)
+        counter.increment("slow", 1, 0)
+        batch = [app.mapper.to_record(e) for e in counter.collect_events()]
+        claimed = claim_and_die(feed_store(app), batch)
+        time.sleep(0.7)
+        keyless = CassandraStore.from_url(url)
+        with pytest.raises(
+            FenceNeedsKey,
+            match=rf"past position {claimed}: .*aggregate {counter.id} version 1\).*CAIRN_KEY",
+        ):
+            whole_feed(keyless)
+        assert versions_of(keyless, counter.id) == [0]  # nothing in the version's place
+        _, (_, fenced) = app.feed.read()  # the key's reader fences it, sealed
+        assert isinstance(fenced, Fenced) and fenced.originator_version == 1
+        assert keys(whole_feed(keyless)) == [(counter.id, 0), (counter.id, 1)]
+        assert app.repository[counter.id].version == 2
+        keyless.close()
+
+
+def test_a_reader_without_a_key_fences_a_plain_writers_claim_and_the_application_reads_it(
+    fresh_url: str,
+) -> None:
+    """The same abandoned claim in a store without a key: any reader fences it, with a
+    fence of no data, which the application reads as Fenced."""
+    from cairn.domain import Fenced
+
+    url = with_option(fresh_url, "feed_fence_after=0.5")
+    with Application(store=url) as app:
+        counter = Counter.create()
+        app.save(counter)
+        counter.increment("slow", 1, 0)
+        batch = [app.mapper.to_record(e) for e in counter.collect_events()]
+        claim_and_die(feed_store(app), batch)
+        time.sleep(0.7)
+        keyless = CassandraStore.from_url(url)
+        fence = whole_feed(keyless)[-1]
+        assert (fence.originator_version, fence.topic, fence.data) == (1, FENCE_TOPIC, b"")
+        assert isinstance(app.feed.read()[-1][1], Fenced)
+        assert app.repository[counter.id].version == 2
+        keyless.close()
+
+
+@pytest.mark.parametrize("encrypted", [True, False], ids=["encrypted", "plain"])
+def test_a_keyless_writers_fence_in_place_of_an_event_is_refused_only_by_an_encrypted_store(
+    fresh_url: str, encrypted: bool
+) -> None:
+    """Issue 12, finding 8: someone without the key writes a fence (no data) where the
+    next event would go, through the feed like any writer. An encrypted application
+    refuses it, in its feed, its repository and verify, naming the aggregate and version;
+    a store without a key cannot tell it from a reader's fence (nothing authenticates its
+    records) and reads it as one."""
+    from cairn import tools
+    from cairn.domain import Fenced
+
+    cipher = AESCipher(AESCipher.generate_key()) if encrypted else None
+    with Application(store=fresh_url, cipher=cipher) as app:
+        counter = Counter.create()
+        app.save(counter)
+        forger = CassandraStore.from_url(fresh_url)
+        forger.append([Record(counter.id, 1, FENCE_TOPIC, b"")])
+        forger.close()
+        if encrypted:
+            refused = rf"fence of aggregate {counter.id} version 1 .*not sealed"
+            with pytest.raises(UnreadableRecord, match=refused):
+                app.feed.read()
+            with pytest.raises(UnreadableRecord, match=refused):
+                app.repository.get(counter.id)
+            problems = tools.verify(app.store, app.mapper).problems
+            assert len(problems) == 1 and re.search(refused, problems[0])
+        else:
+            assert isinstance(app.feed.read()[-1][1], Fenced)
+            assert app.repository[counter.id].version == 2
+
+
+def test_cairn_copy_past_an_encrypted_writers_abandoned_claim_fences_it_with_the_key(
+    fresh_url: str, tmp_path: Path
+) -> None:
+    """cairn copy reads the source's feed without decrypting anything: without $CAIRN_KEY it
+    stops at an abandoned claim of an encrypted store, saying so (nothing written); with
+    it, it fences the claim off with a sealed fence, and the copy reads as the source."""
+    key = "base64:" + base64.b64encode(bytes(range(32))).decode()
+    url = with_option(fresh_url, "feed_fence_after=0.5")
+    with Application(store=url, cipher=AESCipher(key)) as app:
+        counter = Counter.create()
+        app.save(counter)
+        counter.increment("slow", 1, 0)
+        claim_and_die(feed_store(app), [app.mapper.to_record(e) for e in counter.collect_events()])
+    time.sleep(0.7)
+    target = f"sqlite:///{tmp_path / 'copy.db'}"
+    refused = run_cairn("copy", url, target)
+    assert refused.returncode != 0 and refused.stderr.count("FenceNeedsKey: ") == 1
+    assert f"aggregate {counter.id} version 1" in refused.stderr and "CAIRN_KEY" in refused.stderr
+    copied = run_cairn("copy", url, target, key=key)
+    assert copied.returncode == 0, copied.stderr
+    with Application(store=target, cipher=AESCipher(key)) as app:
+        assert app.repository[counter.id].version == 2  # through the sealed fence
+
+
+def run_cairn(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CAIRN_KEY"}
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'src'}"
+    if key:
+        env["CAIRN_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "cairn.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def feed_store(app: Application) -> CassandraStore:
+    store = app.store
+    assert isinstance(store, CassandraStore)
+    return store
 
 
 def test_a_fence_on_a_new_aggregate_leaves_it_not_found(fresh_url: str) -> None:
@@ -1007,6 +1135,25 @@ def test_a_keyspace_made_before_the_feed_gains_it(fresh_url: str) -> None:
         )
     cluster.shutdown()
     with pytest.raises(StoreError, match="does not exist and create=false"):
+        CassandraStore.from_url(with_option(fresh_url, "create=false"))
+    store = CassandraStore.from_url(fresh_url)
+    a = uuid4()
+    store.append(records(a, range(2)))
+    assert keys(store.read_feed()) == [(a, 0), (a, 1)]
+    store.close()
+
+
+def test_a_feed_table_made_before_sealed_fences_gains_the_column(fresh_url: str) -> None:
+    """Claims note whether their fence must be sealed: a keyspace made before gains the
+    column when it is opened (create=false says to open it once without)."""
+    CassandraStore.from_url(fresh_url).close()
+    keyspace = parse_url(fresh_url).keyspace
+    cluster = Cluster(HOSTS, protocol_version=5)
+    cluster.connect().execute(f'ALTER TABLE "{keyspace}".feed DROP sealed', timeout=60)
+    cluster.shutdown()
+    with pytest.raises(
+        StoreError, match=r"the feed.s sealed column does not exist .* create=false"
+    ):
         CassandraStore.from_url(with_option(fresh_url, "create=false"))
     store = CassandraStore.from_url(fresh_url)
     a = uuid4()

@@ -257,6 +257,10 @@ class Application:
             model=self.model,
             max_payload=max_payload,
         )
+        # The fences the store's feed writes (Cassandra's) are sealed under the key, so
+        # that the application reads them and refuses a keyless writer's forgery.
+        self._fences_found = self.store.fences
+        self.store.fences = self.mapper.fences
         self.events = Events(self.store, self.mapper)
         self.snapshots = Snapshots(self.store, self.mapper)
         self.feed = Feed(self.store, self.mapper)
@@ -339,9 +343,12 @@ class Application:
         self.mapper.data_keys.forget(aggregate_id(originator_id))
 
     def close(self) -> None:
-        """Close the store's connections (unless the store was opened by someone else)."""
+        """Close the store's connections (unless the store was opened by someone else:
+        then give it back the fences it had)."""
         if self._owns_store:
             self.store.close()
+        else:
+            self.store.fences = self._fences_found
 
     def __enter__(self) -> Any:
         self._tokens.append(open_applications.set((*open_applications.get(), self)))

@@ -136,6 +136,14 @@ class AllOrNoneUnsupported(StoreError):
     on its own, use a process application, or pass ``all_or_none=False``."""
 
 
+class FenceNeedsKey(CairnError):
+    """A feed reader without the application's key met a write abandoned by its writer in
+    an encrypted store: fencing it off takes a fence sealed with the key, and an unsealed
+    one would be refused. Nothing was written. Read the feed with the key once (an
+    application with its cipher; ``$CAIRN_KEY`` for the ``cairn`` command): it fences
+    the write off, and then readers without the key read on past it."""
+
+
 class OutcomeUnknown(StoreError):
     """A write may or may not have been stored (a timeout, a lost connection); re-read to know."""
 

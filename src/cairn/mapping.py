@@ -49,7 +49,7 @@ from cairn.envelope import (
 from cairn.errors import CairnError, EncodingError, SchemaMismatch, UnreadableRecord
 from cairn.evolution import VERSION_KEY, Schema
 from cairn.model import Declared, Model
-from cairn.stores import FENCE_TOPIC, Record
+from cairn.stores import FENCE_TOPIC, Fences, Record
 
 __all__ = [
     "COMPRESSED",
@@ -436,6 +436,12 @@ class Mapper:
         there is one, so that readers of an encrypted store can tell it from a forged one."""
         data = self.envelope.seal_fence(originator_id, version, FENCE_TOPIC)
         return Record(originator_id, version, FENCE_TOPIC, data)
+
+    @property
+    def fences(self) -> Fences:
+        """This mapper's fences, for a store to write (``Store.fences``): sealed with the key
+        when there is one."""
+        return Fences(self.fence, sealed=self.cipher is not None)
 
     # ---- key rotation
 

@@ -54,6 +54,30 @@ class Record(NamedTuple):
     position: int | None = None
 
 
+class Fences(NamedTuple):
+    """How a store that fences (Cassandra's feed: ``docs/feed.md``) makes its fences.
+
+    ``make(originator_id, version)`` is a fence record, sealed with the application's
+    key when ``sealed``. A store makes unsealed fences (no data) until an application
+    gives it its mapper's (:attr:`Store.fences`): an application with a key refuses an
+    unsealed fence, which anyone could forge. A store notes, with each write it might
+    have to fence off, whether its own fences are sealed, so that a reader without the
+    key refuses to fence such a write (:class:`~cairn.errors.FenceNeedsKey`) rather than
+    write a fence the application would refuse.
+    """
+
+    make: Callable[[UUID, int], Record]
+    sealed: bool
+
+
+def unsealed_fence(originator_id: UUID, version: int) -> Record:
+    """A fence without a key: no data (what a store without an application's key makes)."""
+    return Record(originator_id, version, FENCE_TOPIC, b"")
+
+
+UNSEALED_FENCES = Fences(unsealed_fence, sealed=False)
+
+
 class Tracking(NamedTuple):
     """That a process has processed ``upstream``'s feed up to ``position`` (the upstream is
     named as the process's system names it; positions are the upstream store's)."""
@@ -229,6 +253,9 @@ class Store(ABC):
     # with AllOrNoneUnsupported, unless ``append`` is given ``all_or_none=False``.
     atomic_across_aggregates: ClassVar[bool] = True
     page_size: int = 1000  # records read per round trip when streaming an aggregate
+    # How the store makes the fences its feed writes: an application installs its
+    # mapper's (sealed under its key), and puts back what it found when it is closed.
+    fences: Fences = UNSEALED_FENCES
 
     # -- opening
 

@@ -16,12 +16,12 @@ from cassandra import ConsistencyLevel
 from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 
-from cairn.errors import StoreError
+from cairn.errors import FenceNeedsKey, StoreError
 from cairn.stores.cassandra.batching import Batcher, Slot
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe, what
 from cairn.stores.cassandra.session import Connection, release
 from cairn.stores.cassandra.settings import Settings
-from cairn.stores.contract import FENCE_TOPIC, Record
+from cairn.stores.contract import Fences, Record
 
 # The feed's layout: part of the stored format, the same for every process
 # that opens a keyspace (bucket = position // FEED_BUCKET).
@@ -43,6 +43,7 @@ class Claim:
     originator_id: Any
     originator_version: int
     size: int  # the versions the batch spans (its number of events, when they follow on)
+    sealed: bool  # its writer's fences are sealed: so must a fence of this claim be
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ClaimRow:
     originator_version: int
     size: int
     abandoned: bool | None
+    sealed: bool | None
     written: int  # the claim's Paxos timestamp, microseconds
     now: int  # the reading coordinator's clock, milliseconds
 
@@ -62,15 +64,22 @@ class CassandraFeed:
     """Claims feed positions for saves, and reads the feed (docs/feed.md).
 
     ``connection`` gives the process's connection (the store's: a fresh one after
-    fork). A process's concurrent claims share Paxos rounds through a
-    :class:`Batcher`, so its threads never compete with each other for the head.
+    fork), ``fences`` the store's fences (its application's). A process's concurrent
+    claims share Paxos rounds through a :class:`Batcher`, so its threads never compete
+    with each other for the head.
     """
 
-    def __init__(self, settings: Settings, connection: Callable[[], Connection]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        connection: Callable[[], Connection],
+        fences: Callable[[], Fences],
+    ) -> None:
         self.settings = settings
         self.url = settings.url
         self.bucket = FEED_BUCKET
         self._connection = connection
+        self._fences = fences
         self._next_position: int | None = None  # a guess of the head: Paxos checks it
         self._pid = os.getpid()
         self._claims = Batcher(self._claim_group, CLAIMS_PER_WRITE)
@@ -93,8 +102,9 @@ class CassandraFeed:
         if self._pid != os.getpid():
             # A claim in flight in the parent's threads is not ours.
             self._pid, self._claims = os.getpid(), Batcher(self._claim_group, CLAIMS_PER_WRITE)
+        sealed = self._fences().sealed
         requests = [
-            Claim(b[0].originator_id, min(r.originator_version for r in b), span(b))
+            Claim(b[0].originator_id, min(r.originator_version for r in b), span(b), sealed)
             for b in batches
         ]
         try:
@@ -123,7 +133,14 @@ class CassandraFeed:
             )
             for n, slot in enumerate(take):
                 r = slot.request
-                row = (bucket, position + n, r.originator_id, r.originator_version, r.size)
+                row = (
+                    bucket,
+                    position + n,
+                    r.originator_id,
+                    r.originator_version,
+                    r.size,
+                    r.sealed,
+                )
                 statement.add(connection.statements.claim_row, row)
             try:
                 result = connection.session.execute(statement)
@@ -310,8 +327,29 @@ class CassandraFeed:
         Paxos first completes any write of the claim's batch still in progress; then
         either the batch is there (the insert is not applied) or the fence is, and the
         batch's writer can never store its batch (its insert is not applied: ConcurrencyError).
+        The fence is the store's (its application's: sealed under its key). A claim whose
+        writer sealed its fences is never fenced by a reader that cannot seal one
+        (FenceNeedsKey): the application would refuse an unsealed fence.
         """
-        row = (claim.originator_id, claim.originator_version, FENCE_TOPIC, b"", claim.position)
+        fences = self._fences()
+        if claim.sealed and not fences.sealed:
+            raise FenceNeedsKey(
+                f"{self.url}: cannot read the feed past position {claim.position}: its claim "
+                f"(aggregate {claim.originator_id} version {claim.originator_version}) was "
+                "abandoned by its writer and must be fenced off, with a fence sealed by the "
+                "application's key, which this reader was not given (the store is encrypted, "
+                "and its application would refuse an unsealed fence). Nothing was written. "
+                "Read the feed once with the key (an application with its cipher; $CAIRN_KEY "
+                "for the cairn command) to fence it off; readers without it then read on."
+            )
+        fence = fences.make(claim.originator_id, claim.originator_version)
+        row = (
+            fence.originator_id,
+            fence.originator_version,
+            fence.topic,
+            fence.data,
+            claim.position,
+        )
         connection = self._connection()
         try:
             connection.session.execute(connection.statements.insert_event, row)

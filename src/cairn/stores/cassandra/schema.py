@@ -21,6 +21,7 @@ from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
     ADD_POSITION,
+    ADD_SEALED,
     ADD_TRACKED,
     CREATE_KEYSPACE,
     CREATE_TABLES,
@@ -40,6 +41,9 @@ _SCHEMA_SETTLING = re.compile(
     r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
 )
 _NO_POSITION = "the events' position column"
+_NO_SEALED = "the feed's sealed column"
+# Columns added since the first keyspaces were made, in the order _missing names them.
+_ADDED_COLUMNS = ((_NO_POSITION, ADD_POSITION), (_NO_SEALED, ADD_SEALED))
 _NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
 # driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
@@ -79,12 +83,9 @@ def settled(action: Callable[[], T]) -> T:
 
 def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
     """Create the keyspace and tables unless they exist (or say which are missing)."""
-    missing = _missing(cluster, settings)
+    missing = _add_columns(cluster, session, settings)
     if not missing:
         return
-    if missing == _NO_POSITION:
-        _add_position(session, settings)
-        missing = _missing(cluster, settings)
     if missing == _NO_TRACKING:
         if settings.create:  # else: a keyspace for any application but a process
             _add_tracking(cluster, session, settings)
@@ -109,8 +110,7 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
                 )
     except DRIVER_ERRORS as exc:
         raise StoreError(f"{settings.url}: cannot create {missing}: {exc}") from exc
-    if _missing(cluster, settings) == _NO_POSITION:
-        _add_position(session, settings)
+    _add_columns(cluster, session, settings)
 
 
 def _execute_ddl(cluster: Any, session: Any, cql: str) -> Any:
@@ -192,24 +192,31 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
             return f"table {settings.keyspace}.{table}"
     if "position" not in keyspace.tables["events"].columns:
         return _NO_POSITION
+    if "sealed" not in keyspace.tables["feed"].columns:
+        return _NO_SEALED
     if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
         return _NO_TRACKING
     return None
 
 
-def _add_position(session: Any, settings: Settings) -> None:
-    """Give an events table made before the feed its ``position`` column."""
-    if not settings.create:
-        raise StoreError(
-            f"{settings.url}: table {settings.keyspace}.events has no position column "
-            "(it predates the feed) and create=false; open it once without create=false "
-            "to let cairn add it"
-        )
-    try:
-        session.execute(ADD_POSITION.format(keyspace=settings.quoted_keyspace), timeout=60)
-    except DRIVER_ERRORS as exc:
-        if "conflicts with an existing column" not in str(exc):  # another process added it
-            raise StoreError(f"{settings.url}: cannot add the events' position: {exc}") from exc
+def _add_columns(cluster: Any, session: Any, settings: Settings) -> str | None:
+    """Give tables made by an earlier cairn the columns added since; what is missing then."""
+    missing = _missing(cluster, settings)
+    for column, cql in _ADDED_COLUMNS:
+        if missing != column:
+            continue
+        if not settings.create:
+            raise StoreError(
+                f"{settings.url}: {column} does not exist (an earlier cairn made the table) "
+                "and create=false; open it once without create=false to let cairn add it"
+            )
+        try:
+            session.execute(cql.format(keyspace=settings.quoted_keyspace), timeout=60)
+        except DRIVER_ERRORS as exc:
+            if "conflicts with an existing column" not in str(exc):  # another process added it
+                raise StoreError(f"{settings.url}: cannot add {column}: {exc}") from exc
+        missing = _missing(cluster, settings)
+    return missing
 
 
 def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:

@@ -38,6 +38,8 @@ CREATE_TABLES = (
     # partition; `head` is the bucket's next free position, advanced only by
     # Paxos. `abandoned` is a hint from a writer whose events write is known
     # never to have begun; otherwise the events alone say what became of a claim.
+    # `sealed`: the claiming writer's fences are sealed with its key, so a fence of
+    # this claim must be too.
     """CREATE TABLE IF NOT EXISTS {keyspace}.feed (
         bucket bigint,
         position bigint,
@@ -46,6 +48,7 @@ CREATE_TABLES = (
         originator_version bigint,
         size int,
         abandoned boolean,
+        sealed boolean,
         PRIMARY KEY ((bucket), position))""",
 )
 # What a process application has processed of each upstream, advanced only by Paxos.
@@ -55,6 +58,8 @@ CREATE_TRACKING = """CREATE TABLE IF NOT EXISTS {keyspace}.tracking (
 TABLES = ("events", "snapshots", "data_keys", "feed")
 # Keyspaces made before the feed existed: their events table gains the column.
 ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
+# Keyspaces made before sealed fences: their feed's claims gain the column.
+ADD_SEALED = "ALTER TABLE {keyspace}.feed ADD sealed boolean"
 # Keyspaces made before process applications: the tracking table and the events'
 # static columns, added when opened with create (a keyspace without them holds any
 # application but a process).
@@ -108,8 +113,8 @@ REPLACE_DATA_KEY = (
 # claim) and one CLAIM_ROW per position. Not applied: the result carries `head`.
 CLAIM_HEAD = "UPDATE {keyspace}.feed SET head = ? WHERE bucket = ? IF head = ?"
 CLAIM_ROW = (
-    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size) "
-    "VALUES (?, ?, ?, ?, ?)"
+    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size, "
+    "sealed) VALUES (?, ?, ?, ?, ?, ?)"
 )
 # A plain write, never read by Paxos: only a hint for readers.
 ABANDON_CLAIM = "UPDATE {keyspace}.feed SET abandoned = true WHERE bucket = ? AND position = ?"
@@ -117,7 +122,7 @@ SELECT_HEAD = "SELECT head FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
 # A claim's age is the coordinator's clock minus the claim's Paxos timestamp:
 # server clocks on both sides, never the client's.
 SELECT_CLAIMS = (
-    "SELECT position, originator_id, originator_version, size, abandoned, "
+    "SELECT position, originator_id, originator_version, size, abandoned, sealed, "
     "writetime(originator_id), toUnixTimestamp(currentTimestamp()) "
     "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
 )

@@ -77,7 +77,9 @@ class CassandraStore(Store):
             cluster.shutdown()
             raise
         self._connection: Connection | None = Connection(cluster, session, statements, os.getpid())
-        self.feed = CassandraFeed(settings, self.connection) if settings.feed else None
+        self.feed = (
+            CassandraFeed(settings, self.connection, lambda: self.fences) if settings.feed else None
+        )
         self.tracking = CassandraTracking(self)
 
     @classmethod
