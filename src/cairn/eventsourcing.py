@@ -63,7 +63,6 @@ from cairn.errors import (
     StoreError,
 )
 from cairn.stores import FENCE_TOPIC, Record, Store, open_store
-
 from cairn.stores.contract import Appended
 from cairn.stores.contract import Tracking as CairnTracking
 
@@ -363,6 +362,7 @@ class CairnProcessRecorder(CairnTrackingRecorder, CairnApplicationRecorder, Proc
         self.store.append_tracked([], cairn_tracking)
         return Appended()
 
+
 class CairnMapper(Mapper[Any]):
     """The library's mapper, which replays fenced versions (:class:`Fenced`) and, with
     ``CAIRN_KEY``, seals each event with cairn's cipher bound to its aggregate id, version
@@ -400,7 +400,9 @@ class CairnMapper(Mapper[Any]):
 
 def _bound(stored: StoredEvent) -> bytes:
     """What a sealed event is bound to: its aggregate id, version and topic."""
-    return f"eventsourcing:{stored.originator_id}:{stored.originator_version}:{stored.topic}".encode()
+    return (
+        f"eventsourcing:{stored.originator_id}:{stored.originator_version}:{stored.topic}".encode()
+    )
 
 
 class Factory(InfrastructureFactory[CairnTrackingRecorder]):
@@ -411,9 +413,7 @@ class Factory(InfrastructureFactory[CairnTrackingRecorder]):
     CREATE_TABLE = "CREATE_TABLE"
     aggregate_recorder_class: ClassVar[type[CairnAggregateRecorder]] = CairnAggregateRecorder
     snapshot_recorder_class: ClassVar[type[CairnSnapshotRecorder]] = CairnSnapshotRecorder
-    application_recorder_class: ClassVar[type[CairnApplicationRecorder]] = (
-        CairnApplicationRecorder
-    )
+    application_recorder_class: ClassVar[type[CairnApplicationRecorder]] = CairnApplicationRecorder
     tracking_recorder_class: ClassVar[type[CairnTrackingRecorder]] = CairnTrackingRecorder
     process_recorder_class: ClassVar[type[CairnProcessRecorder]] = CairnProcessRecorder
 
@@ -447,9 +447,7 @@ class Factory(InfrastructureFactory[CairnTrackingRecorder]):
             url += ("&" if "?" in url else "?") + "create=false"
         return url
 
-    def mapper(
-        self, transcoder: Transcoder | None = None, mapper_class: Any = None
-    ) -> Mapper[Any]:
+    def mapper(self, transcoder: Transcoder | None = None, mapper_class: Any = None) -> Mapper[Any]:
         if mapper_class is None and not self.env.get(self.MAPPER_TOPIC):
             mapper_class = CairnMapper
         mapper = super().mapper(transcoder=transcoder, mapper_class=mapper_class)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -105,9 +106,7 @@ class CassandraStore(Store):
 
     # -- events
 
-    def append(
-        self, records: Sequence[Record], *, all_or_none: bool = True
-    ) -> Appended | None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> Appended | None:
         """Store the batch as one conditional write on its aggregate's partition: whole or
         not at all. A batch of several aggregates cannot be all or none here: refused
         (AllOrNoneUnsupported) before anything is written, unless ``all_or_none=False``;
@@ -132,7 +131,7 @@ class CassandraStore(Store):
             wave = range(start, min(start + WRITES_IN_FLIGHT, len(batches)))
             sent = [self._send(batches[i], positions[i]) for i in wave]
             errors += [
-                self._outcome(batches[i], positions[i], f, lambda p, i=i: stored_at.setdefault(i, p))
+                self._outcome(batches[i], positions[i], f, partial(stored_at.__setitem__, i))
                 for i, f in zip(wave, sent, strict=True)
             ]
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
@@ -141,7 +140,7 @@ class CassandraStore(Store):
             raise error from error.__cause__ or failed[0][1].__cause__
         if feed is None:
             return None
-        claimed = [stored_at.get(i, p) for i, p in enumerate(positions)]
+        claimed = [stored_at.get(i, p) for i, p in enumerate(positions) if p is not None]
         repeated = [batches[i][0].originator_id for i in stored_at]
         return Appended(_positions(records, batches, claimed), repeated)
 
@@ -193,7 +192,7 @@ class CassandraStore(Store):
         batch: Sequence[Record],
         position: int | None,
         sent: Any,
-        repeated: Callable[[int], object] = lambda _: None,
+        repeated: Callable[[int], object] | None = None,
     ) -> ConcurrencyError | StoreError | None:
         """None if the batch's conditional write stored it, else the error that says
         what became of it: refused (ConcurrencyError), not stored, or unknown. A batch
@@ -210,12 +209,12 @@ class CassandraStore(Store):
             return error
         if result.was_applied:
             return None
-        error = not_applied(batch, position, result, self.settings.feed_fence_after)
-        if error is None and position is not None:
+        refused = not_applied(batch, position, result, self.settings.feed_fence_after)
+        if refused is None and position is not None and repeated is not None:
             first = stored_position(result, min(r.originator_version for r in batch))
             if first is not None and first != position:
                 repeated(first)
-        return error
+        return refused
 
     def _statement(self, batch: Sequence[Record], position: Any) -> Statement:
         insert = self.connection().statements.insert_event
