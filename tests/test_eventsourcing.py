@@ -38,6 +38,7 @@ from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     DatabaseError,
+    InfrastructureFactory,
     IntegrityError,
     NotSupportedError,
     OperationalError,
@@ -57,6 +58,7 @@ from cairn.eventsourcing import (
     CairnProcessRecorder,
     CairnTrackingRecorder,
     Factory,
+    import_events,
 )
 from cairn.stores import Record, Store, open_store
 from cairn.testing.plugin import configured, fill, scheme, unavailable
@@ -473,3 +475,50 @@ def test_a_fenced_creation_leaves_the_aggregate_not_found(cassandra_url: str) ->
             app.repository.get(dog.id)
     finally:
         app.close()
+
+
+def test_a_save_of_two_aggregates_is_all_or_none_or_refused_unwritten(
+    fresh_store_url: str,
+) -> None:
+    app = library_app(fresh_store_url)
+    try:
+        a, b = Dog("Fido"), Dog("Rex")
+        if scheme(fresh_store_url) != "cassandra":
+            assert len(app.save(a, b)) == 2
+            return
+        with pytest.raises(NotSupportedError, match="no multi-partition transactions"):
+            app.save(a, b)
+        for dog in (a, b):
+            with pytest.raises(AggregateNotFoundError):
+                app.repository.get(dog.id)
+    finally:
+        app.close()
+
+
+def test_an_eventsourcing_sqlite_database_is_imported_once(
+    fresh_store_url: str, tmp_path: Path
+) -> None:
+    old_env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": f"{tmp_path}/es.db"}
+    old = Application[UUID](env=old_env)
+    dogs = [Dog(f"dog {n}") for n in range(5)]
+    for n, dog in enumerate(dogs):
+        for t in range(n):
+            dog.add_trick(f"trick {t}")
+    old.save(*dogs[:3])
+    old.save(*dogs[3:])
+    old.close()
+    with InfrastructureFactory.construct(old_env) as factory:
+        source = factory.application_recorder()
+        target = open_store(fresh_store_url)
+        try:
+            assert import_events(source, target, page=3) == 15
+            assert import_events(source, target, page=4) == 0
+            for dog in dogs:
+                stored = [r[:4] for r in target.select(dog.id)]
+                assert stored == [
+                    (e.originator_id, e.originator_version, e.topic, e.state)
+                    for e in source.select_events(dog.id)
+                ]
+        finally:
+            target.close()
+            factory.close()

@@ -484,3 +484,38 @@ class Factory(InfrastructureFactory[CairnTrackingRecorder]):
         if store is not None:
             store.close()
         super().close()
+
+
+def import_events(source: ApplicationRecorder, store: Store, *, page: int = 1000) -> int:
+    """Copy every event of an ``eventsourcing`` application recorder (its notification log,
+    in order: the library's SQLite or PostgreSQL tables, read by the library's own recorder)
+    into a cairn store: each run of one aggregate's events in one batch. How many events
+    were stored. Run again after an interruption, it passes over the runs stored already
+    (byte for byte), and stores the rest. Snapshots are not copied: take new ones."""
+    copied, after = 0, 0
+    while notifications := source.select_notifications(after, page, inclusive_of_start=False):
+        run: list[Notification] = []
+        for n in notifications:
+            if run and n.originator_id != run[0].originator_id:
+                copied += _import_run(store, run)
+                run = []
+            run.append(n)
+        copied += _import_run(store, run)
+        after = notifications[-1].id
+    return copied
+
+
+def _import_run(store: Store, run: Sequence[Notification]) -> int:
+    """Store one aggregate's run of events; 0 if it is stored already, byte for byte."""
+    records = _records(run)
+    try:
+        appended = store.append(records)
+    except ConcurrencyError:
+        first, last = records[0], records[-1]
+        stored = store.select(
+            first.originator_id, gt=first.originator_version - 1, lte=last.originator_version
+        )
+        if [r[:4] for r in stored] != [r[:4] for r in records]:
+            raise
+        return 0
+    return 0 if appended is not None and appended.repeated else len(records)
