@@ -86,6 +86,17 @@ def test_demo_shows_each_step(tmp_path: Path) -> None:
         assert step in out
 
 
+def test_the_demo_says_how_versions_count_and_never_mixes_the_two() -> None:
+    """Events are numbered from 0, ``version`` counts them: the demo says so once, and names
+    each number for what it is (issue 13 item 6: it printed "snapshot version 3" beside
+    "version=4")."""
+    out = cairn("demo", "--store", "memory://").stdout
+    assert "after event 3 it is at version 4" in out
+    assert "newest snapshot, taken after event 3, has foo='bar4'" in out
+    assert "historical snapshot at or below event 3: taken after event 3" in out
+    assert "snapshot at version" not in out and "up to version" not in out
+
+
 def test_help_reads_well_and_usage_errors_exit_2() -> None:
     out = cairn("--help").stdout
     for command in ("demo", "aggregates", "events", "snapshots", "snapshot", "verify", "copy"):

@@ -107,6 +107,9 @@ class Repository(Generic[A]):
     def get(self, originator_id: UUID, lte: int | None = None) -> A:
         """The aggregate as it is now, or as it was after event version ``lte``.
 
+        Events are numbered from 0 and ``aggregate.version`` counts them, so
+        ``get(id, lte=3).version == 4``.
+
         :class:`~cairn.AggregateNotFound` (a ``KeyError``) if it has no events
         at or below ``lte``, or was discarded by then. :class:`~cairn.InvalidId` if
         ``originator_id`` is not a UUID.

@@ -854,6 +854,10 @@ class Demo:
         cipher = AESCipher("0123456789abcdef")
         self.say(f"cairn demo: the seed's 'Everything in one app' on {redact(url)}")
         self.say("(AES-GCM encryption of every event and snapshot; a snapshot every second event)")
+        self.say(
+            "(an aggregate's events are numbered from 0, and its version counts them: "
+            "after event 3 it is at version 4, and the next event is event 4)"
+        )
         with EverythingApplication(cipher=cipher, always_encrypt=True, store=url) as app:
             repo = app.example_repository
 
@@ -882,20 +886,24 @@ class Demo:
                 f"   created an aggregate and an Example entity inside it: {pending} events, one batch"
             )
             self.say(
-                f"   loaded again: foo={loaded.foo!r}, examples={loaded.count_examples()}, version={loaded.version}"
+                f"   loaded again: foo={loaded.foo!r}, examples={loaded.count_examples()}, "
+                f"version={loaded.version} (events 0 to {loaded.version - 1})"
             )
 
             self.say("\n3. Optimistic concurrency: a stale writer is refused")
             a, b = repo[aggregate.id], repo[aggregate.id]
             a.foo = "bar2"
             a.save()
-            self.say(f"   writer a, loaded at version {b.version}, saved foo='bar2'")
+            self.say(
+                f"   writer a, loaded at version {b.version}, saved foo='bar2' as event {b.version}"
+            )
             b.foo = "bar3"
             try:
                 b.save()
             except ConcurrencyError as exc:
                 self.say(
-                    f"   writer b, also loaded at version {b.version - 1}, tried foo='bar3': refused"
+                    f"   writer b, also loaded at version {b.version - 1}, tried foo='bar3' as event "
+                    f"{b.version - 1}: refused"
                 )
                 self.say(f"     ConcurrencyError: {exc}")
             self.say(f"   stored value is still foo={repo[aggregate.id].foo!r}")
@@ -910,8 +918,9 @@ class Demo:
                 snapshot = app.snapshot_strategy.get_snapshot(aggregate.id)
                 assert snapshot is not None and snapshot.state is not None
                 self.say(
-                    f"   saved {len(batch)} event(s) up to version {aggregate.version - 1}: newest snapshot "
-                    f"at version {snapshot.originator_version} has foo={snapshot.state['_foo']!r}"
+                    f"   saved {len(batch)} event(s), up to event {aggregate.version - 1}: newest "
+                    f"snapshot, taken after event {snapshot.originator_version}, has "
+                    f"foo={snapshot.state['_foo']!r}"
                 )
             aggregate.discard()
             aggregate.save()
@@ -929,7 +938,8 @@ class Demo:
             old = app.snapshot_strategy.get_snapshot(aggregate.id, lte=3)
             assert old is not None and old.state is not None
             self.say(
-                f"   historical snapshot at or below event 3: version {old.originator_version}, foo={old.state['_foo']!r}"
+                f"   historical snapshot at or below event 3: taken after event {old.originator_version}, "
+                f"foo={old.state['_foo']!r}"
             )
         self.say(
             f"\nDone. Look inside the store: cairn aggregates {redact(url)} "

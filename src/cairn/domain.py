@@ -191,6 +191,11 @@ class Aggregate:
 
     State lives in the instance's attributes; attributes named in ``_transient``
     are bookkeeping and are never part of a snapshot.
+
+    Numbering, as in the seed: an aggregate's events are numbered from 0 (their
+    ``originator_version``; ``lte=`` and snapshots use these numbers), and
+    :attr:`version` counts the events applied, so after event 3 ``version`` is 4,
+    the number the next event will have.
     """
 
     _transient: ClassVar[frozenset[str]] = frozenset({"_pending_events", "_application"})
