@@ -22,6 +22,7 @@ cairn's other store tests report it.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 import unittest
@@ -522,3 +523,19 @@ def test_an_eventsourcing_sqlite_database_is_imported_once(
         finally:
             target.close()
             factory.close()
+
+
+def test_with_cairn_key_a_forged_record_chooses_no_code(fresh_store_url: str) -> None:
+    """The library's mapper imports the module a record's topic names; with CAIRN_KEY the
+    record is authenticated first, so a record written without the key imports nothing."""
+    app = library_app(fresh_store_url, CAIRN_KEY="0123456789abcdef")
+    try:
+        dog = Dog("Fido")
+        app.save(dog)
+        forged = StoredEvent(dog.id, 2, "tests.gadget_import:Anything", b"{}")
+        app.recorder.insert_events([forged])
+        with pytest.raises(DatabaseError, match=f"aggregate {dog.id} version 2"):
+            app.repository.get(dog.id)
+        assert "tests.gadget_import" not in sys.modules
+    finally:
+        app.close()
