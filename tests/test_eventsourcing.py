@@ -28,12 +28,13 @@ import time
 import unittest
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import singledispatchmethod
 from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import pytest
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import (
     AggregateRecorder,
@@ -45,8 +46,10 @@ from eventsourcing.persistence import (
     OperationalError,
     ProcessRecorder,
     StoredEvent,
+    Tracking,
     TrackingRecorder,
 )
+from eventsourcing.system import ProcessApplication, SingleThreadedRunner, System
 from eventsourcing.tests import application as shipped_application
 from eventsourcing.tests import persistence as shipped
 from eventsourcing.utils import Environment
@@ -62,7 +65,7 @@ from cairn.eventsourcing import (
     import_events,
 )
 from cairn.stores import Record, Store, open_store
-from cairn.testing.plugin import configured, fill, scheme, unavailable
+from cairn.testing.plugin import FILLED, configured, fill, scheme, unavailable
 
 TEMPLATES = configured()
 GAPS = {"postgresql", "cassandra"}  # stores whose feed positions are not consecutive
@@ -539,3 +542,81 @@ def test_with_cairn_key_a_forged_record_chooses_no_code(fresh_store_url: str) ->
         assert "tests.gadget_import" not in sys.modules
     finally:
         app.close()
+
+
+# -- a system of the library's: a process application following a leader
+
+
+class Trick(Aggregate):
+    @event("Counted")
+    def __init__(self, dog_id: UUID, trick: str) -> None:
+        self.dog_id, self.trick = dog_id, trick
+
+
+class School(Application[UUID]):
+    pass
+
+
+class Counter(ProcessApplication[UUID]):
+    @singledispatchmethod
+    def policy(self, domain_event: Any, processing_event: ProcessingEvent[UUID]) -> None:
+        """Each trick added, counted in an aggregate of the counter's own."""
+
+    @policy.register
+    def _(self, domain_event: Dog.TrickAdded, processing_event: ProcessingEvent[UUID]) -> None:
+        processing_event.collect_events(Trick(domain_event.originator_id, domain_event.trick))
+
+
+def per_application(url: str) -> str:
+    """The store URL as a template with {name}: a store per application of a system."""
+    if scheme(url) == "sqlite":
+        return url.replace(".db", "_{name}.db")
+    if scheme(url) == "postgresql":
+        FILLED.extend(url + "_" + name for name in ("school", "counter"))
+        return url + "_{name}"
+    return url
+
+
+def test_a_process_application_follows_its_leader_exactly_once(fresh_store_url: str) -> None:
+    env = {
+        "PERSISTENCE_MODULE": "cairn.eventsourcing",
+        "CAIRN_STORE": per_application(fresh_store_url),
+    }
+    system = System(pipes=[[School, Counter]])
+    if scheme(fresh_store_url) == "cassandra":
+        with pytest.raises(NotSupportedError, match="no transaction across aggregates"):
+            SingleThreadedRunner[UUID](system, env=env)
+        return
+    runner = SingleThreadedRunner[UUID](system, env=env)
+    runner.start()
+    try:
+        school, counter = runner.get(School), runner.get(Counter)
+        dog = Dog("Fido")
+        dog.add_trick("sit")
+        dog.add_trick("roll over")
+        school.save(dog)
+        tricks = counted(counter, 2)
+        assert [t.trick for t in tricks] == ["sit", "roll over"]
+        upstream = school.recorder.max_notification_id()
+        assert counter.recorder.max_tracking_id("School") == upstream
+        # Processing the last one again is refused: exactly once.
+        last = school.recorder.select_notifications(upstream, 1)[0]
+        with pytest.raises(IntegrityError):
+            counter.process_event(school.mapper.to_domain_event(last), Tracking("School", last.id))
+        assert len(counted(counter, 2)) == 2
+    finally:
+        runner.stop()
+
+
+def counted(counter: Counter, expected: int) -> list[Any]:
+    """The counter's events, once it has processed ``expected`` of its leader's. On
+    PostgreSQL an event shows in the feed once every older transaction of the server has
+    ended (docs/feed.md), maybe after the runner's one pull at the save: pull again, as a
+    runner does at the next save."""
+    deadline = time.monotonic() + 30
+    while True:
+        notifications = counter.recorder.select_notifications(None, 10)
+        if len(notifications) >= expected or time.monotonic() > deadline:
+            return [counter.mapper.to_domain_event(n) for n in notifications]
+        time.sleep(0.05)
+        counter.pull_and_process("School")
