@@ -46,7 +46,10 @@ def connect(settings: Settings) -> tuple[Any, Any]:
         # a few KiB until the server's delayed ACK: 40 ms more per such save.
         sockopts=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         connect_timeout=settings.connect_timeout,
-        control_connection_timeout=settings.connect_timeout,
+        # The control connection reads the whole schema when it connects: seconds
+        # on a node with hundreds of keyspaces under load, which is not a node
+        # out of reach (that is connect_timeout's to say).
+        control_connection_timeout=max(settings.connect_timeout, SCHEMA_WAIT),
         max_schema_agreement_wait=SCHEMA_WAIT,
     )
     try:
