@@ -94,6 +94,23 @@ class Reacted(NamedTuple):
     version: int
 
 
+class Appended(list[int]):
+    """What ``append`` stored: the feed position of each record, in the batch's order.
+
+    ``repeated``: the aggregates whose batch the store found stored already, byte for
+    byte, by an earlier save (a store that accepts a save repeated after
+    :class:`~cairn.OutcomeUnknown`, as Cassandra's does): not stored again, their
+    positions are those they were stored at first. Empty on the other stores, which
+    refuse a repeat with :class:`~cairn.ConcurrencyError`. A list, as ``FeedPage``.
+    """
+
+    __slots__ = ("repeated",)
+
+    def __init__(self, positions: Iterable[int] = (), repeated: Iterable[UUID] = ()) -> None:
+        super().__init__(positions)
+        self.repeated = tuple(repeated)
+
+
 R = TypeVar("R")
 
 
@@ -267,8 +284,10 @@ class Store(ABC):
     # -- events
 
     @abstractmethod
-    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
-        """Store a batch of event records, all or none, whatever aggregates it holds.
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> Appended | None:
+        """Store a batch of event records, all or none, whatever aggregates it holds; the
+        records' feed positions (:class:`Appended`), or None where the store cannot tell
+        (a store without a feed, or one written before stores told).
 
         A store that is not ``atomic_across_aggregates`` refuses a batch of several
         aggregates with :class:`~cairn.AllOrNoneUnsupported`, writing nothing, unless
@@ -416,9 +435,9 @@ class Store(ABC):
     # and the tracked position is advanced by ``track`` alone, so it may lag.
     tracks_per_aggregate: ClassVar[bool] = False
 
-    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> Appended | None:
         """Store a reaction: these event records, and that ``tracking.position`` of
-        ``tracking.upstream`` was processed.
+        ``tracking.upstream`` was processed; the records' feed positions, as ``append``'s.
 
         Refused with :class:`~cairn.AlreadyProcessed`, nothing stored, if that position
         (or a later one) of that upstream was processed already: by a second runner of

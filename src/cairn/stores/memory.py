@@ -15,6 +15,7 @@ from uuid import UUID
 from cairn.errors import AlreadyProcessed, ConcurrencyError
 from cairn.renamed import module_aliases
 from cairn.stores.contract import (
+    Appended,
     FeedPage,
     Record,
     Store,
@@ -49,7 +50,7 @@ class MemoryStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> Appended:
         check_ids(records)
         with self._lock:
             # Check the whole batch before changing anything: all or none.
@@ -61,6 +62,7 @@ class MemoryStore(Store):
                 if key in seen:
                     raise ConcurrencyError(repeated(*key))
                 seen.add(key)
+            first = len(self._feed) + 1
             for r in records:
                 versions, stored = self._events.setdefault(r.originator_id, ([], []))
                 i = bisect.bisect(versions, r.originator_version)
@@ -72,6 +74,7 @@ class MemoryStore(Store):
                         r.originator_id, r.originator_version, r.topic, r.data, len(self._feed) + 1
                     )
                 )
+            return Appended(range(first, len(self._feed) + 1))
 
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
@@ -158,12 +161,13 @@ class MemoryStore(Store):
 
     # -- tracking
 
-    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> Appended:
         with self._lock:
             if self._tracking.get(tracking.upstream, 0) >= tracking.position:
                 raise AlreadyProcessed(already_processed(self.url, tracking))
-            self.append(records)
+            appended = self.append(records)
             self._tracking[tracking.upstream] = tracking.position
+            return appended
 
     def track(self, tracking: Tracking) -> None:
         with self._lock:

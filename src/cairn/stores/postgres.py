@@ -47,6 +47,7 @@ from cairn.errors import AlreadyProcessed, OutcomeUnknown, StoreError
 from cairn.renamed import module_aliases
 from cairn.stores.contract import (
     MAX_VERSION,
+    Appended,
     FeedPage,
     Record,
     Store,
@@ -110,9 +111,11 @@ VERSIONED = ("events", "snapshots")
 # no event can appear behind a reader, and no writer waits on another.
 TXID_BITS = 20  # so a batch holds at most 2**20 - 1 events
 TXID_POSITION = f"(pg_current_xact_id()::text::bigint << {TXID_BITS})"
+# Answers the batch's base position (its first event's), one row however many it inserts.
 INSERT_EVENTS = (
-    "INSERT INTO {schema}.events (originator_id, originator_version, topic, data, position) "
-    "VALUES {rows}"
+    "WITH batch AS (INSERT INTO {schema}.events "
+    "(originator_id, originator_version, topic, data, position) VALUES {rows} "
+    "RETURNING position) SELECT min(position) FROM batch"
 )
 EVENT_ROW = f"(%s, %s, %s, %s, {TXID_POSITION} + %s)"
 SELECT_TXID_POSITION = f"SELECT {TXID_POSITION}"
@@ -357,12 +360,12 @@ class PostgresStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> Appended:
         if not records:
-            return
-        self._append(records, None)
+            return Appended()
+        return self._append(records, None)
 
-    def _append(self, records: Sequence[Record], tracking: Tracking | None) -> None:
+    def _append(self, records: Sequence[Record], tracking: Tracking | None) -> Appended:
         """The batch in one transaction; with ``tracking``, which the transaction advances
         first (a second runner waits on its row, then finds it advanced: AlreadyProcessed)."""
         check_ids(records)
@@ -384,7 +387,7 @@ class PostgresStore(Store):
                         and conn.execute(self._sql.track, tracking).rowcount == 0
                     ):
                         raise AlreadyProcessed(already_processed(self.url, tracking))
-                    self._insert(conn, rows)
+                    base = self._insert(conn, rows)
                     committing = True  # the block's end sends COMMIT
             except errors.UniqueViolation:
                 raise refusal(records, lambda i, vs: self._first_stored(conn, i, vs)) from None
@@ -401,21 +404,24 @@ class PostgresStore(Store):
                     f"(its transaction was never committed): {_reason(exc)}"
                 ) from exc
         self._notifier.saved()
+        return Appended(range(base, base + len(rows)))
 
     def _insert(
         self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes, int]]
-    ) -> None:
+    ) -> int:
         """Insert the rows in the open transaction, by whichever statement is faster for their
-        number. Each row's last value is its index in the batch (see TXID_POSITION)."""
+        number; the position of the first. Each row's last value is its index in the batch
+        (see TXID_POSITION)."""
         if len(rows) <= MULTI_ROW_MAX:
-            conn.execute(self._sql.insert_events[len(rows)], [v for row in rows for v in row])
-            return
+            params = [v for row in rows for v in row]
+            return int(conn.execute(self._sql.insert_events[len(rows)], params).fetchone()[0])  # type: ignore[index]
         # COPY takes no expressions: ask for the transaction's base position first.
         base = conn.execute(SELECT_TXID_POSITION).fetchone()[0]  # type: ignore[index]
         with conn.cursor() as cursor, cursor.copy(self._sql.copy_events) as copy:
             copy.set_types(list(COPY_TYPES))
             for *row, index in rows:
                 copy.write_row((*row, base + index))
+        return int(base)
 
     def _first_stored(
         self, conn: psycopg.Connection[Any], originator_id: UUID, versions: list[int]
@@ -516,11 +522,11 @@ class PostgresStore(Store):
 
     # -- tracking
 
-    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> Appended:
         if not records:
             self.track(tracking)
-            return
-        self._append(records, tracking)
+            return Appended()
+        return self._append(records, tracking)
 
     def track(self, tracking: Tracking) -> None:
         with self._connection(f"cannot track {tracking.upstream!r}") as conn:

@@ -28,6 +28,7 @@ from cairn.errors import AlreadyProcessed, StoreError
 from cairn.renamed import module_aliases
 from cairn.stores.contract import (
     MAX_VERSION,
+    Appended,
     FeedPage,
     Record,
     Store,
@@ -74,6 +75,8 @@ SELECT_FIRST_STORED = (
     "SELECT min(originator_version) FROM events WHERE originator_id = ? "
     "AND originator_version IN ({})"
 )
+# Positions (rowids) of a batch are consecutive: its transaction holds the write lock.
+LAST_POSITION = "SELECT last_insert_rowid()"
 SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 # Copies of a replaced data key leave the WAL (the main file's old cell is zeroed
 # by secure_delete). TRUNCATE waits for readers (the busy timeout) to finish.
@@ -225,15 +228,16 @@ class SQLiteStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> Appended:
         if not records:
-            return
+            return Appended()
         check_ids(records)
         rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(INSERT_EVENT, rows)
+            (last,) = conn.execute(LAST_POSITION).fetchone()
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -241,6 +245,7 @@ class SQLiteStore(Store):
             if isinstance(exc, sqlite3.IntegrityError):
                 raise refusal(records, self._first_stored) from None
             raise self._errors.error("the batch was not stored", exc) from exc
+        return Appended(range(last - len(rows) + 1, last + 1))
 
     def _first_stored(self, originator_id: UUID, versions: list[int]) -> int | None:
         # In chunks: one parameter per version, and a batch may have more versions
@@ -386,15 +391,18 @@ class SQLiteStore(Store):
 
     # -- tracking
 
-    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> None:
+    def append_tracked(self, records: Sequence[Record], tracking: Tracking) -> Appended:
         check_ids(records)
         rows = [(r.originator_id.bytes, r.originator_version, r.topic, r.data) for r in records]
         conn = self._connection()
+        last = 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             tracked = conn.execute(TRACK, tracking).rowcount
             if tracked:
                 conn.executemany(INSERT_EVENT, rows)
+                if rows:
+                    (last,) = conn.execute(LAST_POSITION).fetchone()
                 conn.execute("COMMIT")
             else:
                 conn.execute("ROLLBACK")
@@ -406,6 +414,7 @@ class SQLiteStore(Store):
             raise self._errors.error("the reaction was not stored", exc) from exc
         if not tracked and records:
             raise AlreadyProcessed(already_processed(self.url, tracking))
+        return Appended(range(last - len(rows) + 1, last + 1) if tracked and rows else ())
 
     def track(self, tracking: Tracking) -> None:
         with self._errors(f"cannot track {tracking.upstream!r}"):

@@ -83,7 +83,7 @@ def not_applied(
     found = sorted(v for v in existing if v in {r.originator_version for r in batch})
     version = found[0] if found else batch[0].originator_version
     fenced = existing.get(version, (0, ""))[1] == FENCE_TOPIC
-    if fenced and _stored_position(result, version) == position:
+    if fenced and stored_position(result, version) == position:
         return ConcurrencyError(
             f"aggregate {batch[0].originator_id}: version {version} was fenced off by a "
             f"feed reader, this save having taken longer than feed_fence_after "
@@ -168,7 +168,7 @@ def _stored_rows(result: Any) -> list[tuple[int, str, bytes]]:
     return [(row[at[0]], row[at[1]], row[at[2]]) for row in result.current_rows]
 
 
-def _stored_position(result: Any, version: int) -> int | None:
+def stored_position(result: Any, version: int) -> int | None:
     """The feed position of the row at ``version`` a conditional write found in its way."""
     names = list(result.column_names)
     if "position" not in names:

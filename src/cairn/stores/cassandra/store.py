@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -12,7 +13,7 @@ from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, Statement
 
 from cairn.errors import ConcurrencyError, StoreError
 from cairn.stores.cassandra import schema
-from cairn.stores.cassandra.feed import CassandraFeed
+from cairn.stores.cassandra.feed import INDEX_BITS, CassandraFeed
 from cairn.stores.cassandra.outcomes import (
     DRIVER_ERRORS,
     column,
@@ -22,6 +23,7 @@ from cairn.stores.cassandra.outcomes import (
     refusal,
     several_aggregates,
     size,
+    stored_position,
     write_error,
 )
 from cairn.stores.cassandra.session import WRITE_PROFILE, Connection, connect, release
@@ -30,6 +32,7 @@ from cairn.stores.cassandra.statements import prepare
 from cairn.stores.cassandra.tracking import CassandraTracking
 from cairn.stores.contract import (
     MAX_VERSION,
+    Appended,
     FeedPage,
     Reacted,
     Record,
@@ -105,13 +108,15 @@ class CassandraStore(Store):
 
     # -- events
 
-    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> None:
+    def append(self, records: Sequence[Record], *, all_or_none: bool = True) -> Appended | None:
         """Store the batch as one conditional write on its aggregate's partition: whole or
         not at all. A batch of several aggregates cannot be all or none here: refused
         (AllOrNoneUnsupported) before anything is written, unless ``all_or_none=False``;
         then each aggregate's batch is one conditional write, sent together, in waves of
         WRITES_IN_FLIGHT (after one Paxos round claims their feed positions), and a
-        refusal names the aggregates stored all the same."""
+        refusal names the aggregates stored all the same. The records' feed positions
+        (None with feed=false); a batch found stored already, byte for byte, by an earlier
+        save is not stored again: ``repeated`` names its aggregate."""
         check_ids(records)
         batches = _by_aggregate(records)
         if all_or_none and len(batches) > 1:
@@ -123,16 +128,23 @@ class CassandraStore(Store):
         feed = self.feed
         positions = feed.claim(batches) if feed is not None else [None] * len(batches)
         errors: list[ConcurrencyError | StoreError | None] = []
+        stored_at: dict[int, int] = {}  # batch -> the position an earlier save stored it at
         for start in range(0, len(batches), WRITES_IN_FLIGHT):
             wave = range(start, min(start + WRITES_IN_FLIGHT, len(batches)))
             sent = [self._send(batches[i], positions[i]) for i in wave]
             errors += [
-                self._outcome(batches[i], positions[i], f) for i, f in zip(wave, sent, strict=True)
+                self._outcome(batches[i], positions[i], f, partial(stored_at.__setitem__, i))
+                for i, f in zip(wave, sent, strict=True)
             ]
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
         if failed:
             error = refusal(self.url, batches, failed)
             raise error from error.__cause__ or failed[0][1].__cause__
+        if feed is None:
+            return None
+        claimed = [stored_at.get(i, p) for i, p in enumerate(positions) if p is not None]
+        repeated = [batches[i][0].originator_id for i in stored_at]
+        return Appended(_positions(records, batches, claimed), repeated)
 
     def check_all_or_none(self, originator_ids: Collection[UUID]) -> None:
         if len(originator_ids) > 1:
@@ -178,10 +190,15 @@ class CassandraStore(Store):
             return exc
 
     def _outcome(
-        self, batch: Sequence[Record], position: int | None, sent: Any
+        self,
+        batch: Sequence[Record],
+        position: int | None,
+        sent: Any,
+        repeated: Callable[[int], object] | None = None,
     ) -> ConcurrencyError | StoreError | None:
         """None if the batch's conditional write stored it, else the error that says
-        what became of it: refused (ConcurrencyError), not stored, or unknown."""
+        what became of it: refused (ConcurrencyError), not stored, or unknown. A batch
+        found stored by an earlier save, at another position, is told to ``repeated``."""
         try:
             if isinstance(sent, Exception):
                 raise sent
@@ -194,7 +211,12 @@ class CassandraStore(Store):
             return error
         if result.was_applied:
             return None
-        return not_applied(batch, position, result, self.settings.feed_fence_after)
+        refused = not_applied(batch, position, result, self.settings.feed_fence_after)
+        if refused is None and position is not None and repeated is not None:
+            first = stored_position(result, min(r.originator_version for r in batch))
+            if first is not None and first != position:
+                repeated(first)
+        return refused
 
     def _statement(self, batch: Sequence[Record], position: Any) -> Statement:
         insert = self.connection().statements.insert_event
@@ -366,6 +388,21 @@ class CassandraStore(Store):
         # do not exist here, so it is dropped, not shut down.
         if connection is not None and connection.pid == os.getpid():
             connection.cluster.shutdown()
+
+
+def _positions(
+    records: Sequence[Record], batches: Sequence[Sequence[Record]], claims: Sequence[int]
+) -> list[int]:
+    """Each record's feed position, in the records' order: its batch's claim, and its
+    place among the versions the claim spans (as the feed reads it: INDEX_BITS)."""
+    at: dict[tuple[UUID, int], int] = {}
+    for batch, claim in zip(batches, claims, strict=True):
+        first = min(r.originator_version for r in batch)
+        for r in batch:
+            at[(r.originator_id, r.originator_version)] = (
+                (claim << INDEX_BITS) + r.originator_version - first + 1
+            )
+    return [at[(r.originator_id, r.originator_version)] for r in records]
 
 
 def _by_aggregate(records: Iterable[Record]) -> list[list[Record]]:
