@@ -170,16 +170,16 @@ def test_an_unstorable_value_fails_before_anything_is_written(app: Application) 
 def test_a_failed_save_leaves_the_store_exactly_as_it_was(app: Application) -> None:
     order = Order.create(customer="A")
     order.save()
-    before = list(app.recorder.select(order.id))
+    before = list(app.store.select(order.id))
     stale = app.repository[order.id]
     order.add("x", 1, "1")
     order.save()
-    after_good_save = list(app.recorder.select(order.id))
+    after_good_save = list(app.store.select(order.id))
     stale.add("a", 1, "1")
     stale.add("b", 1, "1")
     with pytest.raises(ConcurrencyError):
         stale.save()
-    assert list(app.recorder.select(order.id)) == after_good_save
+    assert list(app.store.select(order.id)) == after_good_save
     assert len(after_good_save) == len(before) + 1
 
 
@@ -209,7 +209,7 @@ def test_subscribers_see_a_batch_only_once_it_is_stored(app: Application) -> Non
     def subscriber(events: Any) -> None:
         seen.append(list(events))
         stored_when_seen.append(
-            app.recorder.get_item(events[-1].originator_id, eq=events[-1].originator_version)
+            app.store.get_item(events[-1].originator_id, eq=events[-1].originator_version)
             is not None
         )
 
@@ -263,7 +263,7 @@ def test_encryption_with_a_text_key_and_the_wrong_key(tmp_path: Any) -> None:
     with Application(store=url, cipher=AESCipher("0123456789abcdef"), always_encrypt=True) as app:
         order = Order.create(customer="secret customer")
         order.save()
-        assert b"secret" not in app.recorder.get_item(order.id, eq=0).data  # type: ignore[union-attr]
+        assert b"secret" not in app.store.get_item(order.id, eq=0).data  # type: ignore[union-attr]
     with Application(store=url, cipher=AESCipher(AESCipher.generate_key(16))) as app:
         from cairn import IntegrityError
 
