@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import PEER_SCRIPT, fmt, log, median, run_json, values
+from run import METRICS, PEER_SCRIPT, fmt, log, median, run_json, values
 
 HERE = Path(__file__).resolve().parent
 POSTGRES_URL = "postgresql://cairn:cairn@127.0.0.1:5432/cairn"
@@ -44,14 +44,6 @@ VARIANTS: dict[str, list[str]] = {
         f"CAIRN_STORE=cassandra://{CASSANDRA_HOST}:9042/{{unique}}?replication_factor=1",
     ],
 }
-METRICS = [  # metric, higher is better?
-    ("W1 events/s", True),
-    ("W2 saves/s", True),
-    ("W3 replay no snapshot ms", False),
-    ("W3 replay with snapshot ms", False),
-    ("W4 read-all raw events/s", True),
-    ("W4 read-all decoded events/s", True),
-]
 
 
 def drop_made() -> None:
