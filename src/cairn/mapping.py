@@ -50,6 +50,7 @@ from cairn.errors import CairnError, EncodingError, SchemaMismatch, UnreadableRe
 from cairn.evolution import VERSION_KEY, Schema
 from cairn.model import Declared, Model
 from cairn.stores import FENCE_TOPIC, Fences, Record
+from cairn.typed import TypedFields
 
 __all__ = [
     "COMPRESSED",
@@ -93,21 +94,24 @@ class _EventClass:
     creates: bool  # a Created event: it names its aggregate's class
     retired: bool  # read as a no-op: its stored fields are not decoded
     plain: bool  # none of the above to mind: a payload of exactly ``names`` is current
+    # Its current form decoded by its declared types (schema version 1, not retired).
+    typed: TypedFields | None
 
     @classmethod
-    def of(cls, event_class: type[DomainEvent]) -> _EventClass:
+    def of(cls, event_class: type[DomainEvent], transcoder: JSONTranscoder) -> _EventClass:
         schema = Schema.of(event_class)
         creates = issubclass(event_class, Aggregate.Created)
         retired = issubclass(event_class, Retired)
+        names = [f.name for f in dataclasses.fields(event_class) if f.name not in _COLUMNS]
+        current = schema.version == 1 and not retired
         return cls(
             cls=event_class,
-            names=frozenset(
-                f.name for f in dataclasses.fields(event_class) if f.name not in _COLUMNS
-            ),
+            names=frozenset(names),
             schema=schema,
             creates=creates,
             retired=retired,
-            plain=schema.version == 1 and not creates and not retired,
+            plain=current and not creates,
+            typed=TypedFields(event_class, names, transcoder.from_json) if current else None,
         )
 
 
@@ -248,12 +252,18 @@ class Mapper:
         # The steps are inline, not a method each: replay decodes every event ever stored.
         payload = self._open(record, EVENT)  # 1. authenticated, decompressed
         try:
-            raw = self._parse(payload)  # 2. JSON
             spec = self._event_classes.get(record.topic) or self._event_class(record.topic)  # 3.
-            if spec.plain and type(raw) is dict and raw.keys() == spec.names:
-                fields = self._decode_fields(raw)  # 4. values (5: stored in the current form)
-            else:
-                fields = self._evolve(spec, raw)  # 4. values, 5. to the current form
+            typed = spec.typed
+            # 2. and 4. in one: parsed by the class's declared types, in the current form (5).
+            fields = None if typed is None else typed.decode(payload)
+            if fields is None:  # not in that form: parsed as it comes, decoded by its tags
+                raw = self._parse(payload)  # 2. JSON
+                if spec.plain and type(raw) is dict and raw.keys() == spec.names:
+                    fields = self._decode_fields(raw)  # 4. values (5: in the current form)
+                else:
+                    fields = self._evolve(spec, raw)  # 4. values, 5. to the current form
+            elif spec.creates:
+                fields["originator_topic"] = self._aggregate_topic(fields["originator_topic"])
             fields["originator_id"] = record.originator_id  # 6. the event
             fields["originator_version"] = record.originator_version
             event: DomainEvent = object.__new__(spec.cls)
@@ -292,7 +302,9 @@ class Mapper:
         return current
 
     def _event_class(self, topic: str) -> _EventClass:
-        spec = self._event_classes[topic] = _EventClass.of(self.model.event_class(topic))
+        spec = self._event_classes[topic] = _EventClass.of(
+            self.model.event_class(topic), self.transcoder
+        )
         return spec
 
     # ---- snapshots
