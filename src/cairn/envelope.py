@@ -15,6 +15,7 @@ like any record, so that a writer without the key cannot fence an event off.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from uuid import UUID
 
@@ -73,14 +74,15 @@ def _compress(payload: bytes) -> bytes:
     return zlib.compress(payload, 1, wbits)
 
 
+_VERSION = struct.Struct(">q")  # a version in the associated data: 8 bytes, signed
+
+
 def _associated_data(
     header: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
 ) -> bytes:
     # Binds the ciphertext to its record: moving it to another aggregate,
     # version, topic or kind (event, snapshot, fence) makes authentication fail.
-    return b"".join(
-        (header, kind, originator_id.bytes, version.to_bytes(8, "big", signed=True), topic.encode())
-    )
+    return b"".join((header, kind, originator_id.bytes, _VERSION.pack(version), topic.encode()))
 
 
 class Envelope:
@@ -107,8 +109,9 @@ class Envelope:
         self.compress = compress
         self.always_encrypt = always_encrypt
         self.max_payload = max_payload
-        # The last record's aggregate id and its bytes (one tuple: threads share it).
-        self._last_id: tuple[UUID | None, bytes] = (None, b"")
+        # The last record's aggregate id, header and kind, and the associated data's first
+        # part they make (one tuple: threads share it).
+        self._last_prefix: tuple[UUID | None, bytes, bytes] = (None, b"", b"")
         # One key for every record (no data keys, no key ring): AES-GCM called directly.
         one_key = type(cipher) is AESCipher and data_keys is None
         self._aead = cipher.aead if one_key else None  # type: ignore[union-attr]
@@ -202,24 +205,17 @@ class Envelope:
             return self._decrypt(record, kind)
 
     def _bound_to(self, record: Record, kind: bytes) -> bytes:
-        """The record's associated data, as :func:`_associated_data` makes it, with the id's
-        bytes kept from the record before (replay reads one aggregate's records)."""
-        originator_id = record.originator_id
-        last = self._last_id
-        if last[0] is originator_id:
-            id_bytes = last[1]
+        """The record's associated data, as :func:`_associated_data` makes it: its first
+        part (header, kind, aggregate id) kept from the record before, which replay
+        shares with every record of one aggregate."""
+        originator_id, version, topic, data, _ = record
+        last = self._last_prefix
+        if last[0] is originator_id and last[1] == data[:1] + kind:
+            prefix = last[2]
         else:
-            id_bytes = originator_id.bytes
-            self._last_id = (originator_id, id_bytes)
-        return b"".join(
-            (
-                record.data[:1],
-                kind,
-                id_bytes,
-                record.originator_version.to_bytes(8, "big", signed=True),
-                record.topic.encode(),
-            )
-        )
+            prefix = data[:1] + kind + originator_id.bytes
+            self._last_prefix = (originator_id, data[:1] + kind, prefix)
+        return b"".join((prefix, _VERSION.pack(version), topic.encode()))
 
     def _decompress(self, record: Record, kind: bytes, payload: bytes) -> bytes:
         """The payload decompressed; refused as soon as it grows beyond ``max_payload``
