@@ -111,7 +111,7 @@ class Envelope:
         self.max_payload = max_payload
         # The last record's aggregate id, header and kind, and the associated data's first
         # part they make (one tuple: threads share it).
-        self._last_prefix: tuple[UUID | None, bytes, bytes] = (None, b"", b"")
+        self._last_prefix: tuple[UUID | None, bytes, bytes, bytes] = (None, b"", b"", b"")
         # One key for every record (no data keys, no key ring): AES-GCM called directly.
         one_key = type(cipher) is AESCipher and data_keys is None
         self._aead = cipher.aead if one_key else None  # type: ignore[union-attr]
@@ -209,13 +209,14 @@ class Envelope:
         part (header, kind, aggregate id) kept from the record before, which replay
         shares with every record of one aggregate."""
         originator_id, version, topic, data, _ = record
+        header = data[:1]
         last = self._last_prefix
-        if last[0] is originator_id and last[1] == data[:1] + kind:
-            prefix = last[2]
+        if last[0] is originator_id and last[1] is kind and last[2] == header:
+            prefix = last[3]
         else:
-            prefix = data[:1] + kind + originator_id.bytes
-            self._last_prefix = (originator_id, data[:1] + kind, prefix)
-        return b"".join((prefix, _VERSION.pack(version), topic.encode()))
+            prefix = header + kind + originator_id.bytes
+            self._last_prefix = (originator_id, kind, header, prefix)
+        return prefix + _VERSION.pack(version) + topic.encode()
 
     def _decompress(self, record: Record, kind: bytes, payload: bytes) -> bytes:
         """The payload decompressed; refused as soon as it grows beyond ``max_payload``
