@@ -18,7 +18,7 @@ from cairn import AESCipher, Aggregate, Mapper, UnreadableRecord
 from cairn.errors import SchemaMismatch
 from cairn.mapping import JSONTranscoder
 from cairn.stores import Record
-from cairn.typed import TypedFields
+from cairn.typed import Decode, fields_decoder
 
 
 class Mood(enum.Enum):
@@ -72,9 +72,9 @@ def stocked(**changes: Any) -> Shop.Stocked:
     return Shop.Stocked(originator_id=uuid4(), originator_version=1, timestamp=NOW, **fields)
 
 
-def typed_decoder(mapper: Mapper, cls: type) -> TypedFields:
+def typed_decoder(mapper: Mapper, cls: type) -> Decode:
     names = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("originator_")]
-    return TypedFields(cls, names, mapper.transcoder.from_json)
+    return fields_decoder(cls, names, mapper.transcoder.from_json)
 
 
 def payload_of(mapper: Mapper, record: Record) -> bytes:
@@ -96,7 +96,7 @@ def test_an_event_as_the_mapper_writes_it_is_read_by_its_types_and_equals_the_or
     columns = ["originator_id", "originator_version"]
     assert list(vars(back)) == [n for n in vars(event) if n not in columns] + columns
     plain = Mapper()
-    assert typed_decoder(plain, Shop.Stocked).decode(payload_of(plain, plain.to_record(event)))
+    assert typed_decoder(plain, Shop.Stocked)(payload_of(plain, plain.to_record(event)))
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_values_of_other_types_or_forms_read_back_as_stored(changes: dict[str, A
 
 def test_a_payload_not_in_the_declared_form_is_left_to_the_generic_way() -> None:
     mapper = Mapper()
-    decode = typed_decoder(mapper, Shop.Counted).decode
+    decode = typed_decoder(mapper, Shop.Counted)
     good = {"timestamp": {"#": "dt", "v": NOW.isoformat()}, "count": 1}
     assert decode(orjson.dumps(good)) == {"timestamp": NOW, "count": 1}
     for wrong in [

@@ -55,7 +55,7 @@ from cairn.errors import CairnError, EncodingError, SchemaMismatch, UnreadableRe
 from cairn.evolution import VERSION_KEY, Schema
 from cairn.model import Declared, Model
 from cairn.stores import FENCE_TOPIC, Fences, Record
-from cairn.typed import TypedFields
+from cairn.typed import Decode, fields_decoder
 
 __all__ = [
     "COMPRESSED",
@@ -102,7 +102,7 @@ class _EventClass:
     retired: bool  # read as a no-op: its stored fields are not decoded
     plain: bool  # none of the above to mind: a payload of exactly ``names`` is current
     # Its current form decoded by its declared types (schema version 1, not retired).
-    typed: TypedFields | None
+    typed: Decode | None
 
     @classmethod
     def of(cls, event_class: type[DomainEvent], transcoder: JSONTranscoder) -> _EventClass:
@@ -118,7 +118,7 @@ class _EventClass:
             creates=creates,
             retired=retired,
             plain=current and not creates,
-            typed=TypedFields(event_class, names, transcoder.from_json) if current else None,
+            typed=fields_decoder(event_class, names, transcoder.from_json) if current else None,
         )
 
 
@@ -267,7 +267,7 @@ class Mapper:
             spec = self._event_classes.get(topic) or self._event_class(topic)  # 3.
             typed = spec.typed
             # 2. and 4. in one: parsed by the class's declared types, in the current form (5).
-            fields = None if typed is None else typed.decode(payload)
+            fields = None if typed is None else typed(payload)
             if fields is None:  # not in that form: parsed as it comes, decoded by its tags
                 raw = self._parse(payload)  # 2. JSON
                 if spec.plain and type(raw) is dict and raw.keys() == spec.names:
