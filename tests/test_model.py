@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from cairn import Aggregate, Application, EncodingError, TopicError
+from cairn import Aggregate, Application, DomainEvent, EncodingError, Entity, TopicError
 from cairn.domain import find_class, topic_of
 from cairn.model import Model
 from cairn.stores import Store
@@ -133,6 +133,20 @@ def test_a_topic_resolves_only_to_the_kind_its_place_asks_for() -> None:
             lookup(topic)
     assert model.value_class(topic_of(Money)) is Money
     assert model.event_class(topic_of(Till.Paid)) is Till.Paid
+
+
+def test_cairns_base_classes_are_never_what_a_record_builds() -> None:
+    """A forged snapshot naming ``cairn.domain:Aggregate`` would make the repository
+    return a bare Aggregate (found by hypothesis in test_hostile_store)."""
+    model = Model([Money])
+    for lookup, base in [
+        (model.aggregate_class, Aggregate),
+        (model.event_class, DomainEvent),
+        (model.entity_class, Entity),
+    ]:
+        with pytest.raises(TopicError, match=f"names the base class {base.__qualname__}"):
+            lookup(topic_of(base))
+    assert model.event_class(topic_of(Aggregate.Created)) is Aggregate.Created  # stored
 
 
 def test_an_alias_is_never_found_under_the_name_of_the_module_that_imports_it() -> None:

@@ -202,6 +202,11 @@ class Model:
         if cls is None:
             raise TopicError(f"topic {shown(topic)} names no loaded class. {_HOW}")
         bases = _BASES[kind]
+        if cls in bases:  # cairn's own base class: a model's classes derive from it
+            raise TopicError(
+                f"topic {shown(topic)} names the base class {cls.__qualname__}, "
+                f"not {_WHAT[kind]} of a model"
+            )
         is_kind = issubclass(cls, bases) if bases else not issubclass(cls, _NOT_VALUES)
         # A value object's class must be of the model before anything of it is
         # looked at (is_dataclass reads its attributes).
