@@ -413,10 +413,16 @@ def main() -> None:
             if "sqlite" in stores
             else []
         ),
-        "### Cassandra (the peer has no Cassandra store): cairn against the bare driver",
-        "",
-        *cassandra_table(cassandra_results),
-        "",
+        *(
+            [
+                "### Cassandra (the peer has no Cassandra store): cairn against the bare driver",
+                "",
+                *cassandra_table(cassandra_results),
+                "",
+            ]
+            if "cassandra" in stores and not args.no_cassandra_saves
+            else []
+        ),
         "### Memory: one aggregate replayed, the whole feed read (each in a fresh process)",
         "",
         *memory_table(memory),
