@@ -6,7 +6,7 @@ checkout's code (the cost when nothing needs upcasting), and records two upcast 
 Replays one aggregate of ``--events`` events from a memory store (so that decoding,
 not the store, is measured), plain and encrypted, taking the best of ``--repeats``
 replays. With ``--baseline``, the current-form replay also runs with that checkout's
-code (e.g. ``git archive main src | tar -x -C /tmp/main``), each in a process of its
+code (e.g. main before schema evolution: ``git archive 774ee13^1 src | tar -x -C /tmp/b``), each in a process of its
 own, alternating for ``--rounds`` rounds in the same run; the ratio is this code's
 best time over the baseline's (above 1: slower). Prints a table and one JSON line.
 """

@@ -57,8 +57,9 @@ class Order(Aggregate):
         self.items: dict[UUID, Item] = {}
 
     @attribute
-    def customer(self) -> None:
+    def customer(self) -> str:
         """Who placed the order."""
+        return self._customer
 
     def add(self, sku: str, quantity: int, price: str) -> None:
         self.trigger_event(

@@ -89,8 +89,9 @@ class Parcel(Aggregate):
         self._notes: list[Any] = []
 
     @attribute
-    def label(self) -> None:
+    def label(self) -> str:
         """What is written on it."""
+        return self._label
 
     def note(self, note: Any) -> None:
         self.trigger_event(Parcel.Noted, note=note)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -10,13 +11,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4, uuid5
 
 import pytest
 
-from cairn import StoreError
+from cairn import Aggregate, Application, DomainEvent, StoreError
 from cairn.errors import ProcessStopped
-from cairn.processes import SingleThreadedRunner, System, ThreadedRunner
+from cairn.processes import Process, SingleThreadedRunner, System, ThreadedRunner
 from cairn.stores import Record, open_store
 from cairn.stores.cassandra import CassandraStore
 from cairn.stores.contract import Reacted, Tracking
@@ -271,3 +272,119 @@ def test_a_follower_of_postgresql_is_woken_by_a_save_in_another_process(tmp_path
         while reservation_id(placed) not in reservations.repository:
             assert time.monotonic() < deadline, "the follower was not woken"
             time.sleep(0.05)
+
+
+# -- a process with two upstreams, and the idle back-off
+
+
+class Sale(Aggregate):
+    class Made(Aggregate.Created):
+        amount: int
+
+    def __init__(self, amount: int) -> None:
+        self.amount = amount
+
+
+class Refund(Aggregate):
+    class Made(Aggregate.Created):
+        amount: int
+
+    def __init__(self, amount: int) -> None:
+        self.amount = amount
+
+
+class Entry(Aggregate):
+    """One line of the ledger: booked once for each sale or refund (its id says which)."""
+
+    class Booked(Aggregate.Created):
+        source: str
+        amount: int
+
+    def __init__(self, source: str, amount: int) -> None:
+        self.source, self.amount = source, amount
+
+
+class Sales(Application):
+    name = "sales"
+
+
+class Refunds(Application):
+    name = "refunds"
+
+
+class Ledger(Process):
+    """Follows two upstreams: a sale books its amount, a refund books it negative."""
+
+    name = "ledger"
+
+    def policy(self, event: DomainEvent) -> None:
+        if isinstance(event, Sale.Made | Refund.Made):
+            source = "sales" if isinstance(event, Sale.Made) else "refunds"
+            amount = event.amount if source == "sales" else -event.amount
+            entry_id = uuid5(event.originator_id, "entry")
+            self.save(Entry.create(Entry.Booked, id=entry_id, source=source, amount=amount))
+
+
+ledger_system = System([Sales, Ledger], [Refunds, Ledger])
+
+
+@pytest.mark.parametrize("template", STORES, ids=scheme)
+def test_a_process_following_two_upstreams_reacts_once_to_each(
+    template: str, tmp_path: Path
+) -> None:
+    assert ledger_system.follows == {"ledger": ["sales", "refunds"]}
+    urls = {}
+    for name in ledger_system.apps:
+        (tmp_path / name).mkdir()
+        urls[name] = fill(template, tmp_path / name)
+    with ThreadedRunner(ledger_system, urls) as runner:
+        sales, refunds = runner.get(Sales), runner.get(Refunds)
+        made: dict[UUID, int] = {}
+        for amount in range(1, 41):  # the two upstreams saving in turn
+            app, cls = (sales, Sale) if amount % 2 else (refunds, Refund)
+            aggregate = cls.create(cls.Made, amount=amount)
+            app.save(aggregate)
+            made[aggregate.id] = amount if cls is Sale else -amount
+        runner.wait_until_idle(timeout=120)
+        ledger = runner.get(Ledger)
+        booked = {i: ledger.repository[uuid5(i, "entry")] for i in made}
+        assert {i: e.amount for i, e in booked.items()} == made
+        assert all(e.version == 1 for e in booked.values())  # booked once each
+        follower = runner.followers["ledger"]
+        follower.flush()
+        for name, app in (("sales", sales), ("refunds", refunds)):
+            head = app.feed.read(0, 1000)[-1][0]
+            assert follower.positions[name] == head
+            assert ledger.store.tracked_position(name) == head
+
+
+def test_an_idle_follower_polls_less_and_less_then_at_once_after_an_event(
+    tmp_path: Path,
+) -> None:
+    """Polling from ``poll`` seconds, doubling while idle up to ``max_poll``: an idle
+    follower reads its upstream a handful of times a second, not a hundred; a save it
+    is not told of (another application's) is read within ``max_poll``."""
+    urls = {name: f"sqlite:///{tmp_path}/{name}.db" for name in ledger_system.apps}
+    with ThreadedRunner(ledger_system, urls, poll=0.01, max_poll=0.2) as runner:
+        follower = runner.followers["ledger"]
+        reads = []
+        run_once = follower.run_once
+
+        def counted() -> int:
+            reads.append(time.monotonic())
+            return run_once()
+
+        follower.run_once = counted  # type: ignore[method-assign]
+        time.sleep(2.0)
+        idle = len(reads)
+        # 0.01 + 0.02 + ... + 0.16, then every 0.2 s: 13 reads in 2 s; 200 without the back-off
+        assert 3 <= idle <= 20, idle
+        gaps = [b - a for a, b in itertools.pairwise(reads)]
+        assert max(gaps[-3:]) < 0.6 and min(gaps[-3:]) > 0.15, gaps
+        with Sales(store=urls["sales"]) as elsewhere:  # no wake-up: only polling finds it
+            sale = Sale.create(Sale.Made, amount=5)
+            elsewhere.save(sale)
+        deadline = time.monotonic() + 10
+        while uuid5(sale.id, "entry") not in runner.get(Ledger).repository:
+            assert time.monotonic() < deadline, "the follower did not poll"
+            time.sleep(0.02)

@@ -30,6 +30,7 @@ from cairn.errors import (
     NoApplication,
     NoUpcastStep,
     OutcomeUnknown,
+    ProcessStopped,
     ProjectionError,
     SchemaMismatch,
     StoreError,
@@ -40,6 +41,13 @@ from cairn.errors import (
 from cairn.feed import Feed
 from cairn.mapping import JSONTranscoder, Mapper, Snapshot
 from cairn.model import Model
+from cairn.processes import (
+    MultiprocessRunner,
+    Process,
+    SingleThreadedRunner,
+    System,
+    ThreadedRunner,
+)
 from cairn.projections import PostgresViews, Projection, ProjectionRunner, SQLiteViews, Views
 from cairn.renamed import module_aliases
 from cairn.stores import FeedPage, Record, Store, open_store
@@ -68,10 +76,13 @@ __all__ = [
     "KeyRing",
     "Mapper",
     "Model",
+    "MultiprocessRunner",
     "NoApplication",
     "NoUpcastStep",
     "OutcomeUnknown",
     "PostgresViews",
+    "Process",
+    "ProcessStopped",
     "Projection",
     "ProjectionError",
     "ProjectionRunner",
@@ -80,12 +91,15 @@ __all__ = [
     "Retired",
     "SQLiteViews",
     "SchemaMismatch",
+    "SingleThreadedRunner",
     "Snapshot",
     "Snapshots",
     "SnapshottingPolicy",
     "Store",
     "StoreError",
     "SubscriberError",
+    "System",
+    "ThreadedRunner",
     "TopicError",
     "UnreadableRecord",
     "Views",

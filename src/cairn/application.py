@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
 from uuid import UUID
 
 from cairn.crypto import Cipher, DataKeys
@@ -350,7 +350,7 @@ class Application:
         else:
             self.store.fences = self._fences_found
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Self:
         self._tokens.append(open_applications.set((*open_applications.get(), self)))
         return self
 

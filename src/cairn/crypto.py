@@ -75,7 +75,8 @@ class AESCipher:
 
     def __init__(self, key: bytes | str) -> None:
         raw = _key_bytes(key)
-        self._aesgcm = AESGCM(raw)
+        # The AES-GCM object itself, for a reader that decrypts in place (cairn.envelope).
+        self.aead = self._aesgcm = AESGCM(raw)
         self.key_size = len(raw)
         # From the AES key, never from a passphrase: testing a guessed phrase
         # against a stolen record's key id costs a whole scrypt run.
@@ -117,19 +118,24 @@ class AESCipher:
 
     def decrypt(self, message: bytes, associated_data: bytes | None = None) -> bytes:
         """The plaintext; :class:`UnreadableRecord` if the key, bytes or associated data differ."""
-        if len(message) < KEY_ID_SIZE + NONCE_SIZE + TAG_SIZE:
-            raise UnreadableRecord(f"ciphertext too short ({len(message)} bytes) to be AES-GCM")
-        if message[:KEY_ID_SIZE] != self.key_id:
+        return self.decrypt_at(message, 0, associated_data)
+
+    def decrypt_at(self, data: bytes, start: int, associated_data: bytes | None) -> bytes:
+        """The plaintext of the message that starts at ``data[start]`` (a stored record's
+        data, after its header: read in place, not copied out first)."""
+        nonce_at = start + KEY_ID_SIZE
+        body_at = nonce_at + NONCE_SIZE
+        if len(data) - start < KEY_ID_SIZE + NONCE_SIZE + TAG_SIZE:
             raise UnreadableRecord(
-                f"wrong key: encrypted with key {message[:KEY_ID_SIZE].hex()}, "
+                f"ciphertext too short ({len(data) - start} bytes) to be AES-GCM"
+            )
+        if data[start:nonce_at] != self.key_id:
+            raise UnreadableRecord(
+                f"wrong key: encrypted with key {data[start:nonce_at].hex()}, "
                 f"this key is {self.key_id.hex()}"
             )
-        nonce, body = (
-            message[KEY_ID_SIZE : KEY_ID_SIZE + NONCE_SIZE],
-            message[KEY_ID_SIZE + NONCE_SIZE :],
-        )
         try:
-            return self._aesgcm.decrypt(nonce, body, associated_data)
+            return self._aesgcm.decrypt(data[nonce_at:body_at], data[body_at:], associated_data)
         except InvalidTag:
             raise UnreadableRecord(
                 "AES-GCM authentication failed: the bytes were altered or copied from another record"
@@ -200,14 +206,19 @@ class KeyRing:
         return self.current.encrypt(plaintext, associated_data)
 
     def decrypt(self, message: bytes, associated_data: bytes | None = None) -> bytes:
-        key = self._by_id.get(message[:KEY_ID_SIZE])
+        return self.decrypt_at(message, 0, associated_data)
+
+    def decrypt_at(self, data: bytes, start: int, associated_data: bytes | None) -> bytes:
+        """As :meth:`AESCipher.decrypt_at`, by the key whose id the message starts with."""
+        key_id = data[start : start + KEY_ID_SIZE]
+        key = self._by_id.get(key_id)
         if key is None:
             known = ", ".join(k.hex() for k in self._by_id)
             raise UnreadableRecord(
-                f"wrong key: encrypted with key {message[:KEY_ID_SIZE].hex()}, which is not in the "
+                f"wrong key: encrypted with key {key_id.hex()}, which is not in the "
                 f"key ring ({known})"
             )
-        return key.decrypt(message, associated_data)
+        return key.decrypt_at(data, start, associated_data)
 
     @property
     def key_ids(self) -> frozenset[bytes]:

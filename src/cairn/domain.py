@@ -17,11 +17,13 @@ from typing import (
     TYPE_CHECKING,
     Any,
     ClassVar,
+    Generic,
     Protocol,
     Self,
     TypeVar,
     cast,
     dataclass_transform,
+    overload,
 )
 from uuid import UUID, uuid4
 
@@ -198,6 +200,7 @@ class Saver(Protocol):
 
 A = TypeVar("A", bound="Aggregate")
 E = TypeVar("E", bound=DomainEvent)
+T = TypeVar("T")
 
 
 class Aggregate:
@@ -431,18 +434,33 @@ def aggregate_class(topic: object) -> type[Aggregate] | None:
     return found if found is not None and issubclass(found, Aggregate) else None
 
 
-def attribute(getter: Callable[[Any], Any]) -> property:
+class Attribute(Generic[T]):
+    """An aggregate's attribute whose assignment triggers an ``AttributeChanged`` event
+    (what :func:`attribute` makes): reads give ``T``, assignments take one."""
+
+    def __init__(self, getter: Callable[[Any], T]) -> None:
+        self.name = "_" + getter.__name__
+        self.__doc__ = getter.__doc__
+
+    @overload
+    def __get__(self, aggregate: None, owner: type | None = None) -> Attribute[T]: ...
+    @overload
+    def __get__(self, aggregate: object, owner: type | None = None) -> T: ...
+    def __get__(self, aggregate: object | None, owner: type | None = None) -> Any:
+        if aggregate is None:
+            return self
+        return getattr(aggregate, self.name)
+
+    def __set__(self, aggregate: Aggregate, value: T) -> None:
+        aggregate.trigger_event(type(aggregate).AttributeChanged, name=self.name, value=value)
+
+
+def attribute(getter: Callable[[Any], T]) -> Attribute[T]:
     """Declare an attribute whose assignment triggers an ``AttributeChanged`` event.
 
     ``foo`` reads ``self._foo``; ``aggregate.foo = x`` triggers the aggregate
-    class's ``AttributeChanged(name='_foo', value=x)``.
+    class's ``AttributeChanged(name='_foo', value=x)``. The getter's return type
+    is the attribute's; its body is not run (reads go to ``self._foo`` directly),
+    so write it as the read it stands for, ``return self._foo``.
     """
-    name = "_" + getter.__name__
-
-    def fget(self: Aggregate) -> Any:
-        return getattr(self, name)
-
-    def fset(self: Aggregate, value: Any) -> None:
-        self.trigger_event(type(self).AttributeChanged, name=name, value=value)
-
-    return property(fget, fset, doc=getter.__doc__)
+    return Attribute(getter)

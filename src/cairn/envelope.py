@@ -15,10 +15,13 @@ like any record, so that a writer without the key cannot fence an event off.
 
 from __future__ import annotations
 
+import struct
 import zlib
 from uuid import UUID
 
-from cairn.crypto import KEY_ID_SIZE, Cipher, DataKeys
+from cryptography.exceptions import InvalidTag
+
+from cairn.crypto import KEY_ID_SIZE, NONCE_SIZE, TAG_SIZE, AESCipher, Cipher, DataKeys
 from cairn.domain import shown
 from cairn.errors import UnreadableRecord
 from cairn.stores import Record
@@ -44,6 +47,10 @@ COMPRESS_MIN_SIZE = 128
 MAX_PAYLOAD = 16 * 1024 * 1024
 _ZLIB_MAX_RATIO = 1032  # deflate's densest: 258 bytes from 2 bits
 _INFLATE_STEP = 1 << 20  # decompressed at a time, beyond the ratio's bound
+# Where an encrypted record's message parts start, after its header byte; its shortest length.
+_NONCE_AT = 1 + KEY_ID_SIZE
+_BODY_AT = _NONCE_AT + NONCE_SIZE
+_SHORTEST = _BODY_AT + TAG_SIZE
 
 
 def unreadable(record: Record, kind: bytes, reason: str) -> UnreadableRecord:
@@ -67,14 +74,15 @@ def _compress(payload: bytes) -> bytes:
     return zlib.compress(payload, 1, wbits)
 
 
+_VERSION = struct.Struct(">q")  # a version in the associated data: 8 bytes, signed
+
+
 def _associated_data(
     header: bytes, kind: bytes, originator_id: UUID, version: int, topic: str
 ) -> bytes:
     # Binds the ciphertext to its record: moving it to another aggregate,
     # version, topic or kind (event, snapshot, fence) makes authentication fail.
-    return b"".join(
-        (header, kind, originator_id.bytes, version.to_bytes(8, "big", signed=True), topic.encode())
-    )
+    return b"".join((header, kind, originator_id.bytes, _VERSION.pack(version), topic.encode()))
 
 
 class Envelope:
@@ -101,6 +109,13 @@ class Envelope:
         self.compress = compress
         self.always_encrypt = always_encrypt
         self.max_payload = max_payload
+        # The last record's aggregate id, header and kind, and the associated data's first
+        # part they make (one tuple: threads share it).
+        self._last_prefix: tuple[UUID | None, bytes, bytes, bytes] = (None, b"", b"", b"")
+        # One key for every record (no data keys, no key ring): AES-GCM called directly.
+        one_key = type(cipher) is AESCipher and data_keys is None
+        self._aead = cipher.aead if one_key else None  # type: ignore[union-attr]
+        self._key_id = cipher.key_id if one_key else b""  # type: ignore[union-attr]
 
     def seal(
         self,
@@ -144,7 +159,11 @@ class Envelope:
             if len(data) > self.max_payload + 1:
                 raise unreadable(record, kind, self._too_large)
             return data[1:]
-        if flags & ENCRYPTED:
+        if flags == ENCRYPTED and self._aead is not None:
+            # The common case with a key (one key, a payload too short to compress), inline:
+            # replay opens every record. What _decrypt does, when nothing is wrong.
+            payload = self._decrypt_inline(record, kind, data)
+        elif flags & ENCRYPTED:
             if flags & ~_KNOWN_FLAGS:
                 raise unreadable(record, kind, f"unknown format byte {flags:#04x}")
             payload = self._decrypt(record, kind)
@@ -167,14 +186,37 @@ class Envelope:
             cipher = self.data_keys.cipher(record.originator_id, create=False) or self.cipher
         if cipher is None:
             raise unreadable(record, kind, "it is encrypted, and no cipher is configured")
-        data = record.data
-        ad = _associated_data(
-            data[:1], kind, record.originator_id, record.originator_version, record.topic
-        )
         try:
-            return cipher.decrypt(data[1:], ad)
+            # The message after the header, read in place.
+            return cipher.decrypt_at(record.data, 1, self._bound_to(record, kind))
         except UnreadableRecord as exc:
             raise unreadable(record, kind, str(exc)) from None
+
+    def _decrypt_inline(self, record: Record, kind: bytes, data: bytes) -> bytes:
+        """:meth:`_decrypt` of a record under the one key, AES-GCM called directly; when
+        anything is wrong (another key, too short, not authentic), :meth:`_decrypt` says what."""
+        if data[1:_NONCE_AT] != self._key_id or len(data) < _SHORTEST:
+            return self._decrypt(record, kind)
+        try:
+            return self._aead.decrypt(  # type: ignore[union-attr]
+                data[_NONCE_AT:_BODY_AT], data[_BODY_AT:], self._bound_to(record, kind)
+            )
+        except InvalidTag:
+            return self._decrypt(record, kind)
+
+    def _bound_to(self, record: Record, kind: bytes) -> bytes:
+        """The record's associated data, as :func:`_associated_data` makes it: its first
+        part (header, kind, aggregate id) kept from the record before, which replay
+        shares with every record of one aggregate."""
+        originator_id, version, topic, data, _ = record
+        header = data[:1]
+        last = self._last_prefix
+        if last[0] is originator_id and last[1] is kind and last[2] == header:
+            prefix = last[3]
+        else:
+            prefix = header + kind + originator_id.bytes
+            self._last_prefix = (originator_id, kind, header, prefix)
+        return prefix + _VERSION.pack(version) + topic.encode()
 
     def _decompress(self, record: Record, kind: bytes, payload: bytes) -> bytes:
         """The payload decompressed; refused as soon as it grows beyond ``max_payload``

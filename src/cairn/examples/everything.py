@@ -61,8 +61,9 @@ class ExampleAggregateRoot(Aggregate):
         self._examples: dict[str, Example] = {}
 
     @attribute
-    def foo(self) -> None:
+    def foo(self) -> str:
         """An attribute whose changes are events."""
+        return self._foo
 
     def count_examples(self) -> int:
         return len(self._examples)
