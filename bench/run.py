@@ -11,11 +11,13 @@
    --runs 1``) and ``bench/cairn_workload.py --runs 1`` back to back, each in a
    process of its own, alternating which goes first; then
    ``bench/cassandra_saves.py`` (cairn against the bare driver, sequential
-   against concurrent saves).
+   against concurrent saves). With SQLite, ``bench/sqlite_limit.py`` runs in
+   the same alternation: the file system's limit for W2 (one-row
+   transactions in raw ``sqlite3``, cairn's pragmas).
 3. Once, ``bench/memory.py``: peak memory of replay and of reading the feed.
 4. Prints a Markdown table of medians over the rounds, with ratios oriented so
    that **a ratio above 1 means cairn is better** (faster, or higher rate), and
-   whether each target of issue 6 is met. Raw JSON and logs go to
+   whether each target is met (issue 6's, and issue 15's where it raised them). Raw JSON and logs go to
    ``bench/results/<UTC time>/``.
 """
 
@@ -52,13 +54,27 @@ METRICS = [
     ("W4 read-all decoded events/s", True),
 ]
 # (metric, encryption) -> {store: minimum ratio}; ratios are oriented (>1 = cairn better).
+# Issue 6's targets, raised by issue 15 for W3 without a snapshot (10x) and W4 decoded
+# (3x) on memory, SQLite and PostgreSQL where it names them.
 TARGETS: dict[tuple[str, str], dict[str, float]] = {
-    ("W3 replay no snapshot ms", PLAIN): dict.fromkeys(STORES, 4.0),
+    ("W3 replay no snapshot ms", PLAIN): {
+        "memory": 10.0,
+        "sqlite": 10.0,
+        "postgres": 10.0,
+        "cassandra": 4.0,
+    },
     ("W1 events/s", PLAIN): {"memory": 2.0, "sqlite": 1.5, "postgres": 1.5},
     ("W2 saves/s", PLAIN): {"memory": 2.0, "sqlite": 1.5, "postgres": 1.5},
-    ("W4 read-all decoded events/s", PLAIN): dict.fromkeys(STORES, 2.0),
+    ("W4 read-all decoded events/s", PLAIN): {"memory": 2.0, "sqlite": 3.0, "postgres": 3.0},
 }
-ENCRYPTION_MAX_LOSS = 0.20
+# (metric, encryption) -> {store: minimum of cairn's own median}, for a store the peer
+# has not (issue 15: Cassandra's feed read decoded, on this machine). Not beside a ratio.
+RATE_TARGETS: dict[tuple[str, str], dict[str, float]] = {
+    ("W4 read-all decoded events/s", PLAIN): {"cassandra": 100_000.0},
+}
+ENCRYPTION_MAX_LOSS = 0.20  # W1 encrypted against plain (issue 6)
+ENCRYPTED_REPLAY_MIN = 0.80  # W3 encrypted against plain, as a speed (issue 15)
+SQLITE_LIMIT_MIN = 0.80  # W2 on SQLite against the file system's limit (issue 15)
 CASSANDRA_MAX_SAVE_RATIO = 1.2
 CASSANDRA_MIN_CONCURRENCY = 5.0
 
@@ -136,18 +152,23 @@ def workload_table(
                 if p and c:
                     ratio = c / p if higher else p / c
                 target = TARGETS.get((metric, enc), {}).get(store)
-                met = ""
+                rate = RATE_TARGETS.get((metric, enc), {}).get(store)
+                met, wanted = "", ""
                 if target is not None:
+                    wanted = f"≥ {target:g}x"
                     if ratio is None:
                         met = "no peer figure" if c is not None else "no cairn figure"
                     else:
                         met = "met" if ratio >= target else "NOT MET"
+                elif rate is not None:
+                    wanted = f"≥ {rate:,.0f}/s"
+                    met = "no cairn figure" if c is None else "met" if c >= rate else "NOT MET"
+                if wanted:
                     verdicts.append(f"{metric} {store}: {met}")
                 ms = metric.endswith("ms")
                 lines.append(
                     f"| {metric} | {store} | {enc} | {fmt(p, ms)} | {fmt(c, ms)} | "
-                    f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
-                    f"{'' if target is None else f'≥ {target:g}x'} | {met} |"
+                    f"{'-' if ratio is None else f'{ratio:.2f}x'} | {wanted} | {met} |"
                 )
     return lines, verdicts
 
@@ -163,21 +184,50 @@ def enc_ratio(
 def encryption_table(
     peer: dict[tuple[str, str, str], list[float]], cairn: dict[tuple[str, str, str], list[float]]
 ) -> list[str]:
+    """Encrypted against plain, as speeds (1: encryption is free): W1 (writes) and W3
+    (replay without a snapshot; times, so plain over encrypted)."""
     lines = [
-        "| store | peer W1 enc/plain | cairn W1 enc/plain | cairn W3 plain/enc | target: cairn W1 loses ≤ 20% | met |",
-        "|---|---:|---:|---:|---|---|",
+        "| store | peer W1 enc/plain | cairn W1 enc/plain | target | met "
+        "| peer W3 plain/enc | cairn W3 plain/enc | target | met |",
+        "|---|---:|---:|---|---|---:|---:|---|---|",
     ]
+
+    def shown(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     for store in STORES:
         pw1, cw1 = enc_ratio(peer, "W1 events/s", store), enc_ratio(cairn, "W1 events/s", store)
-        cw3 = enc_ratio(cairn, "W3 replay no snapshot ms", store)
-        if cw1 is None:
+        pw3, cw3 = (enc_ratio(lib, "W3 replay no snapshot ms", store) for lib in (peer, cairn))
+        if cw1 is None and cw3 is None:
             continue
-        met = "met" if cw1 >= 1 - ENCRYPTION_MAX_LOSS else "NOT MET"
+        w1_met = "" if cw1 is None else "met" if cw1 >= 1 - ENCRYPTION_MAX_LOSS else "NOT MET"
+        w3 = None if cw3 is None else 1 / cw3
+        w3_met = "" if w3 is None else "met" if w3 >= ENCRYPTED_REPLAY_MIN else "NOT MET"
         lines.append(
-            f"| {store} | {'-' if pw1 is None else f'{pw1:.2f}'} | {cw1:.2f} | "
-            f"{'-' if cw3 is None else f'{1 / cw3:.2f}'} | ≥ 0.80 | {met} |"
+            f"| {store} | {shown(pw1)} | {shown(cw1)} | ≥ {1 - ENCRYPTION_MAX_LOSS:.2f} | "
+            f"{w1_met} | {shown(None if pw3 is None else 1 / pw3)} | {shown(w3)} | "
+            f"≥ {ENCRYPTED_REPLAY_MIN:.2f} | {w3_met} |"
         )
     return lines
+
+
+def sqlite_limit_table(
+    cairn: dict[tuple[str, str, str], list[float]], limits: list[dict[str, Any]]
+) -> list[str]:
+    """cairn's W2 on SQLite against the file system's limit (bench/sqlite_limit.py)."""
+    c = median(cairn.get(("W2 saves/s", "sqlite", PLAIN)))
+    limit = median([r["summary"]["saves_per_s"] for r in limits])
+    if c is None or limit is None:
+        return ["(no SQLite limit figure: see the logs in the results folder)"]
+    ratio = c / limit
+    met = "met" if ratio >= SQLITE_LIMIT_MIN else "NOT MET"
+    return [
+        "| W2 saves/s, SQLite | the limit: raw sqlite3, one-row transactions | cairn W2 "
+        "| cairn/limit | target | met |",
+        "|---|---:|---:|---:|---|---|",
+        f"| medians of {len(limits)} rounds | {limit:,.0f} | {c:,.0f} | {ratio:.2f} | "
+        f"≥ {SQLITE_LIMIT_MIN:.2f} | {met} |",
+    ]
 
 
 def cassandra_table(results: list[dict[str, Any]]) -> list[str]:
@@ -284,8 +334,8 @@ def main() -> None:
     env_note = {"python": sys.executable, "peer_python": str(peer_python), "rounds": args.rounds}
     (out / "run.json").write_text(json.dumps(env_note | {"argv": sys.argv}, indent=1))
 
-    peer_results: list[dict[str, Any]] = []
-    cairn_results: list[dict[str, Any]] = []
+    results: dict[str, list[dict[str, Any]]] = {"peer": [], "cairn": [], "sqlite-limit": []}
+    peer_results, cairn_results = results["peer"], results["cairn"]
     cassandra_results: list[dict[str, Any]] = []
     for rnd in range(1, args.rounds + 1):
         jobs = [
@@ -305,13 +355,15 @@ def main() -> None:
                 ],
             ),
         ]
+        if "sqlite" in stores:
+            jobs.append(("sqlite-limit", [sys.executable, str(HERE / "sqlite_limit.py")]))
         if rnd % 2 == 0:
             jobs.reverse()  # alternate who goes first
         for who, argv in jobs:
             log(f"round {rnd}/{args.rounds}: {who}")
             result = run_json(argv, out / f"{who}-round{rnd}.json")
             if result is not None:
-                (peer_results if who == "peer" else cairn_results).append(result)
+                results[who].append(result)
         if "cassandra" in stores and not args.no_cassandra_saves:
             result = run_json(
                 [sys.executable, str(HERE / "cassandra_saves.py")],
@@ -351,10 +403,26 @@ def main() -> None:
         "",
         *encryption_table(peer, cairn),
         "",
-        "### Cassandra (the peer has no Cassandra store): cairn against the bare driver",
-        "",
-        *cassandra_table(cassandra_results),
-        "",
+        *(
+            [
+                "### SQLite small saves (W2) against the file system's limit",
+                "",
+                *sqlite_limit_table(cairn, results["sqlite-limit"]),
+                "",
+            ]
+            if "sqlite" in stores
+            else []
+        ),
+        *(
+            [
+                "### Cassandra (the peer has no Cassandra store): cairn against the bare driver",
+                "",
+                *cassandra_table(cassandra_results),
+                "",
+            ]
+            if "cassandra" in stores and not args.no_cassandra_saves
+            else []
+        ),
         "### Memory: one aggregate replayed, the whole feed read (each in a fresh process)",
         "",
         *memory_table(memory),

@@ -371,10 +371,18 @@ def test_a_stale_batch_names_the_aggregate_and_version(store: PostgresStore, siz
     assert [r.originator_version for r in store.select(a)] == list(range(5))
 
 
-@pytest.mark.parametrize("size", [10, 50], ids=["insert", "copy"])
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [(10, "may or may not be stored"), (50, "was not stored")],
+    ids=["one-statement", "transaction"],
+)
 def test_a_connection_lost_during_the_statements_stores_nothing_of_the_batch(
-    admin: psycopg.Connection[Any], new_schema: Callable[[], str], size: int
+    admin: psycopg.Connection[Any], new_schema: Callable[[], str], size: int, said: str
 ) -> None:
+    """A batch of up to MULTI_ROW_MAX events is one statement, committed in the round trip
+    that sends it: its connection lost, the client cannot tell whether it committed
+    (OutcomeUnknown). A larger one is BEGIN, COPY, COMMIT: lost before COMMIT was sent,
+    it was not stored (StoreError). Either way, nothing of it is stored."""
     name = unique_name("cairn victim ")
     fresh = new_schema()
     store = PostgresStore.from_url(with_params(SERVER_URL, schema=fresh, application_name=name))
@@ -386,11 +394,34 @@ def test_a_connection_lost_during_the_statements_stores_nothing_of_the_batch(
             join = append_in_thread(store, records(a, range(size)))
             admin.execute("SELECT pg_terminate_backend(%s)", (wait_for_backend(admin, name),))
             error = join()
-        assert type(error) is StoreError, repr(error)
-        assert f"aggregate {a} versions 0-{size - 1} was not stored" in str(error)
+        assert type(error) is (OutcomeUnknown if size <= MULTI_ROW_MAX else StoreError), repr(error)
+        assert f"aggregate {a} versions 0-{size - 1} {said}" in str(error)
         assert redact(SERVER_URL) in str(error)
         assert list(store.select(a)) == []
         # The pool replaces the lost connection: the same batch is stored now.
+        store.append(records(a, range(size)))
+        assert list(store.select(a)) == records(a, range(size))
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("size", [1, MULTI_ROW_MAX, 50])
+def test_a_batch_the_server_refuses_on_a_live_connection_was_not_stored(
+    new_schema: Callable[[], str], size: int
+) -> None:
+    """The server's error on a connection still alive (here: a lock not granted in time)
+    means the batch's transaction was rolled back: not stored, said so, whatever its size."""
+    fresh = new_schema()
+    store = PostgresStore.from_url(
+        with_params(SERVER_URL, schema=fresh, options="-c lock_timeout=200")
+    )
+    try:
+        a = uuid4()
+        with psycopg.connect(SERVER_URL) as locker:
+            locker.execute(f'LOCK TABLE "{fresh}".events IN SHARE MODE')
+            with pytest.raises(StoreError, match=f"aggregate {a} versions? 0.* was not stored"):
+                store.append(records(a, range(size)))
+        assert list(store.select(a)) == []
         store.append(records(a, range(size)))
         assert list(store.select(a)) == records(a, range(size))
     finally:
@@ -472,8 +503,10 @@ def test_a_pooled_connection_closed_while_idle_is_replaced_before_use(
         # connection: sent after the termination (a loaded machine), it would meet the
         # broken connection first and have it replaced. Sent now, and no more.
         store._notifier.close()
+        # (Waiting until the backend has exited: else the next save may be served first.)
         admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+            "WHERE application_name = %s",
             (name,),
         )
         monkeypatch.setattr(postgres, "IDLE_CHECK", 0.0 if idle_check else 3600.0)

@@ -17,9 +17,12 @@ Every other parameter must be one of libpq's (``sslmode``, ``connect_timeout``,
 ``application_name``...), and goes to libpq as it is.
 
 A save is one transaction, checked by the primary key (originator id, version): a
-collision is a ConcurrencyError and nothing of the batch is stored. A connection lost
-before COMMIT is a StoreError (the batch was not stored); lost during COMMIT, it is
-OutcomeUnknown (it may or may not be stored: re-read to know).
+collision is a ConcurrencyError and nothing of the batch is stored. A small save (up to
+``MULTI_ROW_MAX`` events, not a process's reaction) is one statement, its own transaction,
+in one round trip: a connection lost once it was sent is OutcomeUnknown (it may or may
+not be stored: re-read to know). A larger save is BEGIN, the rows, COMMIT: a connection
+lost before COMMIT is a StoreError (the batch was not stored); lost during COMMIT, it is
+OutcomeUnknown.
 
 A pooled connection left unused for more than ``IDLE_CHECK`` seconds is checked
 (an empty query) before it is lent, so that the first operation after a quiet spell
@@ -30,11 +33,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote, urlencode
 from uuid import UUID
 from weakref import WeakKeyDictionary
@@ -129,8 +134,9 @@ COPY_TYPES = ("uuid", "int8", "text", "bytea", "int8")
 # (a new table, before autovacuum's first ANALYZE) at 0.5% of the rows, and
 # then reads and sorts every row after `after` for each page. One bound is
 # always an ordered index scan that stops after `limit` rows.
+# Its columns are in Record's order (see _as_record).
 SELECT_FEED = (
-    "SELECT position, originator_id, originator_version, topic, data FROM ("
+    "SELECT originator_id, originator_version, topic, data, position FROM ("
     "SELECT position, originator_id, originator_version, topic, data FROM {schema}.events "
     "WHERE position > %s ORDER BY position LIMIT %s) page "
     f"WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
@@ -379,32 +385,78 @@ class PostgresStore(Store):
             for i, r in enumerate(records)
         ]
         with self._connection("the batch was not stored") as conn:
-            committing = False
-            try:
-                with conn.transaction():
-                    if (
-                        tracking is not None
-                        and conn.execute(self._sql.track, tracking).rowcount == 0
-                    ):
-                        raise AlreadyProcessed(already_processed(self.url, tracking))
-                    base = self._insert(conn, rows)
-                    committing = True  # the block's end sends COMMIT
-            except errors.UniqueViolation:
-                raise refusal(records, lambda i, vs: self._first_stored(conn, i, vs)) from None
-            except psycopg.Error as exc:
-                if committing and conn.broken:
-                    # COMMIT was sent but its answer lost: the server may have committed.
-                    raise OutcomeUnknown(
-                        f"{self.url}: the connection was lost during COMMIT: the batch of "
-                        f"{_batch_names(records)} may or may not be stored; re-read it to "
-                        f"know: {_reason(exc)}"
-                    ) from exc
-                raise StoreError(
-                    f"{self.url}: the batch of {_batch_names(records)} was not stored "
-                    f"(its transaction was never committed): {_reason(exc)}"
-                ) from exc
+            if tracking is None and len(rows) <= MULTI_ROW_MAX:
+                base = self._insert_alone(conn, rows, records)
+            else:
+                base = self._insert_in_transaction(conn, rows, records, tracking)
         self._notifier.saved()
         return Appended(range(base, base + len(rows)))
+
+    def _insert_alone(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[UUID, int, str, bytes, int]],
+        records: Sequence[Record],
+    ) -> int:
+        """A small batch in one round trip: one INSERT, its own transaction (autocommit),
+        committed by the server before it answers; the position of the first.
+
+        An error on a connection still alive is the server's answer: the transaction
+        was rolled back, nothing stored. A connection lost once the statement was sent
+        may hide a commit: OutcomeUnknown. So that a connection the server has closed
+        meanwhile (a restart) fails before anything is sent, and is said to have stored
+        nothing, one that has heard from the server while idle is checked first."""
+        if _heard_from(conn):
+            conn.execute("")  # a driver error here is "not stored": nothing was sent
+        params = [v for row in rows for v in row]
+        try:
+            cursor = conn.execute(self._sql.insert_events[len(rows)], params)
+        except errors.UniqueViolation:
+            raise refusal(records, lambda i, vs: self._first_stored(conn, i, vs)) from None
+        except psycopg.Error as exc:
+            if conn.broken:
+                raise OutcomeUnknown(
+                    f"{self.url}: the connection was lost before the server answered: the "
+                    f"batch of {_batch_names(records)} may or may not be stored; re-read it "
+                    f"to know: {_reason(exc)}"
+                ) from exc
+            raise StoreError(
+                f"{self.url}: the batch of {_batch_names(records)} was not stored (the server "
+                f"refused it, and rolled its transaction back): {_reason(exc)}"
+            ) from exc
+        return int(cursor.fetchone()[0])  # type: ignore[index]
+
+    def _insert_in_transaction(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[tuple[UUID, int, str, bytes, int]],
+        records: Sequence[Record],
+        tracking: Tracking | None,
+    ) -> int:
+        """The batch in an explicit transaction, which ``tracking`` (if any) advances first;
+        the position of the first."""
+        committing = False
+        try:
+            with conn.transaction():
+                if tracking is not None and conn.execute(self._sql.track, tracking).rowcount == 0:
+                    raise AlreadyProcessed(already_processed(self.url, tracking))
+                base = self._insert(conn, rows)
+                committing = True  # the block's end sends COMMIT
+        except errors.UniqueViolation:
+            raise refusal(records, lambda i, vs: self._first_stored(conn, i, vs)) from None
+        except psycopg.Error as exc:
+            if committing and conn.broken:
+                # COMMIT was sent but its answer lost: the server may have committed.
+                raise OutcomeUnknown(
+                    f"{self.url}: the connection was lost during COMMIT: the batch of "
+                    f"{_batch_names(records)} may or may not be stored; re-read it to "
+                    f"know: {_reason(exc)}"
+                ) from exc
+            raise StoreError(
+                f"{self.url}: the batch of {_batch_names(records)} was not stored "
+                f"(its transaction was never committed): {_reason(exc)}"
+            ) from exc
+        return base
 
     def _insert(
         self, conn: psycopg.Connection[Any], rows: list[tuple[UUID, int, str, bytes, int]]
@@ -492,8 +544,8 @@ class PostgresStore(Store):
             return self._read_feed_of(after, limit, topics)
         with self._connection("cannot read the feed") as conn:
             rows = conn.execute(self._sql.select_feed, (after, limit), binary=True).fetchall()
-        records = [Record(i, v, t, d, p) for p, i, v, t, d in rows]
-        return FeedPage(records, rows[-1][0] if rows else after, caught_up=len(rows) < limit)
+        last = rows[-1][4] if rows else after
+        return FeedPage(map(_as_record, rows), last, caught_up=len(rows) < limit)
 
     def _read_feed_of(self, after: int, limit: int, topics: tuple[str, ...]) -> FeedPage[Record]:
         params = (after, list(topics), limit)
@@ -669,6 +721,19 @@ def _with_default_schema(url: str) -> str:
             DEFAULT_SCHEMA,
         )
     return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
+
+
+# A row whose columns are in Record's order, made a Record without a call into Python
+# (Record's own constructor is a Python function: twice the time, per row read).
+_as_record = cast(Callable[[tuple[Any, ...]], Record], partial(tuple.__new__, Record))
+
+
+def _heard_from(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection has something to read: the server spoke unasked (most
+    often to say it is closing the connection: a restart, a terminated backend)."""
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _batch_names(records: Sequence[Record]) -> str:

@@ -40,6 +40,9 @@ from cairn.stores.failures import DriverErrors, already_processed, refusal
 from cairn.stores.urls import Options
 
 # All of the store's SQL, in one place.
+# Every connection's settings (bench/sqlite_limit.py times raw transactions under them).
+WAL = "PRAGMA journal_mode=WAL"
+PRAGMAS = ("PRAGMA synchronous={synchronous}", "PRAGMA secure_delete=ON")
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS events (
         position INTEGER PRIMARY KEY,
@@ -75,7 +78,8 @@ SELECT_FIRST_STORED = (
     "SELECT min(originator_version) FROM events WHERE originator_id = ? "
     "AND originator_version IN ({})"
 )
-# Positions (rowids) of a batch are consecutive: its transaction holds the write lock.
+# Positions (rowids) of a batch are consecutive: its transaction holds the write lock,
+# so the last one's gives them all.
 LAST_POSITION = "SELECT last_insert_rowid()"
 SELECT_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
 # Copies of a replaced data key leave the WAL (the main file's old cell is zeroed
@@ -218,9 +222,9 @@ class SQLiteStore(Store):
                 uri=not self._create,
             )
             if self._create:  # (a store's file is in WAL mode for good once created)
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute("PRAGMA secure_delete=ON")
+                conn.execute(WAL)
+            for pragma in PRAGMAS:
+                conn.execute(pragma.format(synchronous=self._synchronous))
         self._local.conn, self._local.pid = conn, os.getpid()
         with self._connections_lock:
             self._connections.append(conn)
@@ -236,8 +240,7 @@ class SQLiteStore(Store):
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(INSERT_EVENT, rows)
-            (last,) = conn.execute(LAST_POSITION).fetchone()
+            last = _insert(conn, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:
@@ -400,9 +403,8 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             tracked = conn.execute(TRACK, tracking).rowcount
             if tracked:
-                conn.executemany(INSERT_EVENT, rows)
                 if rows:
-                    (last,) = conn.execute(LAST_POSITION).fetchone()
+                    last = _insert(conn, rows)
                 conn.execute("COMMIT")
             else:
                 conn.execute("ROLLBACK")
@@ -433,6 +435,19 @@ class SQLiteStore(Store):
                 conn.close()
             self._connections.clear()
         self._local = threading.local()
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[bytes, int, str, bytes]]) -> int:
+    """Insert the rows in the open transaction; the position (rowid) of the last. A save
+    of one event (the most common) asks for it with the insert: the cursor's lastrowid
+    saves a statement (executemany's cursor has none)."""
+    if len(rows) == 1:
+        position = conn.execute(INSERT_EVENT, rows[0]).lastrowid
+        assert position is not None
+        return position
+    conn.executemany(INSERT_EVENT, rows)
+    (position,) = conn.execute(LAST_POSITION).fetchone()
+    return int(position)
 
 
 def _describe(exc: BaseException) -> str:
