@@ -1090,6 +1090,27 @@ def test_a_claim_whose_events_were_missing_when_read_ahead_is_read_again_before_
     store.close()
 
 
+def test_claims_that_share_one_read_are_resolved_each_as_on_its_own(fresh_url: str) -> None:
+    """Five creations of one event each: claims that name the same versions, read by one
+    request. Stored, abandoned (then fenced), lost to a competing writer: each resolved
+    as a read of its own would."""
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=0.5"))
+    a, b, c, d = uuid4(), uuid4(), uuid4(), uuid4()
+    store.append(records(a, range(1)))
+    abandoned = claim_and_die(store, records(b, range(1)))
+    lost = claim_and_die(store, records(c, range(1)))
+    store.append(records(c, range(1)))  # c's version 0 stored at a later claim
+    store.append(records(d, range(1)))
+    assert keys(whole_feed(store)) == [(a, 0)]  # b's claim is young: its writer may be at work
+    time.sleep(0.7)
+    feed = whole_feed(store)
+    assert keys(feed) == [(a, 0), (b, 0), (c, 0), (d, 0)]
+    assert feed[1].topic == FENCE_TOPIC and feed[1].position >> 16 == abandoned  # type: ignore[operator]
+    assert feed[2].position >> 16 == lost + 1  # type: ignore[operator]
+    assert whole_feed(store, page=1) == feed
+    store.close()
+
+
 def test_pages_of_every_size_read_the_same_feed_as_one_reader_per_event(fresh_url: str) -> None:
     """Batches of 1 to 12 events, read in pages that end inside batches, at their ends,
     across several fetches, each page fetched ahead by the one before."""

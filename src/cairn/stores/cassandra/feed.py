@@ -17,7 +17,7 @@ from cassandra.query import BatchStatement, BatchType
 
 from cairn.errors import FenceNeedsKey, StoreError
 from cairn.stores.cassandra.batching import Batcher, Slot
-from cairn.stores.cassandra.fetch import Ahead, ClaimRow, Fetch, Read, send
+from cairn.stores.cassandra.fetch import Ahead, ClaimRow, Fetch, Read, SharedRead, send
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe, what
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
@@ -262,7 +262,9 @@ class CassandraFeed:
             timeout=self.settings.request_timeout * 2,
         )
 
-    def _resolve(self, claim: ClaimRow, read: Read, fresh: bool) -> list[Record] | None:
+    def _resolve(
+        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+    ) -> list[Record] | None:
         """A claim's records, [] for a void claim, or None while it may yet be stored."""
         records = self._claimed(claim, read)
         if records is None and not fresh:
@@ -285,20 +287,28 @@ class CassandraFeed:
         except DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
 
-    def _claimed(self, claim: ClaimRow, read: Read) -> list[Record] | None:
+    def _claimed(self, claim: ClaimRow, read: Read | SharedRead) -> list[Record] | None:
         """What a claim's events read found: its records, [] if another batch holds its
         first version, or None if that version is not stored (yet)."""
-        originator_id = claim.originator_id
+        originator_id, first, position = (
+            claim.originator_id,
+            claim.originator_version,
+            claim.position,
+        )
+        base = (position << INDEX_BITS) - first + 1
         try:
-            rows = read.rows(originator_id)  # in version order, from the claim's first
+            if isinstance(read, SharedRead):
+                stored = read.stored(position)
+                if stored and stored[0][0] == first:  # its first version holds its position
+                    return [Record(originator_id, v, t, d, base + v) for v, t, d, _ in stored]
+                read = self._send(claim)  # not stored there: a read of its own says why
+            rows = read.rows()  # in version order, from the claim's first
         except DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
-        first, position = claim.originator_version, claim.position
         if not rows or rows[0][0] != first:
             return None
         if rows[0][3] != position:
             return []  # another batch holds the version: this claim lost its race
-        base = (position << INDEX_BITS) - first + 1
         return [Record(originator_id, v, t, d, base + v) for v, t, d, p in rows if p == position]
 
     def _fence(self, claim: ClaimRow) -> None:

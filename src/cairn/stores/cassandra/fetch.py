@@ -54,7 +54,7 @@ class Fetch:
     ) -> None:
         self.first, self.fresh = first, fresh
         self.claims: list[ClaimRow] = []
-        self.reads: list[Read] = []  # each claim's events read
+        self.reads: list[Read | SharedRead] = []  # each claim's events read
         self.complete = False  # claims go on after these: as many were there as asked for
         self.events = 0  # the events the claims fetched span
         self._connection, self._wanted, self._timeout = connection, wanted, timeout
@@ -108,72 +108,90 @@ class Fetch:
 
 
 class Read:
-    """The read of the versions one or more claims name, sent: each claim's rows from it.
+    """A claim's events read, sent: the rows of the versions it names."""
 
-    One read serves every claim of a fetch whose batch begins at the same version and
-    spans as many (the creations of many aggregates by batches of one size, typically):
-    ``originator_id IN (...)``, one request for up to ``SHARED_READ`` partitions.
-    """
-
-    __slots__ = ("_future", "_rows")
+    __slots__ = ("_future",)
 
     def __init__(self, future: Any) -> None:
         self._future = future
-        self._rows: dict[Any, list[tuple[Any, ...]]] | None = None
 
-    def rows(self, originator_id: Any) -> list[tuple[Any, ...]]:
-        """The aggregate's rows (version, topic, data, position), in version order; a
-        driver error if the read failed."""
-        if self._rows is None:
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The rows (version, topic, data, position), in version order; a driver error if
+        the read failed."""
+        result = self._future.result()
+        rows = list(result)  # (every page, were there more than one)
+        release(result)
+        return rows
+
+
+class SharedRead:
+    """One read of the same versions of several aggregates, for claims of a fetch that
+    name them (the creations of many aggregates by saves of one size, typically): the
+    rows each claim's batch stored, found by its position, which no other batch's rows
+    carry. A claim with none there is resolved by a read of its own."""
+
+    __slots__ = ("_future", "_stored")
+
+    def __init__(self, future: Any) -> None:
+        self._future = future
+        self._stored: dict[int, list[tuple[Any, ...]]] | None = None
+
+    def stored(self, position: int) -> list[tuple[Any, ...]]:
+        """The rows (version, topic, data, position) that carry ``position``, in version
+        order (a batch's rows are all in its aggregate's partition); a driver error if
+        the read failed."""
+        if self._stored is None:
             result = self._future.result()
-            rows: dict[Any, list[tuple[Any, ...]]] = {}
+            stored: dict[int, list[tuple[Any, ...]]] = {}
             for row in result:  # (every page, were there more than one)
-                rows.setdefault(row[0], []).append(row[1:])
+                stored.setdefault(row[3], []).append(row)
             release(result)
-            self._rows = rows
-        return self._rows.get(originator_id, [])
+            self._stored = stored
+        return self._stored.get(position, [])
 
 
 SHARED_READ = 100  # partitions one events read may name (IN): a server's guardrail may cap it
 ROWS_PER_RESPONSE = 5000  # the driver's default page; a larger batch takes more than one
 
 
-def reads(connection: Connection, claims: list[ClaimRow]) -> list[Read]:
+def reads(connection: Connection, claims: list[ClaimRow]) -> list[Read | SharedRead]:
     """Each claim's events read, sent; claims that name the same versions share one."""
     same: dict[tuple[int, int], list[int]] = {}
     for n, claim in enumerate(claims):
         same.setdefault((claim.originator_version, claim.size), []).append(n)
-    found: list[Read | None] = [None] * len(claims)
+    found: list[Read | SharedRead] = [None] * len(claims)  # type: ignore[list-item]
     for (first, size), members in same.items():
+        if len(members) == 1:
+            found[members[0]] = send(connection, claims[members[0]])
+            continue
         for start in range(0, len(members), SHARED_READ):
             part = members[start : start + SHARED_READ]
-            ids = list({claims[n].originator_id: None for n in part})
-            read = Read(_select(connection, ids, first, size))
+            ids = list({claims[n].originator_id: None for n in part})  # (a claim made twice)
+            statement = connection.statements.select_shared.bind((ids, first, first + size))
+            shared = SharedRead(_execute(connection, statement, len(ids) * size))
             for n in part:
-                found[n] = read
-    return found  # type: ignore[return-value]
+                found[n] = shared
+    return found
 
 
 def send(connection: Connection, claim: ClaimRow, serial: str | None = None) -> Read:
     """The read of the versions a claim names, sent. With ``serial`` (a serial consistency
     level's name), through Paxos: it completes any write in progress on the partition
     first."""
-    return Read(
-        _select(connection, [claim.originator_id], claim.originator_version, claim.size, serial)
+    first = claim.originator_version
+    statement = connection.statements.select_claimed.bind(
+        (claim.originator_id, first, first + claim.size)
     )
-
-
-def _select(
-    connection: Connection, ids: list[Any], first: int, size: int, serial: str | None = None
-) -> Any:
-    if len(ids) == 1:
-        statement = connection.statements.select_claimed.bind((ids[0], first, first + size))
-    else:
-        statement = connection.statements.select_shared.bind((ids, first, first + size))
-    # Every row in one response, up to a point: Read.rows reads on past it.
-    statement.fetch_size = min(len(ids) * size, ROWS_PER_RESPONSE)
     if serial is not None:
         statement.consistency_level = ConsistencyLevel.name_to_value[serial]
+    return Read(_execute(connection, statement, claim.size))
+
+
+def _execute(connection: Connection, statement: Any, rows: int) -> Any:
+    # Every row in one response, up to a point (the reads read on past it). One more than
+    # the rows there can be: a response that fills its page says there may be more, and
+    # reading on would cost a round trip to learn there are none.
+    statement.fetch_size = min(rows + 1, ROWS_PER_RESPONSE)
     return connection.session.execute_async(statement)
 
 

@@ -131,11 +131,11 @@ SELECT_CLAIMS = (
 # (Not one statement with `IN` for both: the driver routes a request to a replica of
 # its partition only when the key is one value.)
 SELECT_CLAIMED = (
-    "SELECT originator_id, originator_version, topic, data, position FROM {keyspace}.events "
+    "SELECT originator_version, topic, data, position FROM {keyspace}.events "
     "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
 )
 SELECT_SHARED = (
-    "SELECT originator_id, originator_version, topic, data, position FROM {keyspace}.events "
+    "SELECT originator_version, topic, data, position FROM {keyspace}.events "
     "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
 )
 
