@@ -222,7 +222,7 @@ class CassandraFeed:
             fetch = self._fetch(connection, start, limit)
         found: list[Record] = []
         while True:
-            fetch.wait()
+            fetch.wait(self.url)
             # The claims that follow, fetched while these are resolved (a guess: void
             # claims give no events, so one more fetch may be needed after all).
             wanted = limit - len(found) - fetch.events

@@ -71,13 +71,15 @@ class Fetch:
             return
         future.add_callbacks(self._on_claims, self._fail, callback_args=(future,))
 
-    def wait(self) -> Fetch:
-        """This fetch once its claims are in and their events reads sent; StoreError if the
-        claims could not be read."""
+    def wait(self, url: str) -> Fetch:
+        """This fetch once its claims are in and their events reads sent; StoreError (naming
+        the store's ``url``) if the claims could not be read."""
         if not self._arrived.wait(self._timeout):
-            raise StoreError(f"the feed's claims did not arrive within {self._timeout:g} s")
+            raise StoreError(
+                f"{url}: cannot read the feed: its claims did not arrive within {self._timeout:g} s"
+            )
         if self._error is not None:
-            raise StoreError(f"cannot read the feed: {self._error}") from self._error
+            raise StoreError(f"{url}: cannot read the feed: {self._error}") from self._error
         return self
 
     def _on_claims(self, rows: list[tuple[Any, ...]], future: Any) -> None:
