@@ -1053,6 +1053,82 @@ def test_a_write_cut_off_mid_paxos_is_resolved_one_way_or_the_other(fresh_url: s
     store.close()
 
 
+def test_a_page_read_ahead_before_later_claims_were_made_still_reaches_them(
+    fresh_url: str,
+) -> None:
+    """A full page starts the fetch of the next; claims made after that fetch are read
+    too, not taken for the end of the feed."""
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=60"))
+    a, b, c = uuid4(), uuid4(), uuid4()
+    store.append(records(a, range(1)))
+    store.append(records(b, range(2)))
+    first = store.read_feed(0, 1)  # full: the rest fetched ahead (b's claim, the end)
+    time.sleep(0.5)  # (the fetch ahead done)
+    store.append(records(c, range(3)))  # a claim after what was fetched ahead
+    rest = store.read_feed(first[-1].position, 10)  # type: ignore[arg-type]
+    assert keys(first + rest) == [(a, 0), (b, 0), (b, 1), (c, 0), (c, 1), (c, 2)]
+    assert first + rest == whole_feed(store)
+    store.close()
+
+
+def test_a_claim_whose_events_were_missing_when_read_ahead_is_read_again_before_the_page_ends(
+    fresh_url: str,
+) -> None:
+    """The fetch made ahead found a claim's events missing; they are stored by the time
+    the reader gets there: it looks again and emits them instead of stopping."""
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=60"))
+    a, b, c = uuid4(), uuid4(), uuid4()
+    store.append(records(a, range(1)))
+    late = records(b, range(2))
+    claimed = claim_and_die(store, late)  # claimed, its events not written yet
+    store.append(records(c, range(1)))
+    first = store.read_feed(0, 1)  # full: the next page fetched ahead, b's events missing
+    time.sleep(0.5)  # (the fetch ahead done)
+    write_claimed(store, late, claimed)  # the slow writer's events arrive
+    rest = store.read_feed(first[-1].position, 10)  # type: ignore[arg-type]
+    assert keys(first + rest) == [(a, 0), (b, 0), (b, 1), (c, 0)]
+    store.close()
+
+
+def test_claims_that_share_one_read_are_resolved_each_as_on_its_own(fresh_url: str) -> None:
+    """Five creations of one event each: claims that name the same versions, read by one
+    request. Stored, abandoned (then fenced), lost to a competing writer: each resolved
+    as a read of its own would."""
+    store = CassandraStore.from_url(with_option(fresh_url, "feed_fence_after=0.5"))
+    a, b, c, d = uuid4(), uuid4(), uuid4(), uuid4()
+    store.append(records(a, range(1)))
+    abandoned = claim_and_die(store, records(b, range(1)))
+    lost = claim_and_die(store, records(c, range(1)))
+    store.append(records(c, range(1)))  # c's version 0 stored at a later claim
+    store.append(records(d, range(1)))
+    assert keys(whole_feed(store)) == [(a, 0)]  # b's claim is young: its writer may be at work
+    time.sleep(0.7)
+    feed = whole_feed(store)
+    assert keys(feed) == [(a, 0), (b, 0), (c, 0), (d, 0)]
+    assert feed[1].topic == FENCE_TOPIC and feed[1].position >> 16 == abandoned  # type: ignore[operator]
+    assert feed[2].position >> 16 == lost + 1  # type: ignore[operator]
+    assert whole_feed(store, page=1) == feed
+    store.close()
+
+
+def test_pages_of_every_size_read_the_same_feed_as_one_reader_per_event(fresh_url: str) -> None:
+    """Batches of 1 to 12 events, read in pages that end inside batches, at their ends,
+    across several fetches, each page fetched ahead by the one before."""
+    store = CassandraStore.from_url(fresh_url)
+    ids = [uuid4() for _ in range(150)]
+    batches = [records(i, range(n % 12 + 1)) for n, i in enumerate(ids)]
+    for start in range(0, len(batches), 50):
+        store.append([r for b in batches[start : start + 50] for r in b], all_or_none=False)
+    feed = whole_feed(store, page=1)
+    assert len(feed) == sum(len(b) for b in batches)
+    assert sorted(keys(feed)) == sorted(
+        (r.originator_id, r.originator_version) for b in batches for r in b
+    )
+    for page in (2, 7, 12, 13, 100, 250, 1000):
+        assert whole_feed(store, page=page) == feed, page
+    store.close()
+
+
 def test_claims_cross_bucket_boundaries_with_positions_in_order(
     fresh_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1092,6 +1168,19 @@ def test_claims_cross_bucket_boundaries_with_positions_in_order(
     assert whole_feed(one, page=1000) == feed
     for store in (one, two, third):
         store.close()
+
+
+def test_a_batch_of_more_events_than_one_response_holds_appears_whole(fresh_url: str) -> None:
+    """Its claim's events read takes more than one response (the driver's page of 5,000
+    rows): the feed has every event of it, once, whatever the page size."""
+    store = CassandraStore.from_url(fresh_url)
+    a, b = uuid4(), uuid4()
+    store.append(records(a, range(6_000), size=1))
+    store.append(records(b, range(1)))
+    expected = [(a, v) for v in range(6_000)] + [(b, 0)]
+    assert keys(whole_feed(store, page=10_000)) == expected
+    assert keys(whole_feed(store, page=999)) == expected
+    store.close()
 
 
 def test_a_batch_over_65535_events_is_refused_before_anything_is_written(

@@ -12,14 +12,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cassandra import ConsistencyLevel
 from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 
 from cairn.errors import FenceNeedsKey, StoreError
 from cairn.stores.cassandra.batching import Batcher, Slot
+from cairn.stores.cassandra.fetch import Ahead, ClaimRow, Fetch, Read, SharedRead, send
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe, what
-from cairn.stores.cassandra.session import Connection, release
+from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.contract import Fences, Record
 
@@ -46,20 +46,6 @@ class Claim:
     sealed: bool  # its writer's fences are sealed: so must a fence of this claim be
 
 
-@dataclass(frozen=True)
-class ClaimRow:
-    """A claim as a reader finds it in the feed table."""
-
-    position: int
-    originator_id: Any
-    originator_version: int
-    size: int
-    abandoned: bool | None
-    sealed: bool | None
-    written: int  # the claim's Paxos timestamp, microseconds
-    now: int  # the reading coordinator's clock, milliseconds
-
-
 class CassandraFeed:
     """Claims feed positions for saves, and reads the feed (docs/feed.md).
 
@@ -83,6 +69,7 @@ class CassandraFeed:
         self._next_position: int | None = None  # a guess of the head: Paxos checks it
         self._pid = os.getpid()
         self._claims = Batcher(self._claim_group, CLAIMS_PER_WRITE)
+        self._ahead = Ahead()
 
     # -- writing: claims
 
@@ -223,73 +210,65 @@ class CassandraFeed:
         Claims are taken in position order and each resolved before the next: its
         events (emitted), void, or fenced once older than ``feed_fence_after``. The
         page ends early at a claim still in flight, so nothing is ever returned past
-        a claim that could yet be stored.
+        a claim that could yet be stored. The claims after those being resolved, and
+        their events, are fetched meanwhile (fetch.py); a full page also starts the
+        fetch of the next page (read ahead, for this thread's next read).
         """
         after = max(after, 0)
-        claim = after >> INDEX_BITS  # the claim of the position, whose later events are due
+        start = after >> INDEX_BITS  # the claim of that position, whose later events are due
+        connection = self._connection()
+        fetch = self._ahead.take(connection, after)
+        if fetch is None:
+            fetch = self._fetch(connection, start, limit)
         found: list[Record] = []
-        while len(found) < limit:
-            rows, complete = self._read_claims(claim, min(CLAIMS_PER_READ, limit - len(found) + 1))
-            # Fetch only the claims whose events can fill the page: memory stays bounded
-            # by the page, however large the batches.
-            wanted, events_due = 0, 0
-            while wanted < len(rows) and events_due < limit - len(found):
-                events_due += rows[wanted].size
-                wanted += 1
-            if wanted < len(rows):
-                rows, complete = rows[:wanted], True
-            events = [self._read_claimed(row) for row in rows]  # all in flight at once
-            for row, future in zip(rows, events, strict=True):
-                records = self._resolve(row, future)
+        while True:
+            fetch.wait(self.url)
+            # The claims that follow, fetched while these are resolved (a guess: void
+            # claims give no events, so one more fetch may be needed after all).
+            wanted = limit - len(found) - fetch.events
+            following = None
+            if fetch.complete and wanted > 0:
+                following = self._fetch(connection, fetch.first + len(fetch.claims), wanted)
+            for claim, read in zip(fetch.claims, fetch.reads, strict=True):
+                records = self._resolve(claim, read, fetch.fresh)
                 if records is None:
                     return found  # a claim in flight: nothing may pass it
-                found += [r for r in records if r.position > after]  # type: ignore[operator]
-                claim += 1
+                if claim.position == start:  # the one claim that may hold events read before
+                    records = [r for r in records if r.position > after]  # type: ignore[operator]
+                found += records
                 if len(found) >= limit:
+                    # The next read most likely goes on from this page's last event: from
+                    # this claim if the page ends inside it, else from the next.
+                    first = claim.position + (len(found) == limit)
+                    ahead = self._fetch(connection, first, limit, fresh=False)
+                    self._ahead.put(connection, found[limit - 1].position or 0, ahead)
                     return found[:limit]
-            if not complete:
+            if not fetch.complete and fetch.fresh:
                 return found  # the newest claim (or one not visible yet) was reached
-        return found[:limit]
+            # (A fetch made ahead may have stopped short of claims made since: look again.)
+            fetch = following or self._fetch(
+                connection, fetch.first + len(fetch.claims), limit - len(found)
+            )
 
-    def _read_claims(self, first: int, limit: int) -> tuple[list[ClaimRow], bool]:
-        """Up to ``limit`` consecutive claims from ``first`` within its bucket (they stop at
-        the first position not visible yet), and whether that many were there."""
-        bucket = first // self.bucket
-        limit = min(limit, (bucket + 1) * self.bucket - first)
-        connection = self._connection()
-        statement = connection.statements.select_claims.bind((bucket, first, limit))
-        statement.fetch_size = limit
-        try:
-            result = connection.session.execute(statement)
-        except DRIVER_ERRORS as exc:
-            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
-        claims = []
-        for n, row in enumerate(result.current_rows):
-            if row[0] != first + n:
-                break  # a gap: claim first + n is made but not visible here yet
-            claims.append(ClaimRow(*row))
-        release(result)
-        return claims, len(claims) == limit
-
-    def _read_claimed(self, claim: ClaimRow, serial: bool = False) -> Any:
-        """The request for the versions a claim names, sent (its future)."""
-        connection = self._connection()
-        statement = connection.statements.select_claimed.bind(
-            (claim.originator_id, claim.originator_version, claim.originator_version + claim.size)
+    def _fetch(self, connection: Connection, first: int, wanted: int, fresh: bool = True) -> Fetch:
+        """Claims from ``first`` that ``wanted`` events can fill, and their events: sent."""
+        return Fetch(
+            connection,
+            first,
+            min(CLAIMS_PER_READ, wanted + 1),
+            wanted,
+            self.bucket,
+            fresh=fresh,
+            timeout=self.settings.request_timeout * 2,
         )
-        if serial:
-            # Through Paxos: completes any write in progress on the partition first.
-            statement.consistency_level = ConsistencyLevel.name_to_value[
-                self.settings.serial_consistency
-            ]
-        try:
-            return connection.session.execute_async(statement)
-        except DRIVER_ERRORS as exc:
-            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
 
-    def _resolve(self, claim: ClaimRow, future: Any) -> list[Record] | None:
+    def _resolve(
+        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+    ) -> list[Record] | None:
         """A claim's records, [] for a void claim, or None while it may yet be stored."""
-        records = self._claimed(claim, future)
+        records = self._claimed(claim, read)
+        if records is None and not fresh:
+            records = self._claimed(claim, self._send(claim))  # fetched a while ago: look again
         if records is not None:
             return records
         if claim.abandoned:
@@ -300,26 +279,37 @@ class CassandraFeed:
         self._fence(claim)
         # Fenced, or the batch is there (Paxos completed it first): read through Paxos,
         # which sees what the fence saw even below QUORUM.
-        return self._claimed(claim, self._read_claimed(claim, serial=True))
+        return self._claimed(claim, self._send(claim, serial=self.settings.serial_consistency))
 
-    def _claimed(self, claim: ClaimRow, future: Any) -> list[Record] | None:
+    def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
         try:
-            result = future.result()
+            return send(self._connection(), claim, serial)
         except DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
-        first = claim.originator_version
-        stored = {v: (t, d, p) for v, t, d, p in result.current_rows}
-        release(result)
-        if first not in stored:
+
+    def _claimed(self, claim: ClaimRow, read: Read | SharedRead) -> list[Record] | None:
+        """What a claim's events read found: its records, [] if another batch holds its
+        first version, or None if that version is not stored (yet)."""
+        originator_id, first, position = (
+            claim.originator_id,
+            claim.originator_version,
+            claim.position,
+        )
+        base = (position << INDEX_BITS) - first + 1
+        try:
+            if isinstance(read, SharedRead):
+                stored = read.stored(position)
+                if stored and stored[0][0] == first:  # its first version holds its position
+                    return [Record(originator_id, v, t, d, base + v) for v, t, d, _ in stored]
+                read = self._send(claim)  # not stored there: a read of its own says why
+            rows = read.rows()  # in version order, from the claim's first
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        if not rows or rows[0][0] != first:
             return None
-        if stored[first][2] != claim.position:
+        if rows[0][3] != position:
             return []  # another batch holds the version: this claim lost its race
-        base = claim.position << INDEX_BITS
-        return [
-            Record(claim.originator_id, v, t, d, base + v - first + 1)
-            for v, (t, d, p) in sorted(stored.items())
-            if p == claim.position
-        ]
+        return [Record(originator_id, v, t, d, base + v) for v, t, d, p in rows if p == position]
 
     def _fence(self, claim: ClaimRow) -> None:
         """Fence off an abandoned claim: a no-op record at its first version, with Paxos.

@@ -78,7 +78,12 @@ def release(result: Any) -> None:
     result.current_rows.clear()
     future = getattr(result, "response_future", None)
     if future is not None:
-        future._timer = None
+        untime(future)
+
+
+def untime(future: Any) -> None:
+    """Break a finished ResponseFuture's cycle with its timeout timer (see ``release``)."""
+    future._timer = None
 
 
 def _profiles(settings: Settings) -> dict[object, ExecutionProfile]:

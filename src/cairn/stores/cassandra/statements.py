@@ -126,9 +126,17 @@ SELECT_CLAIMS = (
     "writetime(originator_id), toUnixTimestamp(currentTimestamp()) "
     "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
 )
+# The versions a claim names; SELECT_SHARED, the same versions of several aggregates,
+# whose claims name the same versions: one request instead of one per claim (fetch.py).
+# (Not one statement with `IN` for both: the driver routes a request to a replica of
+# its partition only when the key is one value.)
 SELECT_CLAIMED = (
     "SELECT originator_version, topic, data, position FROM {keyspace}.events "
     "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
+)
+SELECT_SHARED = (
+    "SELECT originator_version, topic, data, position FROM {keyspace}.events "
+    "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
 )
 
 # -- tracking (process applications; docs/processes.md tells the protocol)
@@ -190,6 +198,7 @@ class Statements:
     select_head: Any
     select_claims: Any
     select_claimed: Any
+    select_shared: Any
     select_ids: Any
     select_ids_after: Any
     rewrite_event: Any
@@ -217,6 +226,7 @@ def prepare(session: Any, keyspace: str) -> Statements:
         select_head=ready(SELECT_HEAD),
         select_claims=ready(SELECT_CLAIMS),
         select_claimed=ready(SELECT_CLAIMED),
+        select_shared=ready(SELECT_SHARED),
         select_ids=ready(SELECT_AGGREGATE_IDS),
         select_ids_after=ready(SELECT_AGGREGATE_IDS_AFTER),
         rewrite_event=ready(REWRITE_EVENT),
