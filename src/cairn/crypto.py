@@ -75,8 +75,8 @@ class AESCipher:
 
     def __init__(self, key: bytes | str) -> None:
         raw = _key_bytes(key)
-        # The AES-GCM object itself, for a reader that decrypts in place (cairn.envelope).
-        self.aead = self._aesgcm = AESGCM(raw)
+        # The AES-GCM object itself: also called directly by cairn.envelope's in-place reads.
+        self.aead = AESGCM(raw)
         self.key_size = len(raw)
         # From the AES key, never from a passphrase: testing a guessed phrase
         # against a stolen record's key id costs a whole scrypt run.
@@ -97,7 +97,7 @@ class AESCipher:
         if n >= self._warn_at:
             self._near_the_limit(n)
         nonce = os.urandom(NONCE_SIZE)
-        return self.key_id + nonce + self._aesgcm.encrypt(nonce, plaintext, associated_data)
+        return self.key_id + nonce + self.aead.encrypt(nonce, plaintext, associated_data)
 
     def _near_the_limit(self, n: int) -> None:
         """The ``n``-th message (from 0) is past half the limit: refuse it at the limit,
@@ -135,7 +135,7 @@ class AESCipher:
                 f"this key is {self.key_id.hex()}"
             )
         try:
-            return self._aesgcm.decrypt(data[nonce_at:body_at], data[body_at:], associated_data)
+            return self.aead.decrypt(data[nonce_at:body_at], data[body_at:], associated_data)
         except InvalidTag:
             raise UnreadableRecord(
                 "AES-GCM authentication failed: the bytes were altered or copied from another record"
