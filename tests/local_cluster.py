@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -51,11 +52,25 @@ def url(keyspace: str, options: str = "") -> str:
 
 
 def start() -> None:
-    """Start the cluster from empty (whatever an earlier run left is removed)."""
+    """Start the cluster from empty (whatever an earlier run left is removed); refused
+    while a node answers on one of its addresses (another run's cluster, whose data
+    this would remove or whose nodes it would take for its own)."""
+    up = [host for host in HOSTS if answers(host)]
+    if up:
+        raise RuntimeError(f"Cassandra already answers on {', '.join(up)}: stop that cluster first")
     shutil.rmtree(HOMES, ignore_errors=True)
     for host in HOSTS:  # one at a time: each joins the ring the ones before made
         node("start", host)
     wait_for_the_ring()
+
+
+def answers(host: str, port: int = 9042) -> bool:
+    """Whether something accepts connections on the host's CQL port."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def stop() -> None:
