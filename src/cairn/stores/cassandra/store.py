@@ -104,7 +104,7 @@ class CassandraStore(Store):
 
     def _prepare(self, session: Any) -> Any:
         with self._errors("cannot prepare the store's statements"):
-            return prepare(session, self.settings.quoted_keyspace)
+            return prepare(session, self.settings.quoted_keyspace, self.settings.sequenced)
 
     # -- events
 
