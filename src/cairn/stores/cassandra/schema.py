@@ -108,7 +108,7 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
     keyspace = settings.quoted_keyspace
     replication = _replication_cql(settings, cluster)
     statements = [CREATE_KEYSPACE.format(keyspace=keyspace, replication=replication)]
-    creates = (*CREATE_TABLES, CREATE_TRACKING)
+    creates: tuple[str, ...] = (*CREATE_TABLES, CREATE_TRACKING)
     columns = SEQUENCED_COLUMNS if settings.sequenced else CLAIMED_COLUMNS
     if settings.sequenced:
         creates = (*CREATE_SEQUENCED, *creates)  # first: see check_design

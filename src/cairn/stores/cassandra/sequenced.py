@@ -1,0 +1,207 @@
+"""The sequenced feed (feed=sequenced): saves write intents (intents.py), a sequencer publishes
+them (sequencer.py), and readers read what is published (docs/feed.md, "Sequencing after the
+write"). The store holds a :class:`SequencedFeed` in place of a :class:`CassandraFeed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+from cairn.errors import StoreError
+from cairn.stores.cassandra.feed import CassandraFeed, span
+from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
+from cairn.stores.cassandra.intents import Intent, Intents, now_ms
+from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
+from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
+from cairn.stores.cassandra.session import Connection
+from cairn.stores.cassandra.settings import Settings
+from cairn.stores.contract import Fences, Record
+
+IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
+BUSY_FOR = 1.0  # seconds a save or a reader at the head keeps the sequencer at its pace
+
+log = logging.getLogger(__name__)
+
+
+class SequencedFeed(CassandraFeed):
+    """Intents for saves, a sequencer run in a background thread (started by the first save
+    or read, stopped by :meth:`close`), and a reader of published batches, which are final:
+    it never waits on one, nor fences one. A reader that reaches the end waits (a little)
+    for the sequencer to have settled every intent older than the read, so that a save is
+    in the feed of a read that begins after it."""
+
+    positions = False  # a save's positions are given later, by the sequencer
+    mark = "intent"
+
+    def __init__(
+        self,
+        settings: Settings,
+        connection: Callable[[], Connection],
+        fences: Callable[[], Fences],
+    ) -> None:
+        super().__init__(settings, connection, fences)
+        self.intents = Intents(settings, connection)
+        self.sequencer = self._new_sequencer()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._busy_until = 0.0
+        self._thread_lock = threading.Lock()
+        self._thread_pid = os.getpid()
+
+    def _new_sequencer(self) -> Sequencer:
+        return Sequencer(self.settings, self._connection, self._fences, self.intents, self.bucket)
+
+    # -- writing
+
+    def claim(self, batches: Sequence[Sequence[Record]]) -> list[Intent]:  # type: ignore[override]
+        """The intents of these batches, written and checked (their events carry them), or
+        StoreError: none of them was stored."""
+        self.start()
+        sealed = self._fences().sealed
+        wanted = [
+            (b[0].originator_id, min(r.originator_version for r in b), span(b)) for b in batches
+        ]
+        try:
+            return self.intents.write(wanted, sealed)
+        except StoreError as failure:
+            raise StoreError(
+                f"{self.url}: {what(batches)} was not stored: {failure}"
+            ) from failure.__cause__
+
+    def insert(self, connection: Connection) -> Any:
+        """The events' conditional insert, carrying the intent."""
+        prepared = connection.statements.sequenced
+        assert prepared is not None
+        return prepared.insert_event
+
+    def value(self, mark: Intent) -> UUID:
+        """What an event row carries for its batch: the intent's id."""
+        return mark.id
+
+    def abandon(self, mark: Intent) -> None:  # type: ignore[override]
+        self.intents.abandon(mark)
+
+    # -- the sequencer's thread
+
+    def start(self) -> None:
+        """Run the sequencer in the background, if it is not running yet in this process;
+        keep it at its pace for a while (a save or a read wants it)."""
+        self._busy_until = time.monotonic() + BUSY_FOR
+        if self._thread is not None and self._thread_pid == os.getpid():
+            return
+        with self._thread_lock:
+            if self._thread_pid != os.getpid():  # forked: the parent's thread is not here
+                self._thread_pid, self.sequencer = os.getpid(), self._new_sequencer()
+                self._thread, self._stop = None, threading.Event()
+            if self._thread is None and not self._stop.is_set():
+                self.intents.origin()  # before any step: every shard closed at the cursor
+                self._thread = threading.Thread(
+                    target=self._run, name=f"cairn-sequencer {self.settings.keyspace}", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                holding = self.sequencer.sequence_once()
+            except Exception:  # (a thread's last resort: log, and go on)
+                log.exception("%s: the sequencer failed", self.url)
+                holding = False
+            busy = holding and (self.sequencer.found_any or time.monotonic() < self._busy_until)
+            pause = self.settings.window / 1000 if busy else IDLE_PAUSE
+            if not holding:
+                pause = self.settings.sequencer_lease / 4
+            self._wake.wait(pause)
+            self._wake.clear()
+
+    def close(self) -> None:
+        """Stop the sequencer, and give up its lease."""
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and self._thread_pid == os.getpid():
+            thread.join(timeout=self.settings.request_timeout * 2)
+            self.sequencer.release()
+
+    # -- reading
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        """At most ``limit`` published event records after ``after``, in feed order; at the
+        end of the feed, those the sequencer publishes of saves made before the read."""
+        began = now_ms()
+        self.start()
+        found = super().read(after, limit)
+        if len(found) < limit and self._settled_since(began):
+            last = found[-1].position if found else after
+            found += super().read(last or 0, limit - len(found))
+        blocked = self.sequencer.blocked
+        if not found and blocked is not None:
+            raise blocked
+        return found
+
+    def _settled_since(self, began: int) -> bool:
+        """Wait until the sequencer has settled every intent older than ``began`` (ms); False
+        if it was already, or no sequencer did within the lease (then read on later)."""
+        sequencer = self.sequencer
+        deadline = time.monotonic() + self.settings.sequencer_lease + 1
+        if sequencer.published_until >= began:
+            return False
+        while time.monotonic() < deadline:
+            if sequencer.holding:
+                with sequencer.progress:
+                    sequencer.progress.wait_for(
+                        lambda: sequencer.published_until >= began or not sequencer.holding,
+                        timeout=max(deadline - time.monotonic(), 0),
+                    )
+                if sequencer.published_until >= began:
+                    return True
+            elif self._published_until() >= began:
+                return True
+            else:
+                time.sleep(self.settings.window / 1000)
+        return False
+
+    def _published_until(self) -> int:
+        """How far another process's sequencer says it has settled every intent (ms)."""
+        connection = self._connection()
+        prepared = connection.statements.sequenced
+        assert prepared is not None
+        try:
+            row = connection.session.execute(prepared.select_close, (PUBLISHED_ROW,)).one()
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def _queries(self, connection: Connection) -> Queries:
+        prepared = connection.statements.sequenced
+        assert prepared is not None
+        return Queries(
+            prepared.select_published, prepared.select_carried, prepared.select_carried_shared
+        )
+
+    def _mark(self, claim: ClaimRow) -> Any:
+        return claim.intent
+
+    def _resolve(
+        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+    ) -> list[Record] | None:
+        """A published batch's records: final, so never waited on nor fenced (read again
+        through Paxos if a read below QUORUM missed them)."""
+        records = self._claimed(claim, read)
+        if records is None:
+            serial = self.settings.serial_consistency
+            records = self._claimed(claim, self._send(claim, serial=serial))
+        if records is None:
+            raise StoreError(
+                f"{self.url}: the feed's position {claim.position} names aggregate "
+                f"{claim.originator_id} version {claim.originator_version}, which is not stored"
+            )
+        return records
