@@ -114,7 +114,7 @@ class Intents:
             ]
             row = connection.session.execute(read).one()
             if row is None or row[0] is None:
-                made = self.clock()
+                made = now_ms()
                 result = connection.session.execute(
                     prepared.make_origin, (self.settings.shards, made)
                 )

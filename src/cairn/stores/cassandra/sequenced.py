@@ -54,6 +54,9 @@ class SequencedFeed(CassandraFeed):
         self._busy_until = 0.0
         self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
+        # False: no thread; the sequencer runs only when called (sequence_once), and a
+        # reader at the end of the feed does not wait for it (tests drive it so).
+        self.background = True
 
     def _new_sequencer(self) -> Sequencer:
         return Sequencer(self.settings, self._connection, self._fences, self.intents, self.bucket)
@@ -94,7 +97,7 @@ class SequencedFeed(CassandraFeed):
         """Run the sequencer in the background, if it is not running yet in this process;
         keep it at its pace for a while (a save or a read wants it)."""
         self._busy_until = time.monotonic() + BUSY_FOR
-        if self._thread is not None and self._thread_pid == os.getpid():
+        if not self.background or (self._thread is not None and self._thread_pid == os.getpid()):
             return
         with self._thread_lock:
             if self._thread_pid != os.getpid():  # forked: the parent's thread is not here
@@ -139,7 +142,7 @@ class SequencedFeed(CassandraFeed):
         began = now_ms()
         self.start()
         found = super().read(after, limit)
-        if len(found) < limit and self._settled_since(began):
+        if len(found) < limit and self.background and self._settled_since(began):
             last = found[-1].position if found else after
             found += super().read(last or 0, limit - len(found))
         blocked = self.sequencer.blocked

@@ -110,6 +110,11 @@ class Sequencer:
                 if self._lease is None and not self._acquire():
                     return False
                 self._step()
+                if self.blocked is not None:
+                    # Only a process with the key can fence what holds the feed: let one
+                    # take the lease.
+                    self._release()
+                    return False
                 return True
             except Deposed:
                 log.info("%s: the sequencer's lease was taken over", self.url)
@@ -125,24 +130,26 @@ class Sequencer:
     def release(self) -> None:
         """Give up the lease (the store closes), so that another process takes it at once."""
         with self._lock:
-            lease, self._lease = self._lease, None
-            if lease is None:
-                return
-            try:
-                self._publish_round(lease, [], release=True)
-            except (*DRIVER_ERRORS, Deposed, StoreError) as exc:
-                log.info("%s: the sequencer's lease was not released: %s", self.url, exc)
+            self._release()
+
+    def _release(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is None:
+            return
+        try:
+            self._publish_round(lease, [], release=True)
+        except (*DRIVER_ERRORS, Deposed, StoreError) as exc:
+            log.info("%s: the sequencer's lease was not released: %s", self.url, exc)
 
     # -- the lease
 
     def _acquire(self) -> bool:
         """Take the lease if this sequencer holds it already, or it is free or expired;
         then load the state to go on from: the stored cursor, and what is published since."""
+        self._intents.origin()  # (made once: the first cursor)
         bucket = self._newest_bucket()
         row = self._statics(bucket)
         head, epoch, holder, renewed, cursor, cursor_head, written, now = row
-        if head is None:
-            return False  # (no origin yet: the store makes it before it sequences)
         expired = (
             holder is None or (now * 1000 - (written or 0)) / 1e6 > self.settings.sequencer_lease
         )
@@ -262,6 +269,7 @@ class Sequencer:
     def _resolve(self) -> list[tuple[Found, UUID | None]]:
         """The pending intents whose batches are stored (or fenced), each with the intent
         of the row before its first version (None if none): the void ones dropped."""
+        self.blocked = None
         reads = {
             f.intent: self._read(f)
             for f in sorted(self._pending.values(), key=_order)
