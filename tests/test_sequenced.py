@@ -21,7 +21,7 @@ from cassandra.query import BatchStatement
 
 from cairn import Application, ConcurrencyError, StoreError
 from cairn.stores import FENCE_TOPIC
-from cairn.stores.cassandra import CassandraStore
+from cairn.stores.cassandra import CassandraStore, parse_url
 from cairn.stores.cassandra.intents import now_ms, time_of
 from cairn.stores.cassandra.sequenced import SequencedFeed
 from cairn.testing import racer
@@ -77,6 +77,18 @@ def settle(store: Any) -> None:
     time.sleep(3 * store.settings.window / 1000)  # (it closes a window once it is past)
     while sequencer.published_until < until:
         assert sequencer.sequence_once(), "another sequencer holds the lease"
+
+
+def test_a_url_turns_feed_sequenced_and_its_options_into_settings() -> None:
+    settings = parse_url("cassandra://h1/ks?feed=sequenced&window=50&shards=4&sequencer_lease=3")
+    assert (settings.feed, settings.sequenced) == (True, True)
+    assert (settings.window, settings.shards, settings.sequencer_lease) == (50, 4, 3.0)
+    settings = parse_url("cassandra://h1/ks")
+    assert (settings.sequenced, settings.window, settings.shards) == (False, 20, 16)
+    assert settings.sequencer_lease == 2.0
+    assert not parse_url("cassandra://h1/ks?feed=off").feed
+    with pytest.raises(StoreError, match="feed must be one of true, false, sequenced"):
+        parse_url("cassandra://h1/ks?feed=sequential")
 
 
 def test_a_keyspace_of_one_feed_design_is_refused_by_a_store_of_the_other() -> None:

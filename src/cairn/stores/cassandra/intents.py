@@ -21,6 +21,7 @@ from cairn.errors import StoreError
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
+from cairn.stores.cassandra.statements import sequenced
 
 # Part of the stored format: an intent's partition is a second of its time and a shard.
 INTENT_BUCKET_MS = 1000
@@ -105,8 +106,7 @@ class Intents:
 
     def _make_origin(self) -> Origin:
         connection = self._connection()
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         try:
             read = prepared.select_origin.bind(())
             read.consistency_level = ConsistencyLevel.name_to_value[
@@ -173,8 +173,7 @@ class Intents:
 
     def _insert(self, intents: Sequence[Intent], shards: int) -> None:
         connection = self._connection()
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         futures = [
             connection.session.execute_async(
                 prepared.insert_intent,
@@ -188,8 +187,7 @@ class Intents:
     def _closes(self, shards: set[int]) -> dict[int, int]:
         """Each shard's close (ms), read at the store's consistency (QUORUM)."""
         connection = self._connection()
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         futures = {s: connection.session.execute_async(prepared.select_close, (s,)) for s in shards}
         closes = {}
         for shard, future in futures.items():
@@ -201,8 +199,7 @@ class Intents:
         """Say on an intent that its events were never written (or never will carry it),
         so that the sequencer voids it at once. Sent without waiting: only a hint."""
         connection = self._connection()
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         with contextlib.suppress(*DRIVER_ERRORS):  # a hint: else the sequencer fences it later
             connection.session.execute_async(
                 prepared.abandon_intent, intent.key(self.origin().shards)

@@ -21,6 +21,7 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
+from cairn.stores.cassandra.statements import sequenced
 from cairn.stores.contract import Fences, Record
 
 IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
@@ -80,8 +81,7 @@ class SequencedFeed(CassandraFeed):
 
     def insert(self, connection: Connection) -> Any:
         """The events' conditional insert, carrying the intent."""
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         return prepared.insert_event
 
     def value(self, mark: Intent) -> UUID:
@@ -129,10 +129,11 @@ class SequencedFeed(CassandraFeed):
         """Stop the sequencer, and give up its lease."""
         self._stop.set()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and self._thread_pid == os.getpid():
-            thread.join(timeout=self.settings.request_timeout * 2)
-            self.sequencer.release()
+        if self._thread_pid != os.getpid():
+            return  # (a forked child: the parent's sequencer is not this process's)
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.request_timeout * 2)
+        self.sequencer.release()
 
     # -- reading
 
@@ -175,8 +176,7 @@ class SequencedFeed(CassandraFeed):
     def _published_until(self) -> int:
         """How far another process's sequencer says it has settled every intent (ms)."""
         connection = self._connection()
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         try:
             row = connection.session.execute(prepared.select_close, (PUBLISHED_ROW,)).one()
         except DRIVER_ERRORS as exc:
@@ -184,8 +184,7 @@ class SequencedFeed(CassandraFeed):
         return 0 if row is None or row[0] is None else int(row[0])
 
     def _queries(self, connection: Connection) -> Queries:
-        prepared = connection.statements.sequenced
-        assert prepared is not None
+        prepared = sequenced(connection.statements)
         return Queries(
             prepared.select_published, prepared.select_carried, prepared.select_carried_shared
         )

@@ -26,6 +26,7 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
 from cairn.stores.cassandra.resolution import Abandoned, carried, fence
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
+from cairn.stores.cassandra.statements import sequenced
 from cairn.stores.contract import Fences
 
 PUBLISH_ROWS = 250  # batches published in one Paxos round, at most
@@ -411,9 +412,7 @@ class Sequencer:
     # -- requests
 
     def _prepared(self) -> Any:
-        prepared = self._connection().statements.sequenced
-        assert prepared is not None
-        return prepared
+        return sequenced(self._connection().statements)
 
     def _execute(self, statement: Any, params: Iterable[Any] | None = None) -> Any:
         try:

@@ -363,6 +363,12 @@ def prepare(session: Any, keyspace: str, sequenced: bool = False) -> Statements:
     )
 
 
+def sequenced(statements: Statements) -> SequencedStatements:
+    """The sequenced feed's statements, which a store of feed=sequenced prepares."""
+    assert statements.sequenced is not None, "not a store of feed=sequenced"
+    return statements.sequenced
+
+
 def prepare_sequenced(ready: Callable[[str], Any]) -> SequencedStatements:
     """The sequenced feed's statements, each prepared by ``ready``."""
     return SequencedStatements(
