@@ -71,11 +71,12 @@ def by_hand(store: Any) -> SequencedFeed:
 
 
 def settle(store: Any) -> None:
-    """Run the store's sequencer until it has settled every intent written before now."""
+    """Run the store's sequencer until it has scanned every intent written before now, and
+    published what it could of them."""
     sequencer = by_hand(store).sequencer
     until = now_ms()
     time.sleep(3 * store.settings.window / 1000)  # (it closes a window once it is past)
-    while sequencer.published_until < until:
+    while sequencer.scanned_until <= until:
         assert sequencer.sequence_once(), "another sequencer holds the lease"
 
 

@@ -16,7 +16,7 @@ from uuid import UUID
 from cairn.errors import StoreError
 from cairn.stores.cassandra.feed import CassandraFeed, span
 from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
-from cairn.stores.cassandra.intents import Intent, Intents, now_ms
+from cairn.stores.cassandra.intents import Intent, Intents, time_of
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
 from cairn.stores.cassandra.session import Connection
@@ -26,6 +26,9 @@ from cairn.stores.contract import Fences, Record
 
 IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
 BUSY_FOR = 1.0  # seconds a save or a reader at the head keeps the sequencer at its pace
+# The newest intent (its time, ms) this process's saves wrote, by keyspace: a read that
+# reaches the end of the feed waits for the sequencer to publish it (read your writes).
+_SAVED: dict[str, int] = {}
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class SequencedFeed(CassandraFeed):
     ) -> None:
         super().__init__(settings, connection, fences)
         self.intents = Intents(settings, connection)
+        self._keyspace = f"{settings.contact_points}/{settings.keyspace}"
         self.sequencer = self._new_sequencer()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -73,11 +77,15 @@ class SequencedFeed(CassandraFeed):
             (b[0].originator_id, min(r.originator_version for r in b), span(b)) for b in batches
         ]
         try:
-            return self.intents.write(wanted, sealed)
+            intents = self.intents.write(wanted, sealed)
         except StoreError as failure:
             raise StoreError(
                 f"{self.url}: {what(batches)} was not stored: {failure}"
             ) from failure.__cause__
+        # A read of this process that begins after the save waits for it to be published.
+        newest = max((time_of(i.id) for i in intents), default=0)
+        _SAVED[self._keyspace] = max(_SAVED.get(self._keyspace, 0), newest)
+        return intents
 
     def insert(self, connection: Connection) -> Any:
         """The events' conditional insert, carrying the intent."""
@@ -139,11 +147,12 @@ class SequencedFeed(CassandraFeed):
 
     def read(self, after: int = 0, limit: int = 1000) -> list[Record]:
         """At most ``limit`` published event records after ``after``, in feed order; at the
-        end of the feed, those the sequencer publishes of saves made before the read."""
-        began = now_ms()
+        end of the feed, those of this process's saves made before the read too (it waits
+        for the sequencer to publish them)."""
         self.start()
         found = super().read(after, limit)
-        if len(found) < limit and self.background and self._settled_since(began):
+        saved = _SAVED.get(self._keyspace)
+        if len(found) < limit and self.background and saved and self._settled_past(saved):
             last = found[-1].position if found else after
             found += super().read(last or 0, limit - len(found))
         blocked = self.sequencer.blocked
@@ -151,23 +160,23 @@ class SequencedFeed(CassandraFeed):
             raise blocked
         return found
 
-    def _settled_since(self, began: int) -> bool:
-        """Wait until the sequencer has settled every intent older than ``began`` (ms); False
-        if it was already, or no sequencer did within the lease (then read on later)."""
+    def _settled_past(self, saved: int) -> bool:
+        """Wait until the sequencer has settled every intent up to ``saved`` (ms); False if
+        it had already, or no sequencer did within the lease (then it is read later)."""
         sequencer = self.sequencer
-        deadline = time.monotonic() + self.settings.sequencer_lease + 1
-        if sequencer.published_until >= began:
+        if sequencer.published_until > saved:
             return False
+        deadline = time.monotonic() + self.settings.sequencer_lease + 1
         while time.monotonic() < deadline:
             if sequencer.holding:
                 with sequencer.progress:
                     sequencer.progress.wait_for(
-                        lambda: sequencer.published_until >= began or not sequencer.holding,
+                        lambda: sequencer.published_until > saved or not sequencer.holding,
                         timeout=max(deadline - time.monotonic(), 0),
                     )
-                if sequencer.published_until >= began:
+                if sequencer.published_until > saved:
                     return True
-            elif self._published_until() >= began:
+            elif self._published_until() > saved:
                 return True
             else:
                 time.sleep(self.settings.window / 1000)

@@ -30,7 +30,7 @@ from cairn.stores.cassandra.statements import sequenced
 from cairn.stores.contract import Fences
 
 PUBLISH_ROWS = 250  # batches published in one Paxos round, at most
-PUBLISHED_ROW = -1  # the row of `closes` that says how far every scanned intent is published
+PUBLISHED_ROW = -1  # the row of `closes` that says how far every intent is settled
 MAX_STEP_MS = INTENT_BUCKET_MS  # a step closes at most this much time (catching up goes in steps)
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Sequencer:
     ) -> None:
         self.settings, self.url = settings, settings.url
         self.me = uuid4()
-        self.published_until = 0  # ms: every intent scanned below it is published or pending
+        self.published_until = 0  # ms: every intent below it is settled (published, or void)
         self.blocked: FenceNeedsKey | None = None  # an intent only a keyed process can fence
         self.progress = threading.Condition()
         self.found_any = False  # the last step found intents to settle
@@ -97,6 +97,11 @@ class Sequencer:
         self._cursor = 0  # ms: the oldest time holding an intent pending (or _closed)
         self._pending: dict[UUID, Found] = {}
         self._published: dict[UUID, int] = {}  # intent -> position, those at or after _cursor
+
+    @property
+    def scanned_until(self) -> int:
+        """The time (ms) below which this sequencer has scanned every intent."""
+        return self._closed
 
     @property
     def holding(self) -> bool:
@@ -400,13 +405,14 @@ class Sequencer:
         return self._cursor, min(self._published.values(), default=head)
 
     def _mark_published(self) -> None:
-        """Say (to readers at the head) how far every intent scanned is settled."""
-        if self._closed <= self.published_until:
+        """Say (to readers at the head) how far every intent is settled: up to the oldest
+        pending, else the close."""
+        settled, _ = self._next_cursor(self._lease.head if self._lease else 0)
+        if settled <= self.published_until:
             return
-        row = (self._closed, self._closed, PUBLISHED_ROW)
-        self._execute(self._prepared().close, row)
+        self._execute(self._prepared().close, (settled, settled, PUBLISHED_ROW))
         with self.progress:
-            self.published_until = self._closed
+            self.published_until = settled
             self.progress.notify_all()
 
     # -- requests
