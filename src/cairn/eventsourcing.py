@@ -148,8 +148,10 @@ class CairnAggregateRecorder(CairnRecorder, AggregateRecorder):
             if isinstance(self, ApplicationRecorder):
                 raise NotSupportedError(
                     f"{self.store.url}: this store does not tell the feed positions of what it "
-                    "stores, so it cannot number an application's notifications (a Cassandra "
-                    "store with feed=false has no feed: turn it on)"
+                    "stores when it stores it, so it cannot number an application's "
+                    "notifications (a Cassandra store with feed=false has no feed: turn it on; "
+                    "with feed=sequenced, positions are given later, which this adapter does "
+                    "not support yet: use the default feed)"
                 )
             return Appended()
         if appended.repeated:

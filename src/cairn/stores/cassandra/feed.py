@@ -15,10 +15,11 @@ from typing import Any
 from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 
-from cairn.errors import FenceNeedsKey, StoreError
+from cairn.errors import StoreError
 from cairn.stores.cassandra.batching import Batcher, Slot
-from cairn.stores.cassandra.fetch import Ahead, ClaimRow, Fetch, Read, SharedRead, send
+from cairn.stores.cassandra.fetch import Ahead, ClaimRow, Fetch, Queries, Read, SharedRead, send
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe, what
+from cairn.stores.cassandra.resolution import Abandoned, carried, fence
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.contract import Fences, Record
@@ -71,6 +72,9 @@ class CassandraFeed:
     with each other for the head. ``stats`` counts what the claims cost (a benchmark
     reads it: bench/feed_scale.py).
     """
+
+    positions = True  # a save's claims are its positions (an Appended tells them)
+    mark = "position"  # the events' column that carries what a save claimed
 
     def __init__(
         self,
@@ -180,6 +184,20 @@ class CassandraFeed:
             # No head: the guess named a bucket not begun yet; look for the real one.
             position = self.find_head() if head is None else head
 
+    def insert(self, connection: Connection) -> Any:
+        """The events' conditional insert, carrying the claim's position."""
+        return connection.statements.insert_event
+
+    def value(self, mark: Any) -> Any:
+        """What an event row carries for its batch's claim: the position."""
+        return mark
+
+    def saved(self) -> None:
+        """A save's events are written (nothing to note: its claims are in the feed)."""
+
+    def close(self) -> None:
+        """Nothing runs in the background for claims."""
+
     def find_head(self) -> int:
         """The feed's next free position, as far as a read can tell (Paxos checks it).
 
@@ -283,6 +301,7 @@ class CassandraFeed:
             self.bucket,
             fresh=fresh,
             timeout=self.settings.request_timeout * 2,
+            queries=self._queries(connection),
         )
 
     def _resolve(
@@ -305,81 +324,58 @@ class CassandraFeed:
         return self._claimed(claim, self._send(claim, serial=self.settings.serial_consistency))
 
     def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
+        connection = self._connection()
         try:
-            return send(self._connection(), claim, serial)
+            return send(connection, claim, serial, self._queries(connection))
         except DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
 
     def _claimed(self, claim: ClaimRow, read: Read | SharedRead) -> list[Record] | None:
         """What a claim's events read found: its records, [] if another batch holds its
         first version, or None if that version is not stored (yet)."""
-        originator_id, first, position = (
+        originator_id, first, mark = (
             claim.originator_id,
             claim.originator_version,
-            claim.position,
+            self._mark(claim),
         )
-        base = (position << INDEX_BITS) - first + 1
+        base = (claim.position << INDEX_BITS) - first + 1
         try:
             if isinstance(read, SharedRead):
-                stored = read.stored(position)
-                if stored and stored[0][0] == first:  # its first version holds its position
+                stored = read.stored(mark)
+                if stored and stored[0][0] == first:  # its first version carries its mark
                     return [Record(originator_id, v, t, d, base + v) for v, t, d, _ in stored]
                 read = self._send(claim)  # not stored there: a read of its own says why
-            rows = read.rows()  # in version order, from the claim's first
+            rows = carried(read.rows(), first, mark)  # in version order, from its first
         except DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
-        if not rows or rows[0][0] != first:
+        if rows is None:
             return None
-        if rows[0][3] != position:
-            return []  # another batch holds the version: this claim lost its race
-        return [Record(originator_id, v, t, d, base + v) for v, t, d, p in rows if p == position]
+        return [Record(originator_id, v, t, d, base + v) for v, t, d, _ in rows]
+
+    def _mark(self, claim: ClaimRow) -> Any:
+        """What the rows of a claim's batch carry: its position."""
+        return claim.position
+
+    def _queries(self, connection: Connection) -> Queries:
+        """The statements that read claims and their events."""
+        statements = connection.statements
+        return Queries(
+            statements.select_claims, statements.select_claimed, statements.select_shared
+        )
 
     def _fence(self, claim: ClaimRow) -> None:
-        """Fence off an abandoned claim: a no-op record at its first version, with Paxos.
-
-        Paxos first completes any write of the claim's batch still in progress; then
-        either the batch is there (the insert is not applied) or the fence is, and the
-        batch's writer can never store its batch (its insert is not applied: ConcurrencyError).
-        The fence is the store's (its application's: sealed under its key). A claim whose
-        writer sealed its fences is never fenced by a reader that cannot seal one
-        (FenceNeedsKey): the application would refuse an unsealed fence.
-        """
-        fences = self._fences()
-        if claim.sealed and not fences.sealed:
-            raise FenceNeedsKey(
-                f"{self.url}: cannot read the feed past position {claim.position}: its claim "
-                f"(aggregate {claim.originator_id} version {claim.originator_version}) was "
-                "abandoned by its writer and must be fenced off, with a fence sealed by the "
-                "application's key, which this reader was not given (the store is encrypted, "
-                "and its application would refuse an unsealed fence). Nothing was written. "
-                "Read the feed once with the key (an application with its cipher; $CAIRN_KEY "
-                "for the cairn command) to fence it off; readers without it then read on."
-            )
-        fence = fences.make(claim.originator_id, claim.originator_version)
-        row = (
-            fence.originator_id,
-            fence.originator_version,
-            fence.topic,
-            fence.data,
-            claim.position,
-        )
+        """Fence off an abandoned claim (resolution.fence)."""
         connection = self._connection()
-        try:
-            connection.session.execute(connection.statements.insert_event, row)
-        except DRIVER_ERRORS as exc:
-            raise StoreError(
-                f"{self.url}: cannot read the feed past position {claim.position}: its claim "
-                f"(aggregate {claim.originator_id} version {claim.originator_version}) is "
-                f"abandoned, and fencing it off failed: {describe(exc)}"
-            ) from exc
-        log.info(
-            "%s: fenced off feed claim %d (aggregate %s version %d), abandoned for %.1f s",
-            self.url,
-            claim.position,
+        abandoned = Abandoned(
             claim.originator_id,
             claim.originator_version,
+            claim.sealed,
+            claim.position,
+            f"position {claim.position}",
+            "claim",
             (claim.now * 1000 - claim.written) / 1e6,
         )
+        fence(self.url, connection, self._fences(), connection.statements.insert_event, abandoned)
 
 
 def span(batch: Sequence[Record]) -> int:

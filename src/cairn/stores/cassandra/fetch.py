@@ -16,8 +16,19 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import Connection, release, untime
 
 
+class Queries(NamedTuple):
+    """The prepared statements a fetch reads with: the feed's rows (SELECT_CLAIMS, or
+    SELECT_PUBLISHED), and the events of one batch and of several (SELECT_CLAIMED and
+    SELECT_SHARED, or those that read intents in the positions' place)."""
+
+    rows: Any
+    batch: Any
+    shared: Any
+
+
 class ClaimRow(NamedTuple):
-    """A claim as a reader finds it in the feed table (a tuple: a page builds hundreds)."""
+    """A claim (or a published batch) as a reader finds it in the feed table (a tuple: a
+    page builds hundreds)."""
 
     position: int
     originator_id: Any
@@ -27,6 +38,7 @@ class ClaimRow(NamedTuple):
     sealed: bool | None
     written: int  # the claim's Paxos timestamp, microseconds
     now: int  # the reading coordinator's clock, milliseconds
+    intent: Any = None  # a published batch's intent (feed=sequenced)
 
 
 class Fetch:
@@ -51,6 +63,7 @@ class Fetch:
         *,
         fresh: bool = True,
         timeout: float,
+        queries: Queries,
     ) -> None:
         self.first, self.fresh = first, fresh
         self.claims: list[ClaimRow] = []
@@ -58,11 +71,12 @@ class Fetch:
         self.complete = False  # claims go on after these: as many were there as asked for
         self.events = 0  # the events the claims fetched span
         self._connection, self._wanted, self._timeout = connection, wanted, timeout
+        self._queries = queries
         self._error: BaseException | None = None
         self._arrived = threading.Event()
         number = first // bucket
         self._count = min(count, (number + 1) * bucket - first)
-        statement = connection.statements.select_claims.bind((number, first, self._count))
+        statement = queries.rows.bind((number, first, self._count))
         statement.fetch_size = self._count
         try:
             future = connection.session.execute_async(statement)
@@ -98,7 +112,7 @@ class Fetch:
                 self.complete = len(rows) == self._count
             rows.clear()  # (the claims are copied out: let the response go now)
             untime(future)
-            self.reads = reads(self._connection, self.claims)
+            self.reads = reads(self._connection, self.claims, self._queries)
         except BaseException as exc:  # (handed to the reader's thread)
             self._error = exc
         finally:
@@ -138,8 +152,8 @@ class SharedRead:
         self._future = future
         self._stored: dict[int, list[tuple[Any, ...]]] | None = None
 
-    def stored(self, position: int) -> list[tuple[Any, ...]]:
-        """The rows (version, topic, data, position) that carry ``position``, in version
+    def stored(self, mark: Any) -> list[tuple[Any, ...]]:
+        """The rows (version, topic, data, mark) that carry ``mark``, in version
         order (a batch's rows are all in its aggregate's partition); a driver error if
         the read failed."""
         if self._stored is None:
@@ -149,14 +163,16 @@ class SharedRead:
                 stored.setdefault(row[3], []).append(row)
             release(result)
             self._stored = stored
-        return self._stored.get(position, [])
+        return self._stored.get(mark, [])
 
 
 SHARED_READ = 100  # partitions one events read may name (IN): a server's guardrail may cap it
 ROWS_PER_RESPONSE = 5000  # the driver's default page; a larger batch takes more than one
 
 
-def reads(connection: Connection, claims: list[ClaimRow]) -> list[Read | SharedRead]:
+def reads(
+    connection: Connection, claims: list[ClaimRow], queries: Queries
+) -> list[Read | SharedRead]:
     """Each claim's events read, sent; claims that name the same versions share one."""
     same: dict[tuple[int, int], list[int]] = {}
     for n, claim in enumerate(claims):
@@ -164,26 +180,24 @@ def reads(connection: Connection, claims: list[ClaimRow]) -> list[Read | SharedR
     found: list[Read | SharedRead] = [None] * len(claims)  # type: ignore[list-item]
     for (first, size), members in same.items():
         if len(members) == 1:
-            found[members[0]] = send(connection, claims[members[0]])
+            found[members[0]] = send(connection, claims[members[0]], None, queries)
             continue
         for start in range(0, len(members), SHARED_READ):
             part = members[start : start + SHARED_READ]
             ids = list({claims[n].originator_id: None for n in part})  # (a claim made twice)
-            statement = connection.statements.select_shared.bind((ids, first, first + size))
+            statement = queries.shared.bind((ids, first, first + size))
             shared = SharedRead(_execute(connection, statement, len(ids) * size))
             for n in part:
                 found[n] = shared
     return found
 
 
-def send(connection: Connection, claim: ClaimRow, serial: str | None = None) -> Read:
+def send(connection: Connection, claim: ClaimRow, serial: str | None, queries: Queries) -> Read:
     """The read of the versions a claim names, sent. With ``serial`` (a serial consistency
     level's name), through Paxos: it completes any write in progress on the partition
     first."""
     first = claim.originator_version
-    statement = connection.statements.select_claimed.bind(
-        (claim.originator_id, first, first + claim.size)
-    )
+    statement = queries.batch.bind((claim.originator_id, first, first + claim.size))
     if serial is not None:
         statement.consistency_level = ConsistencyLevel.name_to_value[serial]
     return Read(_execute(connection, statement, claim.size))

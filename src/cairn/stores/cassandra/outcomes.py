@@ -69,11 +69,17 @@ def write_error(url: str, exc: BaseException, batch: Sequence[Record]) -> StoreE
 
 
 def not_applied(
-    batch: Sequence[Record], position: int | None, result: Any, fence_after: float
+    batch: Sequence[Record],
+    mark: Any,
+    result: Any,
+    fence_after: float,
+    marked: str = "position",
 ) -> ConcurrencyError | None:
     """What a batch's conditional write that was not applied means: None if the rows in
     its way are the batch itself (stored all the same), else the ConcurrencyError that
-    says which version was in the way, and whether a feed reader had fenced it off."""
+    says which version was in the way, and whether the feed had fenced it off (a fence
+    carrying the batch's ``mark``, in the column ``marked``: its claim's position, or
+    its intent)."""
     existing = {row[0]: row for row in _stored_rows(result)}
     if _all_ours(existing, batch):
         # Our own write, completed by a later Paxos round that then found its
@@ -83,7 +89,7 @@ def not_applied(
     found = sorted(v for v in existing if v in {r.originator_version for r in batch})
     version = found[0] if found else batch[0].originator_version
     fenced = existing.get(version, (0, ""))[1] == FENCE_TOPIC
-    if fenced and stored_position(result, version) == position:
+    if fenced and stored_position(result, version, marked) == mark:
         return ConcurrencyError(
             f"aggregate {batch[0].originator_id}: version {version} was fenced off by a "
             f"feed reader, this save having taken longer than feed_fence_after "
@@ -168,12 +174,13 @@ def _stored_rows(result: Any) -> list[tuple[int, str, bytes]]:
     return [(row[at[0]], row[at[1]], row[at[2]]) for row in result.current_rows]
 
 
-def stored_position(result: Any, version: int) -> int | None:
-    """The feed position of the row at ``version`` a conditional write found in its way."""
+def stored_position(result: Any, version: int, marked: str = "position") -> Any:
+    """The feed position (or the column ``marked``) of the row at ``version`` a conditional
+    write found in its way."""
     names = list(result.column_names)
-    if "position" not in names:
+    if marked not in names:
         return None
-    at, position = names.index("originator_version"), names.index("position")
+    at, position = names.index("originator_version"), names.index(marked)
     return next((row[position] for row in result.current_rows if row[at] == version), None)
 
 

@@ -23,11 +23,15 @@ from cairn.stores.cassandra.statements import (
     ADD_POSITION,
     ADD_SEALED,
     ADD_TRACKED,
+    CLAIMED_COLUMNS,
     CREATE_KEYSPACE,
+    CREATE_SEQUENCED,
     CREATE_TABLES,
     CREATE_TRACKING,
     SELECT_ANY_ROW,
     SELECT_SETTINGS,
+    SEQUENCED_COLUMNS,
+    SEQUENCED_TABLES,
     TABLES,
 )
 
@@ -81,8 +85,14 @@ def settled(action: Callable[[], T]) -> T:
         time.sleep(0.1)
 
 
+def tables(settings: Settings) -> tuple[str, ...]:
+    """The tables a store of these settings needs."""
+    return (*SEQUENCED_TABLES, *TABLES) if settings.sequenced else TABLES
+
+
 def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
     """Create the keyspace and tables unless they exist (or say which are missing)."""
+    check_design(cluster, settings)
     missing = _add_columns(cluster, session, settings)
     if not missing:
         return
@@ -98,7 +108,11 @@ def ensure_schema(cluster: Any, session: Any, settings: Settings) -> None:
     keyspace = settings.quoted_keyspace
     replication = _replication_cql(settings, cluster)
     statements = [CREATE_KEYSPACE.format(keyspace=keyspace, replication=replication)]
-    statements += [cql.format(keyspace=keyspace) for cql in (*CREATE_TABLES, CREATE_TRACKING)]
+    creates: tuple[str, ...] = (*CREATE_TABLES, CREATE_TRACKING)
+    columns = SEQUENCED_COLUMNS if settings.sequenced else CLAIMED_COLUMNS
+    if settings.sequenced:
+        creates = (*CREATE_SEQUENCED, *creates)  # first: see check_design
+    statements += [cql.format(keyspace=keyspace, **columns) for cql in creates]
     try:
         for cql in statements:
             result = _execute_ddl(cluster, session, cql)
@@ -136,13 +150,35 @@ def _execute_ddl(cluster: Any, session: Any, cql: str) -> Any:
     return session.execute(cql, host=hosts[-1] if hosts else None, timeout=60)
 
 
+def check_design(cluster: Any, settings: Settings) -> None:
+    """Refuse a keyspace whose feed is of the other design than the URL's (claims, or
+    sequenced: told by its intents table). Moving a keyspace from one to the other is a
+    cutover that this does not do. A store with feed=false opens either."""
+    keyspace = cluster.metadata.keyspaces.get(settings.keyspace)
+    if not settings.feed or keyspace is None or "feed" not in keyspace.tables:
+        return
+    sequenced = "intents" in keyspace.tables
+    if sequenced == settings.sequenced:
+        return
+    if settings.sequenced:
+        raise StoreError(
+            f"{settings.url}: keyspace {settings.keyspace!r} has a feed of claims (made "
+            "without feed=sequenced); feed=sequenced is for new keyspaces only, and moving "
+            "an existing one to it is not supported yet. Open it without feed=sequenced."
+        )
+    raise StoreError(
+        f"{settings.url}: keyspace {settings.keyspace!r} has a sequenced feed (made with "
+        "feed=sequenced); open it with feed=sequenced (or feed=false) in the URL"
+    )
+
+
 def check_replicas(session: Any, settings: Settings) -> None:
     """Read each table once from every replica, so that none is used before every
     node serves it: schema agreement says the nodes have the same schema version,
     yet a replica can refuse a table made a moment ago (INCOMPATIBLE_SCHEMA). A
     node that is down, restarting or slow is not waited for: the store works at
     QUORUM without it, and it learns the schema when it is back."""
-    for table in TABLES:
+    for table in tables(settings):
         query = SimpleStatement(
             SELECT_ANY_ROW.format(keyspace=settings.quoted_keyspace, table=table),
             consistency_level=ConsistencyLevel.ALL,
@@ -187,7 +223,7 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
     keyspace = cluster.metadata.keyspaces.get(settings.keyspace)
     if keyspace is None:
         return f"keyspace {settings.keyspace!r}"
-    for table in TABLES:
+    for table in tables(settings):
         if table not in keyspace.tables:
             return f"table {settings.keyspace}.{table}"
     if "position" not in keyspace.tables["events"].columns:

@@ -20,6 +20,15 @@ URL: ``cassandra://[user:password@]host1[:port],host2[:port]/keyspace[?options]`
   appear in the feed, even if the keyspace is later used with it on.
 - ``feed_fence_after=SECONDS`` (default 5): how old a feed claim whose events
   are still missing must be before a feed reader fences it off (docs/feed.md).
+- ``feed=sequenced``: the feed sequenced after the write (docs/feed.md, "Sequencing
+  after the write"), for a new keyspace only: a save writes a plain intent instead of
+  claiming a position by Paxos, and one sequencer per keyspace publishes positions.
+  A keyspace made with one feed design is refused by a store opened with the other.
+  Its options: ``window=MS`` (default 20: the sequencer closes and scans a window of
+  this many milliseconds at a time), ``shards=N`` (default 16: how many partitions
+  a window's intents are spread over; used when the keyspace is made, which then
+  keeps it), ``sequencer_lease=SECONDS`` (default 2: how long a sequencer that stopped
+  renewing its lease keeps it before another process takes over).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from urllib.parse import unquote
 
 from cassandra import ConsistencyLevel
 
-from cairn.stores.urls import Options
+from cairn.stores.urls import FALSE, TRUE, Options
 
 OPTIONS = (
     "replication_factor",
@@ -47,11 +56,18 @@ OPTIONS = (
     "max_batch_size",
     "feed",
     "feed_fence_after",
+    "window",
+    "shards",
+    "sequencer_lease",
 )
+FEED_CHOICES = ("true", "false", "sequenced")
 DEFAULT_PORT = 9042
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_FENCE_AFTER = 5.0
+DEFAULT_WINDOW_MS = 20
+DEFAULT_SHARDS = 16
+DEFAULT_LEASE = 2.0
 LEVELS = tuple(n for n in ConsistencyLevel.name_to_value if "SERIAL" not in n)
 SERIAL_LEVELS = ("SERIAL", "LOCAL_SERIAL")
 _KEYSPACE_NAME = re.compile(r"[A-Za-z0-9_]{1,48}")
@@ -79,6 +95,10 @@ class Settings:
     max_batch_size: int | None = None
     feed: bool = True
     feed_fence_after: float = DEFAULT_FENCE_AFTER
+    sequenced: bool = False  # feed=sequenced: intents and a sequencer instead of claims
+    window: int = DEFAULT_WINDOW_MS  # milliseconds
+    shards: int = DEFAULT_SHARDS
+    sequencer_lease: float = DEFAULT_LEASE
 
     @property
     def contact_points(self) -> str:
@@ -108,6 +128,7 @@ def parse_url(url: str) -> Settings:
         raise options.error("give replication_factor or replication, not both")
     user, _, password = userinfo.partition(":")
     local_dc = options.text("local_dc")
+    feed = _feed_choice(options)
     return Settings(
         url=options.shown,
         hosts=_parse_hosts(hostlist, options),
@@ -125,9 +146,22 @@ def parse_url(url: str) -> Settings:
         connect_timeout=options.seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         request_timeout=options.seconds("request_timeout", DEFAULT_REQUEST_TIMEOUT),
         max_batch_size=options.count("max_batch_size", None),
-        feed=options.flag("feed", True),
+        feed=feed != "FALSE",
         feed_fence_after=options.seconds("feed_fence_after", DEFAULT_FENCE_AFTER),
+        sequenced=feed == "SEQUENCED",
+        window=options.count("window", DEFAULT_WINDOW_MS) or DEFAULT_WINDOW_MS,
+        shards=options.count("shards", DEFAULT_SHARDS) or DEFAULT_SHARDS,
+        sequencer_lease=options.seconds("sequencer_lease", DEFAULT_LEASE),
     )
+
+
+def _feed_choice(options: Options) -> str:
+    """The feed's design, in upper case: TRUE (claims), FALSE (none) or SEQUENCED."""
+    value = (options.text("feed") or "true").strip().lower()
+    value = "true" if value in TRUE else "false" if value in FALSE else value
+    if value not in FEED_CHOICES:
+        raise options.error(f"feed must be one of {', '.join(FEED_CHOICES)}, not {value!r}")
+    return value.upper()
 
 
 def _parse_hosts(hostlist: str, options: Options) -> tuple[tuple[str, int], ...]:

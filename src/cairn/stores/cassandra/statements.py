@@ -6,6 +6,7 @@ explained in ``docs/feed.md``, which shows the tables too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ CREATE_TABLES = (
         originator_version bigint,
         topic text,
         data blob,
-        position bigint,
+        position bigint,{events_columns}
         tracked map<text, bigint> static,
         tracked_from map<text, bigint> static,
         PRIMARY KEY ((originator_id), originator_version))""",
@@ -48,9 +49,41 @@ CREATE_TABLES = (
         originator_version bigint,
         size int,
         abandoned boolean,
-        sealed boolean,
+        sealed boolean,{feed_columns}
         PRIMARY KEY ((bucket), position))""",
 )
+# The columns the sequenced feed adds to those tables (none for the claims' design): an
+# event's intent; a published batch's intent, and the sequencer's lease and cursor in the
+# newest bucket's static columns (`shards` in bucket 0's: the keyspace keeps its count).
+CLAIMED_COLUMNS = {"events_columns": "", "feed_columns": ""}
+SEQUENCED_COLUMNS = {
+    "events_columns": "\n        intent timeuuid,",
+    "feed_columns": (
+        "\n        intent timeuuid, epoch bigint static, holder uuid static, "
+        "renewed bigint static, cursor bigint static, cursor_head bigint static, "
+        "shards int static,"
+    ),
+}
+# The sequenced feed's own tables, made before the others, so that a process that finds
+# the feed table finds these too (it tells the keyspace's design by them). An intent's
+# partition is a second of its time (INTENT_BUCKET_MS) and a shard; `closed_until` (ms)
+# only grows: it is written USING TIMESTAMP itself.
+CREATE_SEQUENCED = (
+    """CREATE TABLE IF NOT EXISTS {keyspace}.intents (
+        bucket bigint,
+        shard int,
+        intent timeuuid,
+        originator_id uuid,
+        originator_version bigint,
+        size int,
+        sealed boolean,
+        abandoned boolean,
+        PRIMARY KEY ((bucket, shard), intent))""",
+    """CREATE TABLE IF NOT EXISTS {keyspace}.closes (
+        shard int PRIMARY KEY,
+        closed_until bigint)""",
+)
+SEQUENCED_TABLES = ("intents", "closes")
 # What a process application has processed of each upstream, advanced only by Paxos.
 CREATE_TRACKING = """CREATE TABLE IF NOT EXISTS {keyspace}.tracking (
         upstream text PRIMARY KEY,
@@ -139,6 +172,78 @@ SELECT_SHARED = (
     "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
 )
 
+# -- the sequenced feed (feed=sequenced; docs/feed.md, "Sequencing after the write")
+
+INSERT_INTENT_EVENT = (
+    "INSERT INTO {keyspace}.events (originator_id, originator_version, topic, data, intent) "
+    "VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"
+)
+# Plain writes and reads at QUORUM: no save takes a Paxos round but its aggregate's.
+INSERT_INTENT = (
+    "INSERT INTO {keyspace}.intents (bucket, shard, intent, originator_id, originator_version, "
+    "size, sealed) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+ABANDON_INTENT = (
+    "UPDATE {keyspace}.intents SET abandoned = true WHERE bucket = ? AND shard = ? AND intent = ?"
+)
+SELECT_CLOSE = "SELECT closed_until FROM {keyspace}.closes WHERE shard = ?"
+# The timestamp is the value: a deposed sequencer's late, smaller close loses.
+CLOSE = "UPDATE {keyspace}.closes USING TIMESTAMP ? SET closed_until = ? WHERE shard = ?"
+# The keyspace's origin, made once by Paxos: its shard count, and the first cursor.
+SELECT_ORIGIN = "SELECT shards, cursor FROM {keyspace}.feed WHERE bucket = 0 LIMIT 1"
+MAKE_ORIGIN = (
+    "UPDATE {keyspace}.feed SET shards = ?, cursor = ?, cursor_head = 0, head = 0 "
+    "WHERE bucket = 0 IF shards = null"
+)
+# A shard's intents of a span of time (ms), with their age on the node's clock.
+SELECT_INTENTS = (
+    "SELECT intent, originator_id, originator_version, size, abandoned, sealed, "
+    "writetime(originator_id), toUnixTimestamp(currentTimestamp()) FROM {keyspace}.intents "
+    "WHERE bucket = ? AND shard = ? AND intent >= minTimeuuid(?) AND intent < minTimeuuid(?)"
+)
+# The intents that rows carry: the sequencer's resolution (with the version before).
+SELECT_MARKS = (
+    "SELECT originator_version, intent FROM {keyspace}.events "
+    "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
+)
+# The reader's: SELECT_CLAIMED and SELECT_SHARED, with the intent where the position was.
+SELECT_CARRIED = (
+    "SELECT originator_version, topic, data, intent FROM {keyspace}.events "
+    "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
+)
+SELECT_CARRIED_SHARED = (
+    "SELECT originator_version, topic, data, intent FROM {keyspace}.events "
+    "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
+)
+# Published rows, as SELECT_CLAIMS reads claims (their intent last).
+SELECT_PUBLISHED = (
+    "SELECT position, originator_id, originator_version, size, abandoned, sealed, "
+    "writetime(originator_id), toUnixTimestamp(currentTimestamp()), intent "
+    "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
+)
+# The sequencer's state in a bucket's static columns, the lease's age on the node's clock.
+SELECT_STATICS = (
+    "SELECT head, epoch, holder, renewed, cursor, cursor_head, writetime(renewed), "
+    "toUnixTimestamp(currentTimestamp()) FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
+)
+# A lease not renewed in time, taken over (`renewed` changes at each renewal, so that a
+# renewal between the candidate's read and this round makes it fail).
+TAKE_LEASE = (
+    "UPDATE {keyspace}.feed SET epoch = ?, holder = ?, renewed = ? WHERE bucket = ? "
+    "IF epoch = ? AND renewed = ?"
+)
+# A publish: this, and one PUBLISH_ROW per batch, in one conditional batch on the newest
+# bucket. With no rows it renews the lease; with (head, epoch) = (null, null) it begins
+# a bucket.
+PUBLISH = (
+    "UPDATE {keyspace}.feed SET head = ?, epoch = ?, holder = ?, renewed = ?, cursor = ?, "
+    "cursor_head = ? WHERE bucket = ? IF head = ? AND epoch = ?"
+)
+PUBLISH_ROW = (
+    "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size, "
+    "sealed, intent) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
 # -- tracking (process applications; docs/processes.md tells the protocol)
 
 # A reaction's batch on one aggregate's partition: its events, each INSERT_EVENT
@@ -202,10 +307,34 @@ class Statements:
     select_ids: Any
     select_ids_after: Any
     rewrite_event: Any
+    sequenced: SequencedStatements | None  # those of feed=sequenced, None otherwise
 
 
-def prepare(session: Any, keyspace: str) -> Statements:
-    """Every statement prepared on ``session``, for the (quoted) ``keyspace``."""
+@dataclass(frozen=True)
+class SequencedStatements:
+    """The sequenced feed's statements, prepared (only in a keyspace that has its tables)."""
+
+    insert_event: Any
+    insert_intent: Any
+    abandon_intent: Any
+    select_close: Any
+    close: Any
+    select_origin: Any
+    make_origin: Any
+    select_intents: Any
+    select_marks: Any
+    select_carried: Any
+    select_carried_shared: Any
+    select_published: Any
+    select_statics: Any
+    take_lease: Any
+    publish: Any
+    publish_row: Any
+
+
+def prepare(session: Any, keyspace: str, sequenced: bool = False) -> Statements:
+    """Every statement prepared on ``session``, for the (quoted) ``keyspace``; with
+    ``sequenced``, those of the sequenced feed too."""
 
     def ready(cql: str, **parts: str) -> Any:
         return session.prepare(cql.format(keyspace=keyspace, **parts))
@@ -230,4 +359,33 @@ def prepare(session: Any, keyspace: str) -> Statements:
         select_ids=ready(SELECT_AGGREGATE_IDS),
         select_ids_after=ready(SELECT_AGGREGATE_IDS_AFTER),
         rewrite_event=ready(REWRITE_EVENT),
+        sequenced=prepare_sequenced(ready) if sequenced else None,
+    )
+
+
+def sequenced(statements: Statements) -> SequencedStatements:
+    """The sequenced feed's statements, which a store of feed=sequenced prepares."""
+    assert statements.sequenced is not None, "not a store of feed=sequenced"
+    return statements.sequenced
+
+
+def prepare_sequenced(ready: Callable[[str], Any]) -> SequencedStatements:
+    """The sequenced feed's statements, each prepared by ``ready``."""
+    return SequencedStatements(
+        insert_event=ready(INSERT_INTENT_EVENT),
+        insert_intent=ready(INSERT_INTENT),
+        abandon_intent=ready(ABANDON_INTENT),
+        select_close=ready(SELECT_CLOSE),
+        close=ready(CLOSE),
+        select_origin=ready(SELECT_ORIGIN),
+        make_origin=ready(MAKE_ORIGIN),
+        select_intents=ready(SELECT_INTENTS),
+        select_marks=ready(SELECT_MARKS),
+        select_carried=ready(SELECT_CARRIED),
+        select_carried_shared=ready(SELECT_CARRIED_SHARED),
+        select_published=ready(SELECT_PUBLISHED),
+        select_statics=ready(SELECT_STATICS),
+        take_lease=ready(TAKE_LEASE),
+        publish=ready(PUBLISH),
+        publish_row=ready(PUBLISH_ROW),
     )

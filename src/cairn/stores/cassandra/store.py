@@ -26,6 +26,7 @@ from cairn.stores.cassandra.outcomes import (
     stored_position,
     write_error,
 )
+from cairn.stores.cassandra.sequenced import SequencedFeed
 from cairn.stores.cassandra.session import WRITE_PROFILE, Connection, connect, release
 from cairn.stores.cassandra.settings import Settings, parse_url
 from cairn.stores.cassandra.statements import prepare
@@ -80,9 +81,8 @@ class CassandraStore(Store):
             cluster.shutdown()
             raise
         self._connection: Connection | None = Connection(cluster, session, statements, os.getpid())
-        self.feed = (
-            CassandraFeed(settings, self.connection, lambda: self.fences) if settings.feed else None
-        )
+        kind = SequencedFeed if settings.sequenced else CassandraFeed
+        self.feed = kind(settings, self.connection, lambda: self.fences) if settings.feed else None
         self.tracking = CassandraTracking(self)
 
     @classmethod
@@ -104,7 +104,7 @@ class CassandraStore(Store):
 
     def _prepare(self, session: Any) -> Any:
         with self._errors("cannot prepare the store's statements"):
-            return prepare(session, self.settings.quoted_keyspace)
+            return prepare(session, self.settings.quoted_keyspace, self.settings.sequenced)
 
     # -- events
 
@@ -126,23 +126,26 @@ class CassandraStore(Store):
         # Claimed first, so that a claim is older than its events: a reader that
         # finds a claim's events missing knows they are in flight, or never coming.
         feed = self.feed
-        positions = feed.claim(batches) if feed is not None else [None] * len(batches)
+        # A claim's position, or (feed=sequenced) an intent, that the batch's rows carry.
+        marks: list[Any] = feed.claim(batches) if feed is not None else [None] * len(batches)
         errors: list[ConcurrencyError | StoreError | None] = []
         stored_at: dict[int, int] = {}  # batch -> the position an earlier save stored it at
         for start in range(0, len(batches), WRITES_IN_FLIGHT):
             wave = range(start, min(start + WRITES_IN_FLIGHT, len(batches)))
-            sent = [self._send(batches[i], positions[i]) for i in wave]
+            sent = [self._send(batches[i], marks[i]) for i in wave]
             errors += [
-                self._outcome(batches[i], positions[i], f, partial(stored_at.__setitem__, i))
+                self._outcome(batches[i], marks[i], f, partial(stored_at.__setitem__, i))
                 for i, f in zip(wave, sent, strict=True)
             ]
+        if feed is not None:
+            feed.saved()
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
         if failed:
             error = refusal(self.url, batches, failed)
             raise error from error.__cause__ or failed[0][1].__cause__
-        if feed is None:
-            return None
-        claimed = [stored_at.get(i, p) for i, p in enumerate(positions) if p is not None]
+        if feed is None or not feed.positions:
+            return None  # (feed=sequenced: the sequencer gives positions later)
+        claimed = [stored_at.get(i, p) for i, p in enumerate(marks) if p is not None]
         repeated = [batches[i][0].originator_id for i in stored_at]
         return Appended(_positions(records, batches, claimed), repeated)
 
@@ -178,10 +181,10 @@ class CassandraStore(Store):
             "at a time"
         )
 
-    def _send(self, batch: Sequence[Record], position: int | None) -> Any:
-        """The batch's conditional write, sent: its future, or the error that kept it
-        from leaving (then it is not stored)."""
-        statement = self._statement(batch, UNSET_VALUE if position is None else position)
+    def _send(self, batch: Sequence[Record], mark: Any) -> Any:
+        """The batch's conditional write, its rows carrying ``mark`` (the feed's), sent: its
+        future, or the error that kept it from leaving (then it is not stored)."""
+        statement = self._statement(batch, mark)
         try:
             return self.connection().session.execute_async(
                 statement, execution_profile=WRITE_PROFILE
@@ -192,42 +195,47 @@ class CassandraStore(Store):
     def _outcome(
         self,
         batch: Sequence[Record],
-        position: int | None,
+        mark: Any,
         sent: Any,
         repeated: Callable[[int], object] | None = None,
     ) -> ConcurrencyError | StoreError | None:
         """None if the batch's conditional write stored it, else the error that says
         what became of it: refused (ConcurrencyError), not stored, or unknown. A batch
         found stored by an earlier save, at another position, is told to ``repeated``."""
+        feed = self.feed
         try:
             if isinstance(sent, Exception):
                 raise sent
             result = sent.result()
         except DRIVER_ERRORS as exc:
-            if position is not None and self.feed is not None and not_stored(exc):
-                self.feed.abandon(position)  # readers need not wait to void it
+            if mark is not None and feed is not None and not_stored(exc):
+                feed.abandon(mark)  # readers (or the sequencer) need not wait to void it
             error = write_error(self.url, exc, batch)
             error.__cause__ = exc
             return error
         if result.was_applied:
             return None
-        refused = not_applied(batch, position, result, self.settings.feed_fence_after)
-        if refused is None and position is not None and repeated is not None:
+        if feed is None or mark is None:
+            return not_applied(batch, None, result, self.settings.feed_fence_after)
+        value = feed.value(mark)
+        refused = not_applied(batch, value, result, self.settings.feed_fence_after, feed.mark)
+        if refused is None and feed.positions and repeated is not None:
             first = stored_position(result, min(r.originator_version for r in batch))
-            if first is not None and first != position:
+            if first is not None and first != value:
                 repeated(first)
         return refused
 
-    def _statement(self, batch: Sequence[Record], position: Any) -> Statement:
-        insert = self.connection().statements.insert_event
+    def _statement(self, batch: Sequence[Record], mark: Any) -> Statement:
+        """The batch's conditional write, its rows carrying the feed's ``mark``."""
+        connection, feed = self.connection(), self.feed
+        insert = connection.statements.insert_event if feed is None else feed.insert(connection)
+        value = UNSET_VALUE if feed is None or mark is None else feed.value(mark)
         if len(batch) == 1:
             r = batch[0]
-            return insert.bind((r.originator_id, r.originator_version, r.topic, r.data, position))
+            return insert.bind((r.originator_id, r.originator_version, r.topic, r.data, value))
         statement = BatchStatement(batch_type=BatchType.LOGGED)
         for r in batch:
-            statement.add(
-                insert, (r.originator_id, r.originator_version, r.topic, r.data, position)
-            )
+            statement.add(insert, (r.originator_id, r.originator_version, r.topic, r.data, value))
         return statement
 
     def select_page(
@@ -382,6 +390,8 @@ class CassandraStore(Store):
     # -- closing
 
     def close(self) -> None:
+        if self.feed is not None:
+            self.feed.close()  # (its sequencer, if any: its lease given up)
         with self._lock:
             connection, self._connection = self._connection, None
         # A connection inherited across fork belongs to the parent: its threads

@@ -126,7 +126,8 @@ class CassandraTracking:
         for batch in batches:  # every batch checked before any is written
             self.store._check(batch)
         feed = self.store.feed
-        positions = feed.claim(batches) if feed is not None else [None] * len(batches)
+        # A claim's position, or (feed=sequenced) an intent, that the batch's rows carry.
+        positions: list[Any] = feed.claim(batches) if feed is not None else [None] * len(batches)
         outcomes: list[Outcome | StoreError | ConcurrencyError] = []
         for start in range(0, len(batches), WRITES_IN_FLIGHT):
             wave = range(start, min(start + WRITES_IN_FLIGHT, len(batches)))
@@ -140,16 +141,19 @@ class CassandraTracking:
                 if outcome is Outcome.DONE and claim is not None and feed is not None:
                     feed.abandon(claim)  # readers void its claim at once
                 outcomes.append(outcome)
+        if feed is not None:
+            feed.saved()
         self._conclude(batches, outcomes, tracking)
 
     def _send(
-        self, batch: Sequence[Record], position: int | None, tracking: Tracking, *, first: bool
+        self, batch: Sequence[Record], position: Any, tracking: Tracking, *, first: bool
     ) -> Any:
         """The batch's conditional write, sent: its future, or the error that kept it from
         leaving (then it is not stored)."""
-        prepared = self.statements()
-        insert = prepared.connection.statements.insert_event
-        at = UNSET_VALUE if position is None else position
+        prepared, feed = self.statements(), self.store.feed
+        connection = prepared.connection
+        insert = connection.statements.insert_event if feed is None else feed.insert(connection)
+        at = UNSET_VALUE if feed is None or position is None else feed.value(position)
         statement = BatchStatement(batch_type=BatchType.LOGGED)
         for r in batch:
             statement.add(insert, (r.originator_id, r.originator_version, r.topic, r.data, at))
@@ -168,7 +172,7 @@ class CassandraTracking:
             return exc
 
     def _outcome(
-        self, batch: Sequence[Record], position: int | None, tracking: Tracking, sent: Any
+        self, batch: Sequence[Record], position: Any, tracking: Tracking, sent: Any
     ) -> Outcome | StoreError | ConcurrencyError:
         """What became of one batch's conditional write."""
         try:
@@ -194,7 +198,10 @@ class CassandraTracking:
         begins = min(versions)
         if recorded is None and not in_the_way and begins > 0:
             return Outcome.FIRST
-        refused = not_applied(batch, position, result, self.store.settings.feed_fence_after)
+        feed = self.store.feed
+        mark = None if feed is None or position is None else feed.value(position)
+        marked = "position" if feed is None else feed.mark
+        refused = not_applied(batch, mark, result, self.store.settings.feed_fence_after, marked)
         return Outcome.STORED if refused is None else refused
 
     def _conclude(

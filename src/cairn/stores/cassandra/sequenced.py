@@ -1,0 +1,240 @@
+"""The sequenced feed (feed=sequenced): saves write intents (intents.py), a sequencer publishes
+them (sequencer.py), and readers read what is published (docs/feed.md, "Sequencing after the
+write"). The store holds a :class:`SequencedFeed` in place of a :class:`CassandraFeed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+from cairn.errors import StoreError
+from cairn.stores.cassandra.feed import CassandraFeed, span
+from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
+from cairn.stores.cassandra.intents import Intent, Intents, now_ms
+from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
+from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
+from cairn.stores.cassandra.session import Connection
+from cairn.stores.cassandra.settings import Settings
+from cairn.stores.cassandra.statements import sequenced
+from cairn.stores.contract import Fences, Record
+
+IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
+BUSY_FOR = 1.0  # seconds a save or a reader at the head keeps the sequencer at its pace
+# When this process's last save to a keyspace returned (ms): a read that reaches the end
+# of the feed waits for the sequencer to close past it, so that the save is in the page.
+_SAVED: dict[str, int] = {}
+
+log = logging.getLogger(__name__)
+
+
+class SequencedFeed(CassandraFeed):
+    """Intents for saves, a sequencer run in a background thread (started by the first save
+    or read, stopped by :meth:`close`), and a reader of published batches, which are final:
+    it never waits on one, nor fences one. A reader that reaches the end waits (a little)
+    for the sequencer to have settled every intent older than the read, so that a save is
+    in the feed of a read that begins after it."""
+
+    positions = False  # a save's positions are given later, by the sequencer
+    mark = "intent"
+
+    def __init__(
+        self,
+        settings: Settings,
+        connection: Callable[[], Connection],
+        fences: Callable[[], Fences],
+    ) -> None:
+        super().__init__(settings, connection, fences)
+        self.intents = Intents(settings, connection)
+        self._keyspace = f"{settings.contact_points}/{settings.keyspace}"
+        self.sequencer = self._new_sequencer()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._busy_until = 0.0
+        self._thread_lock = threading.Lock()
+        self._thread_pid = os.getpid()
+        # False: no thread; the sequencer runs only when called (sequence_once), and a
+        # reader at the end of the feed does not wait for it (tests drive it so).
+        self.background = True
+
+    def _new_sequencer(self) -> Sequencer:
+        return Sequencer(self.settings, self._connection, self._fences, self.intents, self.bucket)
+
+    # -- writing
+
+    def claim(self, batches: Sequence[Sequence[Record]]) -> list[Intent]:  # type: ignore[override]
+        """The intents of these batches, written and checked (their events carry them), or
+        StoreError: none of them was stored."""
+        self.start()
+        sealed = self._fences().sealed
+        wanted = [
+            (b[0].originator_id, min(r.originator_version for r in b), span(b)) for b in batches
+        ]
+        try:
+            intents = self.intents.write(wanted, sealed)
+        except StoreError as failure:
+            raise StoreError(
+                f"{self.url}: {what(batches)} was not stored: {failure}"
+            ) from failure.__cause__
+        return intents
+
+    def saved(self) -> None:
+        """A save's events are written: a read of this process that begins after it waits
+        for it to be published."""
+        _SAVED[self._keyspace] = max(_SAVED.get(self._keyspace, 0), now_ms())
+
+    def insert(self, connection: Connection) -> Any:
+        """The events' conditional insert, carrying the intent."""
+        prepared = sequenced(connection.statements)
+        return prepared.insert_event
+
+    def value(self, mark: Intent) -> UUID:
+        """What an event row carries for its batch: the intent's id."""
+        return mark.id
+
+    def abandon(self, mark: Intent) -> None:  # type: ignore[override]
+        self.intents.abandon(mark)
+
+    # -- the sequencer's thread
+
+    def start(self) -> None:
+        """Run the sequencer in the background, if it is not running yet in this process;
+        keep it at its pace for a while (a save or a read wants it)."""
+        self._busy_until = time.monotonic() + BUSY_FOR
+        if not self.background or (self._thread is not None and self._thread_pid == os.getpid()):
+            return
+        with self._thread_lock:
+            if self._thread_pid != os.getpid():  # forked: the parent's thread is not here
+                self._thread_pid, self.sequencer = os.getpid(), self._new_sequencer()
+                self._thread, self._stop = None, threading.Event()
+            if self._thread is None and not self._stop.is_set():
+                self.intents.origin()  # before any step: every shard closed at the cursor
+                self._thread = threading.Thread(
+                    target=_run,
+                    args=(weakref.ref(self), self._stop, self._wake),
+                    name=f"cairn-sequencer {self.settings.keyspace}",
+                    daemon=True,
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _pause_after_step(self) -> float:
+        """One step of the sequencer (or of its candidacy); the seconds to wait before the
+        next: a window while there is work, longer when idle, longer still while another
+        process holds the lease or steps fail (a keyspace dropped, a node away)."""
+        try:
+            holding = self.sequencer.sequence_once()
+        except Exception:  # (a thread's last resort: log, and go on)
+            log.exception("%s: the sequencer failed", self.url)
+            holding = False
+        if not holding:
+            backoff: int = 2 ** min(self.sequencer.failures, 4)
+            return self.settings.sequencer_lease / 4 * backoff
+        busy = self.sequencer.found_any or time.monotonic() < self._busy_until
+        return self.settings.window / 1000 if busy else IDLE_PAUSE
+
+    def close(self) -> None:
+        """Stop the sequencer, and give up its lease."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread_pid != os.getpid():
+            return  # (a forked child: the parent's sequencer is not this process's)
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.request_timeout * 2)
+        self.sequencer.release()
+
+    # -- reading
+
+    def read(self, after: int = 0, limit: int = 1000) -> list[Record]:
+        """At most ``limit`` published event records after ``after``, in feed order; at the
+        end of the feed, those of this process's saves made before the read too (it waits
+        for the sequencer to publish them)."""
+        self.start()
+        found = super().read(after, limit)
+        saved = _SAVED.get(self._keyspace)
+        if len(found) < limit and self.background and saved and self._settled_past(saved):
+            last = found[-1].position if found else after
+            found += super().read(last or 0, limit - len(found))
+        blocked = self.sequencer.blocked
+        if not found and blocked is not None:
+            raise blocked
+        return found
+
+    def _settled_past(self, saved: int) -> bool:
+        """Wait until the sequencer has closed, resolved and published past ``saved`` (ms);
+        False if it had already, or no sequencer did within the lease (then it is read
+        later)."""
+        sequencer = self.sequencer
+        if sequencer.published_until > saved:
+            return False
+        deadline = time.monotonic() + self.settings.sequencer_lease + 1
+        while time.monotonic() < deadline:
+            if sequencer.holding:
+                with sequencer.progress:
+                    sequencer.progress.wait_for(
+                        lambda: sequencer.published_until > saved or not sequencer.holding,
+                        timeout=max(deadline - time.monotonic(), 0),
+                    )
+                if sequencer.published_until > saved:
+                    return True
+            elif self._published_until() > saved:
+                return True
+            else:
+                time.sleep(self.settings.window / 1000)
+        return False
+
+    def _published_until(self) -> int:
+        """How far another process's sequencer says it has settled every intent (ms)."""
+        connection = self._connection()
+        prepared = sequenced(connection.statements)
+        try:
+            row = connection.session.execute(prepared.select_close, (PUBLISHED_ROW,)).one()
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def _queries(self, connection: Connection) -> Queries:
+        prepared = sequenced(connection.statements)
+        return Queries(
+            prepared.select_published, prepared.select_carried, prepared.select_carried_shared
+        )
+
+    def _mark(self, claim: ClaimRow) -> Any:
+        return claim.intent
+
+    def _resolve(
+        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+    ) -> list[Record] | None:
+        """A published batch's records: final, so never waited on nor fenced (read again
+        through Paxos if a read below QUORUM missed them)."""
+        records = self._claimed(claim, read)
+        if records is None:
+            serial = self.settings.serial_consistency
+            records = self._claimed(claim, self._send(claim, serial=serial))
+        if records is None:
+            raise StoreError(
+                f"{self.url}: the feed's position {claim.position} names aggregate "
+                f"{claim.originator_id} version {claim.originator_version}, which is not stored"
+            )
+        return records
+
+
+def _run(feed: weakref.ref[SequencedFeed], stop: threading.Event, wake: threading.Event) -> None:
+    """The sequencer's thread: steps until its feed is closed, or dropped unclosed (it holds
+    the feed weakly, so that a store nobody closed does not sequence for ever)."""
+    while not stop.is_set() and not sys.is_finalizing():
+        held = feed()
+        if held is None:
+            return
+        pause = held._pause_after_step()
+        del held
+        wake.wait(pause)
+        wake.clear()
