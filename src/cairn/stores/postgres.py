@@ -55,6 +55,7 @@ from cairn.stores.contract import (
     Appended,
     FeedPage,
     Record,
+    RecordFields,
     Store,
     Tracking,
     aggregate_id,
@@ -484,6 +485,19 @@ class PostgresStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
+        rows = self._select(originator_id, gt, lte, desc, limit)
+        return [Record(originator_id, v, t, d) for v, t, d in rows]
+
+    def select_rows(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[RecordFields]:
+        rows = self._select(originator_id, gt, lte, desc, limit)
+        return [(originator_id, v, t, d, None) for v, t, d in rows]
+
+    def _select(
+        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[tuple[int, str, bytes]]:
+        """The version, topic and data of one aggregate's events, as psycopg gives them."""
         query = self._sql.select_events_desc if desc else self._sql.select_events
         params = (
             originator_id,
@@ -493,8 +507,8 @@ class PostgresStore(Store):
         )
         with self._connection(f"cannot read aggregate {originator_id}") as conn:
             # Binary results: bytea arrives as bytes, without hex decoding.
-            rows = conn.execute(query, params, binary=True).fetchall()
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+            rows: list[tuple[int, str, bytes]] = conn.execute(query, params, binary=True).fetchall()
+        return rows
 
     # -- snapshots
 

@@ -36,6 +36,7 @@ from cairn.stores.contract import (
     FeedPage,
     Reacted,
     Record,
+    RecordFields,
     Store,
     Tracking,
     aggregate_id,
@@ -233,6 +234,19 @@ class CassandraStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
+        rows = self._select(originator_id, gt, lte, desc, limit)
+        return [Record(originator_id, v, t, d) for v, t, d in rows]
+
+    def select_rows(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[RecordFields]:
+        rows = self._select(originator_id, gt, lte, desc, limit)
+        return [(originator_id, v, t, d, None) for v, t, d in rows]
+
+    def _select(
+        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[tuple[int, str, bytes]]:
+        """The version, topic and data of one aggregate's events, as the driver gives them."""
         connection = self.connection()
         statement = connection.statements.select_desc if desc else connection.statements.select_asc
         bound = statement.bind(
@@ -241,9 +255,9 @@ class CassandraStore(Store):
         bound.fetch_size = limit  # the whole page in one response
         with self._errors(f"cannot read aggregate {originator_id}"):
             result = connection.session.execute(bound)
-        page = [Record(originator_id, v, t, d) for v, t, d in result.current_rows]
+        rows: list[tuple[int, str, bytes]] = list(result.current_rows)  # (release empties it)
         release(result)  # a replay holds one page, however long the aggregate
-        return page
+        return rows
 
     # -- snapshots
 
