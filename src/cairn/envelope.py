@@ -30,6 +30,7 @@ COMPRESSED = 0x01
 ENCRYPTED = 0x02
 _KNOWN_FLAGS = COMPRESSED | ENCRYPTED
 _HEADERS = [bytes((flags,)) for flags in range(_KNOWN_FLAGS + 1)]
+_SEALED = _HEADERS[ENCRYPTED]  # the header of an encrypted record not compressed
 
 EVENT, SNAPSHOT, FENCE = b"e", b"s", b"f"  # a record's kind, in its associated data
 _KIND_NAMES = {EVENT: "event", SNAPSHOT: "snapshot", FENCE: "fence"}
@@ -164,8 +165,23 @@ class Envelope:
             return data[1:]
         if flags == ENCRYPTED and self._aead is not None:
             # The common case with a key (one key, a payload too short to compress), inline:
-            # replay opens every record. What _decrypt does, when nothing is wrong.
-            payload = self._decrypt_inline(record, kind, data)
+            # replay opens every record. What _decrypt does, when nothing is wrong; when
+            # anything is (another key, too short, not authentic), _decrypt says what.
+            if data[1:_NONCE_AT] != self._key_id or len(data) < _SHORTEST:
+                payload = self._decrypt(record, kind)
+            else:
+                originator_id, version, topic, _, _ = record
+                last = self._last_prefix  # the associated data's first part, as _bound_to
+                if last[0] is not originator_id or last[1] is not kind or last[2] != _SEALED:
+                    last = self._prefix(originator_id, kind, _SEALED)
+                try:
+                    payload = self._aead.decrypt(
+                        data[_NONCE_AT:_BODY_AT],
+                        data[_BODY_AT:],
+                        last[3] + _VERSION.pack(version) + topic.encode(),
+                    )
+                except InvalidTag:
+                    payload = self._decrypt(record, kind)
         elif flags & ENCRYPTED:
             if flags & ~_KNOWN_FLAGS:
                 raise unreadable(record, kind, f"unknown format byte {flags:#04x}")
@@ -196,18 +212,6 @@ class Envelope:
         except UnreadableRecord as exc:
             raise unreadable(record, kind, str(exc)) from None
 
-    def _decrypt_inline(self, record: RecordFields, kind: bytes, data: bytes) -> bytes:
-        """:meth:`_decrypt` of a record under the one key, AES-GCM called directly; when
-        anything is wrong (another key, too short, not authentic), :meth:`_decrypt` says what."""
-        if data[1:_NONCE_AT] != self._key_id or len(data) < _SHORTEST:
-            return self._decrypt(record, kind)
-        try:
-            return self._aead.decrypt(  # type: ignore[union-attr]
-                data[_NONCE_AT:_BODY_AT], data[_BODY_AT:], self._bound_to(record, kind)
-            )
-        except InvalidTag:
-            return self._decrypt(record, kind)
-
     def _bound_to(self, record: RecordFields, kind: bytes) -> bytes:
         """The record's associated data, as :func:`_associated_data` makes it: its first
         part (header, kind, aggregate id) kept from the record before, which replay
@@ -215,12 +219,22 @@ class Envelope:
         originator_id, version, topic, data, _ = record
         header = data[:1]
         last = self._last_prefix
-        if last[0] is originator_id and last[1] is kind and last[2] == header:
-            prefix = last[3]
-        else:
-            prefix = header + kind + originator_id.bytes
-            self._last_prefix = (originator_id, kind, header, prefix)
-        return prefix + _VERSION.pack(version) + topic.encode()
+        if last[0] is not originator_id or last[1] is not kind or last[2] != header:
+            last = self._prefix(originator_id, kind, header)
+        return last[3] + _VERSION.pack(version) + topic.encode()
+
+    def _prefix(
+        self, originator_id: UUID, kind: bytes, header: bytes
+    ) -> tuple[UUID | None, bytes, bytes, bytes]:
+        """The associated data's first part for records of this aggregate, kind and header,
+        kept for the next record (one tuple: threads share it)."""
+        last = self._last_prefix = (
+            originator_id,
+            kind,
+            header,
+            header + kind + originator_id.bytes,
+        )
+        return last
 
     def _decompress(self, record: RecordFields, kind: bytes, payload: bytes) -> bytes:
         """The payload decompressed; refused as soon as it grows beyond ``max_payload``
