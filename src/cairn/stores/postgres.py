@@ -135,12 +135,13 @@ COPY_TYPES = ("uuid", "int8", "text", "bytea", "int8")
 # (a new table, before autovacuum's first ANALYZE) at 0.5% of the rows, and
 # then reads and sorts every row after `after` for each page. One bound is
 # always an ordered index scan that stops after `limit` rows.
+# The horizon is a subquery, computed once (an InitPlan), not a filter computed per row.
 # Its columns are in Record's order (see _as_record).
 SELECT_FEED = (
     "SELECT originator_id, originator_version, topic, data, position FROM ("
     "SELECT position, originator_id, originator_version, topic, data FROM {schema}.events "
     "WHERE position > %s ORDER BY position LIMIT %s) page "
-    f"WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
+    f"WHERE position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
     "ORDER BY position"
 )
 # Filtered by topic, the same page, and beside it ``seen``: the last event below the
