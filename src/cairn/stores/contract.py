@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from typing import ClassVar, NamedTuple, TypeVar
+from functools import partial
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 from uuid import UUID
 
 from cairn.errors import AllOrNoneUnsupported, InvalidId, StoreError
@@ -57,6 +58,10 @@ class Record(NamedTuple):
 # A record's fields in Record's order, as a plain tuple: what replay reads
 # (Store.select_rows) and the mapper decodes. A Record is one too.
 RecordFields = tuple[UUID, int, str, bytes, int | None]
+
+# A tuple of a record's fields in Record's order made a Record without a call into Python
+# (Record's own constructor is a Python function: a third more time, per row read).
+as_record = cast(Callable[[tuple[Any, ...]], Record], partial(tuple.__new__, Record))
 
 
 class Fences(NamedTuple):

@@ -38,8 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
 from weakref import WeakKeyDictionary
@@ -59,6 +58,7 @@ from cairn.stores.contract import (
     Store,
     Tracking,
     aggregate_id,
+    as_record,
     check_ids,
 )
 from cairn.stores.failures import DriverErrors, already_processed, refusal
@@ -136,7 +136,7 @@ COPY_TYPES = ("uuid", "int8", "text", "bytea", "int8")
 # then reads and sorts every row after `after` for each page. One bound is
 # always an ordered index scan that stops after `limit` rows.
 # The horizon is a subquery, computed once (an InitPlan), not a filter computed per row.
-# Its columns are in Record's order (see _as_record).
+# Its columns are in Record's order (see as_record).
 SELECT_FEED = (
     "SELECT originator_id, originator_version, topic, data, position FROM ("
     "SELECT position, originator_id, originator_version, topic, data FROM {schema}.events "
@@ -560,7 +560,7 @@ class PostgresStore(Store):
         with self._connection("cannot read the feed") as conn:
             rows = conn.execute(self._sql.select_feed, (after, limit), binary=True).fetchall()
         last = rows[-1][4] if rows else after
-        return FeedPage(map(_as_record, rows), last, caught_up=len(rows) < limit)
+        return FeedPage(map(as_record, rows), last, caught_up=len(rows) < limit)
 
     def _read_feed_of(self, after: int, limit: int, topics: tuple[str, ...]) -> FeedPage[Record]:
         params = (after, list(topics), limit)
@@ -736,11 +736,6 @@ def _with_default_schema(url: str) -> str:
             DEFAULT_SCHEMA,
         )
     return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
-
-
-# A row whose columns are in Record's order, made a Record without a call into Python
-# (Record's own constructor is a Python function: twice the time, per row read).
-_as_record = cast(Callable[[tuple[Any, ...]], Record], partial(tuple.__new__, Record))
 
 
 def _heard_from(conn: psycopg.Connection[Any]) -> bool:

@@ -35,6 +35,7 @@ from cairn.stores.contract import (
     Store,
     Tracking,
     aggregate_id,
+    as_record,
     check_ids,
 )
 from cairn.stores.failures import DriverErrors, already_processed, refusal
@@ -367,7 +368,7 @@ class SQLiteStore(Store):
             raise self._errors.error("cannot read the feed", exc) from exc
         ids: dict[bytes, UUID] = {}  # a page holds many events of few aggregates
         records = [
-            Record(ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p)
+            as_record((ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p))
             for p, i, v, t, d in rows
         ]
         last = rows[-1][0] if rows else after
