@@ -486,19 +486,13 @@ class PostgresStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
-        rows = self._select(originator_id, gt, lte, desc, limit)
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+        return list(
+            map(as_record, self.select_rows(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        )
 
     def select_rows(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[RecordFields]:
-        rows = self._select(originator_id, gt, lte, desc, limit)
-        return [(originator_id, v, t, d, None) for v, t, d in rows]
-
-    def _select(
-        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int
-    ) -> list[tuple[int, str, bytes]]:
-        """The version, topic and data of one aggregate's events, as psycopg gives them."""
         query = self._sql.select_events_desc if desc else self._sql.select_events
         params = (
             originator_id,
@@ -508,8 +502,8 @@ class PostgresStore(Store):
         )
         with self._connection(f"cannot read aggregate {originator_id}") as conn:
             # Binary results: bytea arrives as bytes, without hex decoding.
-            rows: list[tuple[int, str, bytes]] = conn.execute(query, params, binary=True).fetchall()
-        return rows
+            rows = conn.execute(query, params, binary=True).fetchall()
+        return [(originator_id, v, t, d, None) for v, t, d in rows]
 
     # -- snapshots
 

@@ -272,19 +272,13 @@ class SQLiteStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
-        rows = self._select(originator_id, gt, lte, desc, limit)
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+        return list(
+            map(as_record, self.select_rows(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        )
 
     def select_rows(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[RecordFields]:
-        rows = self._select(originator_id, gt, lte, desc, limit)
-        return [(originator_id, v, t, d, None) for v, t, d in rows]
-
-    def _select(
-        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int
-    ) -> list[tuple[int, str, bytes]]:
-        """The version, topic and data of one aggregate's events, as sqlite3 gives them."""
         sql = SELECT_EVENTS.format(order="DESC" if desc else "ASC")
         params = (
             originator_id.bytes,
@@ -294,10 +288,10 @@ class SQLiteStore(Store):
         )
         # try/except, not `with self._errors(...)`: a read is a few microseconds here.
         try:
-            rows: list[tuple[int, str, bytes]] = self._connection().execute(sql, params).fetchall()
+            rows = self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._errors.error(f"cannot read aggregate {originator_id}", exc) from exc
-        return rows
+        return [(originator_id, v, t, d, None) for v, t, d in rows]
 
     # -- snapshots
 

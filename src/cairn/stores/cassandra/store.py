@@ -40,6 +40,7 @@ from cairn.stores.contract import (
     Store,
     Tracking,
     aggregate_id,
+    as_record,
     check_ids,
     filter_feed,
 )
@@ -234,19 +235,13 @@ class CassandraStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
-        rows = self._select(originator_id, gt, lte, desc, limit)
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+        return list(
+            map(as_record, self.select_rows(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        )
 
     def select_rows(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[RecordFields]:
-        rows = self._select(originator_id, gt, lte, desc, limit)
-        return [(originator_id, v, t, d, None) for v, t, d in rows]
-
-    def _select(
-        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int
-    ) -> list[tuple[int, str, bytes]]:
-        """The version, topic and data of one aggregate's events, as the driver gives them."""
         connection = self.connection()
         statement = connection.statements.select_desc if desc else connection.statements.select_asc
         bound = statement.bind(
@@ -255,7 +250,9 @@ class CassandraStore(Store):
         bound.fetch_size = limit  # the whole page in one response
         with self._errors(f"cannot read aggregate {originator_id}"):
             result = connection.session.execute(bound)
-        rows: list[tuple[int, str, bytes]] = list(result.current_rows)  # (release empties it)
+        rows: list[RecordFields] = [
+            (originator_id, v, t, d, None) for v, t, d in result.current_rows
+        ]
         release(result)  # a replay holds one page, however long the aggregate
         return rows
 
