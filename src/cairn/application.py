@@ -68,7 +68,10 @@ class Events:
                 for record in page:
                     yield to_event(record)
         except UnreadableRecord as exc:
+            pages.close()  # (the store's read ahead let go before explaining reads again)
             raise explained(exc, self.mapper, self.store, originator_id) from None
+        finally:
+            pages.close()  # stopped early or not, the read ahead is let go now
 
 
 class Snapshots:

@@ -4,7 +4,7 @@ by capability; and the checks of their arguments that every store shares."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 from uuid import UUID
@@ -356,9 +356,11 @@ class Store(ABC):
         lte: int | None = None,
         desc: bool = False,
         limit: int | None = None,
-    ) -> Iterator[Sequence[RecordFields]]:
+    ) -> Generator[Sequence[RecordFields], None, None]:
         """:meth:`select`'s records a page at a time, each as :meth:`select_rows` gives
-        them: what replay decodes (the mapper takes either)."""
+        them: what replay decodes (the mapper takes either). A store may read the next
+        page while the caller works on this one (PostgreSQL does): close the generator
+        when done with it before the last page."""
         return self._pages(self.select_rows, originator_id, gt, lte, desc, limit)
 
     def _pages(
@@ -369,7 +371,7 @@ class Store(ABC):
         lte: int | None,
         desc: bool,
         limit: int | None,
-    ) -> Iterator[Sequence[_Fields]]:
+    ) -> Generator[Sequence[_Fields], None, None]:
         """The pages ``read`` (select_page or select_rows) gives, until ``limit`` records
         or the aggregate's last."""
         aggregate_id(originator_id)

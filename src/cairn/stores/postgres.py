@@ -36,7 +36,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -504,6 +504,56 @@ class PostgresStore(Store):
             # Binary results: bytea arrives as bytes, without hex decoding.
             rows = conn.execute(query, params, binary=True).fetchall()
         return [(originator_id, v, t, d, None) for v, t, d in rows]
+
+    def select_pages(
+        self,
+        originator_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Generator[Sequence[RecordFields], None, None]:
+        """:meth:`select_rows`' pages, read ahead: the next page's query is sent before this
+        page is handed over, so that the server reads it while replay decodes this one (a
+        pipeline on one pooled connection, held until the last page is read or the
+        generator closed)."""
+        if not psycopg.Pipeline.is_supported():  # (a libpq older than 14)
+            return super().select_pages(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        aggregate_id(originator_id)
+        return self._pages_ahead(originator_id, gt, lte, desc, limit)
+
+    def _pages_ahead(
+        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int | None
+    ) -> Generator[list[RecordFields], None, None]:
+        query = self._sql.select_events_desc if desc else self._sql.select_events
+        remaining = limit
+        if remaining is not None and remaining <= 0:
+            return
+
+        def send(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], int]:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            params = (originator_id, -1 if gt is None else gt, MAX_VERSION if lte is None else lte)
+            cursor = conn.cursor(binary=True)  # binary: bytea arrives as bytes
+            cursor.execute(query, (*params, size))
+            return cursor, size
+
+        with self._connection(f"cannot read aggregate {originator_id}") as conn, conn.pipeline():
+            pending: tuple[psycopg.Cursor[Any], int] | None = send(conn)
+            while pending is not None:
+                cursor, size = pending
+                rows = cursor.fetchall()
+                pending = None
+                if len(rows) == size:  # there may be more: ask for them now
+                    if remaining is not None:
+                        remaining -= size
+                    if desc:
+                        lte = rows[-1][0] - 1
+                    else:
+                        gt = rows[-1][0]
+                    if remaining is None or remaining > 0:
+                        pending = send(conn)
+                yield [(originator_id, v, t, d, None) for v, t, d in rows]
 
     # -- snapshots
 
