@@ -33,8 +33,15 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from cairn import Application, PostgresViews, Projection, ProjectionError, ProjectionRunner
-from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError
+from cairn import (
+    AESCipher,
+    Application,
+    PostgresViews,
+    Projection,
+    ProjectionError,
+    ProjectionRunner,
+)
+from cairn.errors import ConcurrencyError, OutcomeUnknown, StoreError, UnreadableRecord
 from cairn.examples.everything import ExampleAggregateRoot, create_example_aggregate
 from cairn.stores import Record, open_store, postgres, redact
 from cairn.stores.postgres import MULTI_ROW_MAX, PostgresStore
@@ -324,6 +331,60 @@ def test_batches_of_every_size_are_read_back_exactly(store: PostgresStore, size:
     stored = list(store.select(a))
     assert stored == records(a, range(size))
     assert all(isinstance(r.data, bytes) for r in stored)
+
+
+def test_a_replay_reads_ahead_and_lets_its_connection_go_when_stopped(
+    schema: str, admin: psycopg.Connection[Any]
+) -> None:
+    """Replay's pages are read ahead on one connection; stopped early (the generator
+    closed, or an unreadable event), the connection goes back to the pool at once, its
+    pipeline closed: with a pool of one, the next operation gets it, and no transaction
+    stays open (it would hold a lock on the table)."""
+    name = unique_name("ahead")
+    store = PostgresStore.from_url(
+        with_params(SERVER_URL, schema=schema, application_name=name, pool_max=1, pool_timeout=5)
+    )
+    try:
+        store.page_size = 5
+        a = uuid4()
+        store.append(records(a, range(23)))
+        pages = store.select_pages(a)
+        assert [r[1] for r in next(pages)] == [0, 1, 2, 3, 4]
+        pages.close()
+        assert [r.originator_version for r in store.select(a, gt=20)] == [21, 22]
+        assert [len(p) for p in store.select_pages(a)] == [5, 5, 5, 5, 3]
+        assert [r[1] for p in store.select_pages(a, desc=True, limit=7) for r in p] == list(
+            range(22, 15, -1)
+        )
+        open_ = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state <> 'idle'",
+            (name,),
+        ).fetchone()
+        assert open_ == (0,)
+    finally:
+        store.close()
+
+
+def test_an_unreadable_event_in_a_replay_lets_the_connection_go(schema: str) -> None:
+    """The application explains an unreadable event (which may read the store again) and
+    raises it; the replay's connection is back in the pool of one by then."""
+    url = with_params(SERVER_URL, schema=schema, pool_max=1, pool_timeout=5)
+    app = Application(store=url, cipher=AESCipher(AESCipher.generate_key(32)))  # (explained)
+    try:
+        app.store.page_size = 3
+        aggregate = create_example_aggregate("foo")
+        for _ in range(9):
+            aggregate.create_new_example()
+        app.save(aggregate)
+        (fifth,) = app.store.select(aggregate.id, gt=3, lte=4)
+        assert app.store.rewrite([(fifth, fifth._replace(data=b"\x00not json"))]) == 1
+        started = time.monotonic()
+        with pytest.raises(UnreadableRecord, match="version 4"):
+            app.repository.get(aggregate.id)
+        assert time.monotonic() - started < 2.5  # explained without waiting for a connection
+        assert [r.originator_version for r in app.store.select(aggregate.id, lte=1)] == [0, 1]
+    finally:
+        app.close()
 
 
 @pytest.mark.parametrize("size", [1, MULTI_ROW_MAX + 1], ids=["insert", "copy"])

@@ -61,11 +61,17 @@ class Events:
     ) -> Iterator[DomainEvent]:
         """One aggregate's events in version order, decoded as they stream in."""
         to_event = self.mapper.to_event
+        pages = self.store.select_pages(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
         try:
-            for record in self.store.select(originator_id, gt=gt, lte=lte, desc=desc, limit=limit):
-                yield to_event(record)
+            # Page by page, as the store's rows: replay decodes every event ever stored.
+            for page in pages:
+                for record in page:
+                    yield to_event(record)
         except UnreadableRecord as exc:
+            pages.close()  # (the store's read ahead let go before explaining reads again)
             raise explained(exc, self.mapper, self.store, originator_id) from None
+        finally:
+            pages.close()  # stopped early or not, the read ahead is let go now
 
 
 class Snapshots:

@@ -24,12 +24,13 @@ from cryptography.exceptions import InvalidTag
 from cairn.crypto import KEY_ID_SIZE, NONCE_SIZE, TAG_SIZE, AESCipher, Cipher, DataKeys
 from cairn.domain import shown
 from cairn.errors import UnreadableRecord
-from cairn.stores import Record
+from cairn.stores import Record, RecordFields
 
 COMPRESSED = 0x01
 ENCRYPTED = 0x02
 _KNOWN_FLAGS = COMPRESSED | ENCRYPTED
 _HEADERS = [bytes((flags,)) for flags in range(_KNOWN_FLAGS + 1)]
+_SEALED = _HEADERS[ENCRYPTED]  # the header of an encrypted record not compressed
 
 EVENT, SNAPSHOT, FENCE = b"e", b"s", b"f"  # a record's kind, in its associated data
 _KIND_NAMES = {EVENT: "event", SNAPSHOT: "snapshot", FENCE: "fence"}
@@ -53,11 +54,13 @@ _BODY_AT = _NONCE_AT + NONCE_SIZE
 _SHORTEST = _BODY_AT + TAG_SIZE
 
 
-def unreadable(record: Record, kind: bytes, reason: str) -> UnreadableRecord:
-    """The error for a record that cannot be read: it names the record, never its data."""
+def unreadable(record: RecordFields, kind: bytes, reason: str) -> UnreadableRecord:
+    """The error for a record that cannot be read: it names the record, never its data.
+    (``record``: a Record, or its fields in its order, as replay reads them.)"""
+    originator_id, version, topic, _, _ = record
     return UnreadableRecord(
-        f"{_KIND_NAMES.get(kind, 'record')} of aggregate {record.originator_id} version "
-        f"{record.originator_version} ({shown(record.topic)}) is unreadable: {reason}"
+        f"{_KIND_NAMES.get(kind, 'record')} of aggregate {originator_id} version "
+        f"{version} ({shown(topic)}) is unreadable: {reason}"
     )
 
 
@@ -149,9 +152,10 @@ class Envelope:
             return header + cipher.encrypt(payload, ad)
         return _HEADERS[flags] + payload
 
-    def open(self, record: Record, kind: bytes) -> bytes:
-        """The payload: authenticated (when encrypted) and decompressed, or :class:`UnreadableRecord`."""
-        data = record.data
+    def open(self, record: RecordFields, kind: bytes) -> bytes:
+        """The payload: authenticated (when encrypted) and decompressed, or :class:`UnreadableRecord`.
+        (``record``: a Record, or its fields as a plain tuple in its order, as replay reads them.)"""
+        data = record[3]
         if not data:
             raise unreadable(record, kind, "no data")
         flags = data[0]
@@ -161,8 +165,23 @@ class Envelope:
             return data[1:]
         if flags == ENCRYPTED and self._aead is not None:
             # The common case with a key (one key, a payload too short to compress), inline:
-            # replay opens every record. What _decrypt does, when nothing is wrong.
-            payload = self._decrypt_inline(record, kind, data)
+            # replay opens every record. What _decrypt does, when nothing is wrong; when
+            # anything is (another key, too short, not authentic), _decrypt says what.
+            if data[1:_NONCE_AT] != self._key_id or len(data) < _SHORTEST:
+                payload = self._decrypt(record, kind)
+            else:
+                originator_id, version, topic, _, _ = record
+                last = self._last_prefix  # the associated data's first part, as _bound_to
+                if last[0] is not originator_id or last[1] is not kind or last[2] != _SEALED:
+                    last = self._prefix(originator_id, kind, _SEALED)
+                try:
+                    payload = self._aead.decrypt(
+                        data[_NONCE_AT:_BODY_AT],
+                        data[_BODY_AT:],
+                        last[3] + _VERSION.pack(version) + topic.encode(),
+                    )
+                except InvalidTag:
+                    payload = self._decrypt(record, kind)
         elif flags & ENCRYPTED:
             if flags & ~_KNOWN_FLAGS:
                 raise unreadable(record, kind, f"unknown format byte {flags:#04x}")
@@ -179,46 +198,45 @@ class Envelope:
             return payload
         return self._decompress(record, kind, payload)
 
-    def _decrypt(self, record: Record, kind: bytes) -> bytes:
+    def _decrypt(self, record: RecordFields, kind: bytes) -> bytes:
+        originator_id, _, _, data, _ = record
         cipher = self.cipher
         if self.data_keys is not None and kind != FENCE:
             # The aggregate's own key, else the master key.
-            cipher = self.data_keys.cipher(record.originator_id, create=False) or self.cipher
+            cipher = self.data_keys.cipher(originator_id, create=False) or self.cipher
         if cipher is None:
             raise unreadable(record, kind, "it is encrypted, and no cipher is configured")
         try:
             # The message after the header, read in place.
-            return cipher.decrypt_at(record.data, 1, self._bound_to(record, kind))
+            return cipher.decrypt_at(data, 1, self._bound_to(record, kind))
         except UnreadableRecord as exc:
             raise unreadable(record, kind, str(exc)) from None
 
-    def _decrypt_inline(self, record: Record, kind: bytes, data: bytes) -> bytes:
-        """:meth:`_decrypt` of a record under the one key, AES-GCM called directly; when
-        anything is wrong (another key, too short, not authentic), :meth:`_decrypt` says what."""
-        if data[1:_NONCE_AT] != self._key_id or len(data) < _SHORTEST:
-            return self._decrypt(record, kind)
-        try:
-            return self._aead.decrypt(  # type: ignore[union-attr]
-                data[_NONCE_AT:_BODY_AT], data[_BODY_AT:], self._bound_to(record, kind)
-            )
-        except InvalidTag:
-            return self._decrypt(record, kind)
-
-    def _bound_to(self, record: Record, kind: bytes) -> bytes:
+    def _bound_to(self, record: RecordFields, kind: bytes) -> bytes:
         """The record's associated data, as :func:`_associated_data` makes it: its first
         part (header, kind, aggregate id) kept from the record before, which replay
         shares with every record of one aggregate."""
         originator_id, version, topic, data, _ = record
         header = data[:1]
         last = self._last_prefix
-        if last[0] is originator_id and last[1] is kind and last[2] == header:
-            prefix = last[3]
-        else:
-            prefix = header + kind + originator_id.bytes
-            self._last_prefix = (originator_id, kind, header, prefix)
-        return prefix + _VERSION.pack(version) + topic.encode()
+        if last[0] is not originator_id or last[1] is not kind or last[2] != header:
+            last = self._prefix(originator_id, kind, header)
+        return last[3] + _VERSION.pack(version) + topic.encode()
 
-    def _decompress(self, record: Record, kind: bytes, payload: bytes) -> bytes:
+    def _prefix(
+        self, originator_id: UUID, kind: bytes, header: bytes
+    ) -> tuple[UUID | None, bytes, bytes, bytes]:
+        """The associated data's first part for records of this aggregate, kind and header,
+        kept for the next record (one tuple: threads share it)."""
+        last = self._last_prefix = (
+            originator_id,
+            kind,
+            header,
+            header + kind + originator_id.bytes,
+        )
+        return last
+
+    def _decompress(self, record: RecordFields, kind: bytes, payload: bytes) -> bytes:
         """The payload decompressed; refused as soon as it grows beyond ``max_payload``
         (so a refused one costs at most that much memory, one that is read twice its size)."""
         try:
@@ -254,13 +272,14 @@ class Envelope:
             b"", _associated_data(header, FENCE, originator_id, version, topic)
         )
 
-    def open_fence(self, record: Record) -> None:
+    def open_fence(self, record: RecordFields) -> None:
         """Check a fence: sealed by this key if the store is encrypted; :class:`UnreadableRecord` if not."""
-        if not record.data:
+        data = record[3]
+        if not data:
             if self.always_encrypt:
                 raise unreadable(record, FENCE, "it is not sealed, and this store's must be")
             return
-        if record.data[0] != ENCRYPTED:
+        if data[0] != ENCRYPTED:
             raise unreadable(record, FENCE, "a fence holds no data")
         if self._decrypt(record, FENCE):
             raise unreadable(record, FENCE, "a fence holds no data")

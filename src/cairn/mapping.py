@@ -54,7 +54,7 @@ from cairn.envelope import (
 from cairn.errors import CairnError, EncodingError, SchemaMismatch, UnreadableRecord
 from cairn.evolution import VERSION_KEY, Schema
 from cairn.model import Declared, Model
-from cairn.stores import FENCE_TOPIC, Fences, Record
+from cairn.stores import FENCE_TOPIC, Fences, Record, RecordFields
 from cairn.typed import Decode, fields_decoder
 
 __all__ = [
@@ -250,9 +250,10 @@ class Mapper:
             ) from None
         return written
 
-    def to_event(self, record: Record) -> DomainEvent:
+    def to_event(self, record: RecordFields) -> DomainEvent:
         """The event a record holds; :class:`UnreadableRecord` (or :class:`TopicError`) naming
-        the record if it can't be read."""
+        the record if it can't be read. ``record``: a :class:`Record`, or its fields as a
+        plain tuple in its order (as :meth:`Store.select_rows` gives them, for replay)."""
         # The steps are inline, not a method each: replay decodes every event ever stored.
         originator_id, version, topic, data, _ = record
         if topic == FENCE_TOPIC:
@@ -507,7 +508,7 @@ def _check_state(state: Any, record: Record) -> None:
             raise UnreadableRecord(f"its state's {name} is not a {kind.__name__}")
 
 
-def _unreadable(record: Record, kind: bytes, exc: Exception) -> CairnError:
+def _unreadable(record: RecordFields, kind: bytes, exc: Exception) -> CairnError:
     """The error for a record whose payload failed to decode, as raised or for ``exc``."""
     if isinstance(exc, SchemaMismatch):  # its reason, its details, and the record's name
         return exc.renamed(str(unreadable(record, kind, str(exc))))

@@ -36,10 +36,9 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
 from weakref import WeakKeyDictionary
@@ -55,9 +54,11 @@ from cairn.stores.contract import (
     Appended,
     FeedPage,
     Record,
+    RecordFields,
     Store,
     Tracking,
     aggregate_id,
+    as_record,
     check_ids,
 )
 from cairn.stores.failures import DriverErrors, already_processed, refusal
@@ -134,12 +135,13 @@ COPY_TYPES = ("uuid", "int8", "text", "bytea", "int8")
 # (a new table, before autovacuum's first ANALYZE) at 0.5% of the rows, and
 # then reads and sorts every row after `after` for each page. One bound is
 # always an ordered index scan that stops after `limit` rows.
-# Its columns are in Record's order (see _as_record).
+# The horizon is a subquery, computed once (an InitPlan), not a filter computed per row.
+# Its columns are in Record's order (see as_record).
 SELECT_FEED = (
     "SELECT originator_id, originator_version, topic, data, position FROM ("
     "SELECT position, originator_id, originator_version, topic, data FROM {schema}.events "
     "WHERE position > %s ORDER BY position LIMIT %s) page "
-    f"WHERE position < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
+    f"WHERE position < (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {TXID_BITS}) "
     "ORDER BY position"
 )
 # Filtered by topic, the same page, and beside it ``seen``: the last event below the
@@ -484,6 +486,13 @@ class PostgresStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
+        return list(
+            map(as_record, self.select_rows(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        )
+
+    def select_rows(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[RecordFields]:
         query = self._sql.select_events_desc if desc else self._sql.select_events
         params = (
             originator_id,
@@ -494,7 +503,57 @@ class PostgresStore(Store):
         with self._connection(f"cannot read aggregate {originator_id}") as conn:
             # Binary results: bytea arrives as bytes, without hex decoding.
             rows = conn.execute(query, params, binary=True).fetchall()
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+        return [(originator_id, v, t, d, None) for v, t, d in rows]
+
+    def select_pages(
+        self,
+        originator_id: UUID,
+        *,
+        gt: int | None = None,
+        lte: int | None = None,
+        desc: bool = False,
+        limit: int | None = None,
+    ) -> Generator[Sequence[RecordFields], None, None]:
+        """:meth:`select_rows`' pages, read ahead: the next page's query is sent before this
+        page is handed over, so that the server reads it while replay decodes this one (a
+        pipeline on one pooled connection, held until the last page is read or the
+        generator closed)."""
+        if not psycopg.Pipeline.is_supported():  # (a libpq older than 14)
+            return super().select_pages(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+        aggregate_id(originator_id)
+        return self._pages_ahead(originator_id, gt, lte, desc, limit)
+
+    def _pages_ahead(
+        self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int | None
+    ) -> Generator[list[RecordFields], None, None]:
+        query = self._sql.select_events_desc if desc else self._sql.select_events
+        remaining = limit
+        if remaining is not None and remaining <= 0:
+            return
+
+        def send(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], int]:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            params = (originator_id, -1 if gt is None else gt, MAX_VERSION if lte is None else lte)
+            cursor = conn.cursor(binary=True)  # binary: bytea arrives as bytes
+            cursor.execute(query, (*params, size))
+            return cursor, size
+
+        with self._connection(f"cannot read aggregate {originator_id}") as conn, conn.pipeline():
+            pending: tuple[psycopg.Cursor[Any], int] | None = send(conn)
+            while pending is not None:
+                cursor, size = pending
+                rows = cursor.fetchall()
+                pending = None
+                if len(rows) == size:  # there may be more: ask for them now
+                    if remaining is not None:
+                        remaining -= size
+                    if desc:
+                        lte = rows[-1][0] - 1
+                    else:
+                        gt = rows[-1][0]
+                    if remaining is None or remaining > 0:
+                        pending = send(conn)
+                yield [(originator_id, v, t, d, None) for v, t, d in rows]
 
     # -- snapshots
 
@@ -545,7 +604,7 @@ class PostgresStore(Store):
         with self._connection("cannot read the feed") as conn:
             rows = conn.execute(self._sql.select_feed, (after, limit), binary=True).fetchall()
         last = rows[-1][4] if rows else after
-        return FeedPage(map(_as_record, rows), last, caught_up=len(rows) < limit)
+        return FeedPage(map(as_record, rows), last, caught_up=len(rows) < limit)
 
     def _read_feed_of(self, after: int, limit: int, topics: tuple[str, ...]) -> FeedPage[Record]:
         params = (after, list(topics), limit)
@@ -721,11 +780,6 @@ def _with_default_schema(url: str) -> str:
             DEFAULT_SCHEMA,
         )
     return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
-
-
-# A row whose columns are in Record's order, made a Record without a call into Python
-# (Record's own constructor is a Python function: twice the time, per row read).
-_as_record = cast(Callable[[tuple[Any, ...]], Record], partial(tuple.__new__, Record))
 
 
 def _heard_from(conn: psycopg.Connection[Any]) -> bool:

@@ -31,9 +31,11 @@ from cairn.stores.contract import (
     Appended,
     FeedPage,
     Record,
+    RecordFields,
     Store,
     Tracking,
     aggregate_id,
+    as_record,
     check_ids,
 )
 from cairn.stores.failures import DriverErrors, already_processed, refusal
@@ -270,6 +272,13 @@ class SQLiteStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
+        return list(
+            map(as_record, self.select_rows(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        )
+
+    def select_rows(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[RecordFields]:
         sql = SELECT_EVENTS.format(order="DESC" if desc else "ASC")
         params = (
             originator_id.bytes,
@@ -282,7 +291,7 @@ class SQLiteStore(Store):
             rows = self._connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self._errors.error(f"cannot read aggregate {originator_id}", exc) from exc
-        return [Record(originator_id, v, t, d) for v, t, d in rows]
+        return [(originator_id, v, t, d, None) for v, t, d in rows]
 
     # -- snapshots
 
@@ -353,7 +362,7 @@ class SQLiteStore(Store):
             raise self._errors.error("cannot read the feed", exc) from exc
         ids: dict[bytes, UUID] = {}  # a page holds many events of few aggregates
         records = [
-            Record(ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p)
+            as_record((ids.get(i) or ids.setdefault(i, UUID(bytes=i)), v, t, d, p))
             for p, i, v, t, d in rows
         ]
         last = rows[-1][0] if rows else after

@@ -81,6 +81,20 @@ class StoreSuite:
         assert versions_of(store, a, gt=3, limit=20) == list(range(4, 24))
         assert versions_of(store, a, desc=True, lte=30, limit=15) == list(range(30, 15, -1))
 
+    def test_pages_of_rows_hold_what_select_streams(
+        self, store: Store, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Replay reads ``select_pages`` (plain tuples where the store builds them): the same
+        records, in the same order, as ``select``, whatever the bounds and page size."""
+        monkeypatch.setattr(store, "page_size", 7)
+        a = uuid4()
+        store.append(records(a, range(20)))
+        cases: list[dict[str, Any]] = [{}, {"gt": 3, "limit": 9}, {"desc": True, "lte": 15}]
+        for bounds in [*cases, {"gt": 19}]:
+            rows = [row for page in store.select_pages(a, **bounds) for row in page]
+            assert [tuple(r) for r in store.select(a, **bounds)] == [tuple(r) for r in rows]
+            assert all(len(row) == 5 and row[4] is None for row in rows)
+
     def test_a_stale_batch_is_refused_whole(self, store: Store) -> None:
         a = uuid4()
         store.append(records(a, range(3)))

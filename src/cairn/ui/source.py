@@ -50,7 +50,7 @@ from cairn.envelope import ENCRYPTED, EVENT, unreadable
 from cairn.errors import AggregateForgotten, CairnError, StoreError, TopicError, UnreadableRecord
 from cairn.mapping import Mapper, Snapshot
 from cairn.model import Declared, Model
-from cairn.stores import FENCE_TOPIC, FeedPage, Record, Store, redact
+from cairn.stores import FENCE_TOPIC, FeedPage, Record, RecordFields, Store, redact
 from cairn.ui.values import Malformed, Obj, Pairs, Seq
 
 __all__ = ["KeyState", "Opened", "Record", "Source", "State", "Tracking"]
@@ -549,13 +549,13 @@ class _Checker(Mapper):
         sealed = source._sealed
         super().__init__(sealed.transcoder, cipher=sealed.cipher, data_keys=sealed.data_keys)
 
-    def to_event(self, record: Record) -> Any:
+    def to_event(self, record: RecordFields) -> Any:
         try:
             return super().to_event(record)  # decrypted once, built, its fields checked
         except TopicError:
-            if record.topic == FENCE_TOPIC:
+            if record[2] == FENCE_TOPIC:
                 raise
-            if type(self.to_document(record)) is not dict:
+            if type(self.to_document(Record._make(record))) is not dict:
                 raise unreadable(record, EVENT, "its payload is not a JSON object") from None
             return None
 

@@ -37,9 +37,11 @@ from cairn.stores.contract import (
     FeedPage,
     Reacted,
     Record,
+    RecordFields,
     Store,
     Tracking,
     aggregate_id,
+    as_record,
     check_ids,
     filter_feed,
 )
@@ -241,6 +243,13 @@ class CassandraStore(Store):
     def select_page(
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[Record]:
+        return list(
+            map(as_record, self.select_rows(originator_id, gt=gt, lte=lte, desc=desc, limit=limit))
+        )
+
+    def select_rows(
+        self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
+    ) -> list[RecordFields]:
         connection = self.connection()
         statement = connection.statements.select_desc if desc else connection.statements.select_asc
         bound = statement.bind(
@@ -249,9 +258,11 @@ class CassandraStore(Store):
         bound.fetch_size = limit  # the whole page in one response
         with self._errors(f"cannot read aggregate {originator_id}"):
             result = connection.session.execute(bound)
-        page = [Record(originator_id, v, t, d) for v, t, d in result.current_rows]
+        rows: list[RecordFields] = [
+            (originator_id, v, t, d, None) for v, t, d in result.current_rows
+        ]
         release(result)  # a replay holds one page, however long the aggregate
-        return page
+        return rows
 
     # -- snapshots
 
