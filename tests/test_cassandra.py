@@ -498,6 +498,20 @@ def test_a_save_of_several_aggregates_claims_their_feed_positions_in_one_paxos_r
     store.close()
 
 
+def test_a_feeds_stats_count_the_claim_rounds_won_and_lost_to_another_writer(
+    fresh_url: str,
+) -> None:
+    first, other = CassandraStore.from_url(fresh_url), CassandraStore.from_url(fresh_url)
+    first.append(records(uuid4(), range(2)))
+    other.append(records(uuid4(), range(1)))  # moves the head past first's guess
+    first.append([r for a in (uuid4(), uuid4()) for r in records(a, range(1))], all_or_none=False)
+    stats = feed_of(first).stats
+    assert (stats.won, stats.lost, stats.failed, stats.claims) == (2, 1, 0, 3)
+    assert stats.rounds == 3
+    first.close()
+    other.close()
+
+
 def test_an_application_save_of_several_aggregates_keeps_the_pending_events_of_those_not_stored(
     url: str,
 ) -> None:

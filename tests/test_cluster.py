@@ -1,16 +1,14 @@
 """A three-node Cassandra cluster: a save loop at QUORUM survives the loss of a node.
 
-The module starts its own cluster with ``scripts/cassandra-node`` on 127.0.0.2,
-127.0.0.3 and 127.0.0.4 (homes under ``.cassandra-cluster/``, 512 MiB of heap
-each) and stops it at the end. Killing nodes, it runs with the outage tests,
-after the main suite (``make test`` does both; ``CAIRN_OUTAGE_TESTS=1 pytest
+The module starts its own cluster (tests/local_cluster.py: ``scripts/cassandra-node``
+on 127.0.0.2, 127.0.0.3 and 127.0.0.4) and stops it at the end. Killing nodes, it
+runs with the outage tests, after the main suite (``make test`` does both; ``CAIRN_OUTAGE_TESTS=1 pytest
 tests/test_cluster.py`` runs it alone).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,84 +17,26 @@ from collections.abc import Iterator
 from uuid import UUID, uuid4
 
 import pytest
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
-from cassandra.policies import RoundRobinPolicy
 
 from cairn import Application
 from cairn.domain import topic_of
 from cairn.stores import Record
 from cairn.stores.cassandra import CassandraStore
-from tests.racer import ROOT, Counter
+from tests import local_cluster
+from tests.local_cluster import HOSTS, SCRIPT, node, node_env, node_pid
+from tests.racer import Counter
 from tests.test_outages import SaveLoop
-
-HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
-HOMES = ROOT / ".cassandra-cluster"
-
-
-def node_env(host: str) -> dict[str, str]:
-    """scripts/cassandra-node's settings for one node of the cluster."""
-    n = HOSTS.index(host)
-    return {
-        **os.environ,
-        "CAIRN_CASSANDRA_HOME": str(HOMES / host),
-        "CAIRN_CASSANDRA_HOST": host,
-        "CAIRN_CASSANDRA_SEEDS": f"{HOSTS[0]}:7000",
-        "CAIRN_CASSANDRA_CLUSTER": "cairn-test-cluster",
-        "CAIRN_CASSANDRA_JMX_PORT": str(7299 + n),  # JMX listens on 127.0.0.1 for every node
-        "CAIRN_CASSANDRA_HEAP": "512M",
-    }
-
-
-def node(command: str, host: str) -> None:
-    script = str(ROOT / "scripts" / "cassandra-node")
-    subprocess.run([script, command], env=node_env(host), check=True, timeout=300)
-
-
-def node_pid(host: str) -> int:
-    return int((HOMES / host / "cassandra.pid").read_text().strip())
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """The cluster's URL (with a fresh keyspace, three replicas); the cluster is
     started from empty and removed afterwards."""
-    shutil.rmtree(HOMES, ignore_errors=True)
     try:
-        for host in HOSTS:  # one at a time: each joins the ring the ones before made
-            node("start", host)
-        wait_for_the_ring()
-        yield f"cassandra://{','.join(HOSTS)}/cluster_{uuid4().hex[:8]}?replication_factor=3"
+        local_cluster.start()
+        yield local_cluster.url(f"cluster_{uuid4().hex[:8]}")
     finally:
-        for host in HOSTS:
-            subprocess.run(
-                [str(ROOT / "scripts" / "cassandra-node"), "stop"], env=node_env(host), timeout=300
-            )
-        shutil.rmtree(HOMES, ignore_errors=True)
-
-
-def wait_for_the_ring(seconds: float = 120) -> None:
-    """Until a client sees all three nodes up and each answers a query: a node that
-    has just joined can make the others look down to clients for a moment."""
-    profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy())
-    cluster = Cluster(
-        list(HOSTS), protocol_version=5, execution_profiles={EXEC_PROFILE_DEFAULT: profile}
-    )
-    deadline = time.monotonic() + seconds
-    try:
-        session = cluster.connect()
-        while True:
-            hosts = cluster.metadata.all_hosts()
-            try:
-                if len(hosts) == len(HOSTS) and all(h.is_up for h in hosts):
-                    for h in hosts:
-                        session.execute("SELECT release_version FROM system.local", host=h)
-                    return
-            except NoHostAvailable:
-                pass
-            assert time.monotonic() < deadline, f"the ring did not settle: {hosts}"
-            time.sleep(0.5)
-    finally:
-        cluster.shutdown()
+        local_cluster.stop()
 
 
 def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None:
@@ -182,7 +122,7 @@ def test_a_store_opens_saves_and_reads_its_feed_while_a_node_restarts(cluster: s
     time.sleep(10)
     at("10 s after the kill")
     restart = subprocess.Popen(
-        [str(ROOT / "scripts" / "cassandra-node"), "start"],
+        [SCRIPT, "start"],
         env=node_env(victim),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -47,13 +47,30 @@ class Claim:
     sealed: bool  # its writer's fences are sealed: so must a fence of this claim be
 
 
+@dataclass
+class ClaimStats:
+    """What one process's claims cost on the feed's head, counted since it opened the
+    store (or forked): each claim round is one Paxos round on the head's partition."""
+
+    won: int = 0  # rounds applied
+    lost: int = 0  # rounds not applied: another writer had moved the head (tried again)
+    failed: int = 0  # rounds that raised (a timeout, overload): tried again, or given up
+    claims: int = 0  # positions claimed (one per batch; a round won claims those queued)
+
+    @property
+    def rounds(self) -> int:
+        """Claim rounds sent to the head."""
+        return self.won + self.lost + self.failed
+
+
 class CassandraFeed:
     """Claims feed positions for saves, and reads the feed (docs/feed.md).
 
     ``connection`` gives the process's connection (the store's: a fresh one after
     fork), ``fences`` the store's fences (its application's). A process's concurrent
     claims share Paxos rounds through a :class:`Batcher`, so its threads never compete
-    with each other for the head.
+    with each other for the head. ``stats`` counts what the claims cost (a benchmark
+    reads it: bench/feed_scale.py).
     """
 
     positions = True  # a save's claims are its positions (an Appended tells them)
@@ -73,6 +90,7 @@ class CassandraFeed:
         self._next_position: int | None = None  # a guess of the head: Paxos checks it
         self._pid = os.getpid()
         self._claims = Batcher(self._claim_group, CLAIMS_PER_WRITE)
+        self.stats = ClaimStats()  # updated by the one thread that leads a claim round
         self._ahead = Ahead()
 
     # -- writing: claims
@@ -93,6 +111,7 @@ class CassandraFeed:
         if self._pid != os.getpid():
             # A claim in flight in the parent's threads is not ours.
             self._pid, self._claims = os.getpid(), Batcher(self._claim_group, CLAIMS_PER_WRITE)
+            self.stats = ClaimStats()
         sealed = self._fences().sealed
         requests = [
             Claim(b[0].originator_id, min(r.originator_version for r in b), span(b), sealed)
@@ -139,18 +158,22 @@ class CassandraFeed:
                 # Nothing of the batches is written yet, so retrying is safe: a claim
                 # that was in fact made is left without events, and readers void or
                 # fence it like any abandoned claim.
+                self.stats.failed += 1
                 failures += 1
                 if failures > CLAIM_RETRIES or isinstance(exc, NoHostAvailable):
                     self._next_position = None
                     raise StoreError(f"cannot claim its feed position ({describe(exc)})") from exc
                 continue
             if result.was_applied:
+                self.stats.won += 1
+                self.stats.claims += len(take)
                 for n, slot in enumerate(take):
                     slot.resolve(position + n)
                 pending = pending[len(take) :]
                 position += len(take)
                 self._next_position = position
                 continue
+            self.stats.lost += 1
             attempts += 1
             if attempts >= CLAIM_ATTEMPTS:
                 self._next_position = None
