@@ -8,6 +8,7 @@ threads off, so that what each sequencer does, and when, is the test's to say.
 
 from __future__ import annotations
 
+import gc
 import random
 import signal
 import time
@@ -36,6 +37,7 @@ from tests.test_cassandra import (  # noqa: F401  (node: the module's autouse ch
     whole_feed,
     with_keyspace,
     with_option,
+    without_feed,
 )
 
 pytestmark = pytest.mark.cassandra
@@ -44,9 +46,7 @@ LEASE = 1.0  # the tests' sequencer_lease, seconds
 
 def sequenced(url: str) -> str:
     """The URL with feed=sequenced (whatever feed option it had)."""
-    head, _, query = url.partition("?")
-    options = [o for o in query.split("&") if o and not o.startswith("feed=")]
-    return f"{head}?{'&'.join([*options, 'feed=sequenced'])}"
+    return with_option(without_feed(url), "feed=sequenced")
 
 
 @pytest.fixture
@@ -291,3 +291,19 @@ def test_a_process_holding_the_lease_killed_at_a_random_moment_loses_nothing(url
         versions = [v for i, v in mine if i == c.id]
         assert versions == list(range(len(versions)))
     reader.close()
+
+
+def test_a_store_dropped_unclosed_stops_sequencing(url: str) -> None:
+    """Its sequencer's thread holds it weakly: a store nobody closed does not sequence (nor
+    hold the lease) for ever."""
+    store = CassandraStore.from_url(url)
+    store.append(records(uuid4(), range(1)))
+    thread = feed_of(store)._thread
+    assert thread is not None and thread.is_alive()
+    del store
+    for _ in range(50):  # (a collection while a step holds it frees nothing: again)
+        gc.collect()
+        thread.join(timeout=0.2)
+        if not thread.is_alive():
+            break
+    assert not thread.is_alive()

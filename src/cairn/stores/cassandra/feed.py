@@ -192,6 +192,9 @@ class CassandraFeed:
         """What an event row carries for its batch's claim: the position."""
         return mark
 
+    def saved(self) -> None:
+        """A save's events are written (nothing to note: its claims are in the feed)."""
+
     def close(self) -> None:
         """Nothing runs in the background for claims."""
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
@@ -16,7 +18,7 @@ from uuid import UUID
 from cairn.errors import StoreError
 from cairn.stores.cassandra.feed import CassandraFeed, span
 from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
-from cairn.stores.cassandra.intents import Intent, Intents, time_of
+from cairn.stores.cassandra.intents import Intent, Intents, now_ms
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
 from cairn.stores.cassandra.session import Connection
@@ -26,8 +28,8 @@ from cairn.stores.contract import Fences, Record
 
 IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
 BUSY_FOR = 1.0  # seconds a save or a reader at the head keeps the sequencer at its pace
-# The newest intent (its time, ms) this process's saves wrote, by keyspace: a read that
-# reaches the end of the feed waits for the sequencer to publish it (read your writes).
+# When this process's last save to a keyspace returned (ms): a read that reaches the end
+# of the feed waits for the sequencer to close past it, so that the save is in the page.
 _SAVED: dict[str, int] = {}
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,12 @@ class SequencedFeed(CassandraFeed):
             raise StoreError(
                 f"{self.url}: {what(batches)} was not stored: {failure}"
             ) from failure.__cause__
-        # A read of this process that begins after the save waits for it to be published.
-        newest = max((time_of(i.id) for i in intents), default=0)
-        _SAVED[self._keyspace] = max(_SAVED.get(self._keyspace, 0), newest)
         return intents
+
+    def saved(self) -> None:
+        """A save's events are written: a read of this process that begins after it waits
+        for it to be published."""
+        _SAVED[self._keyspace] = max(_SAVED.get(self._keyspace, 0), now_ms())
 
     def insert(self, connection: Connection) -> Any:
         """The events' conditional insert, carrying the intent."""
@@ -114,24 +118,28 @@ class SequencedFeed(CassandraFeed):
             if self._thread is None and not self._stop.is_set():
                 self.intents.origin()  # before any step: every shard closed at the cursor
                 self._thread = threading.Thread(
-                    target=self._run, name=f"cairn-sequencer {self.settings.keyspace}", daemon=True
+                    target=_run,
+                    args=(weakref.ref(self), self._stop, self._wake),
+                    name=f"cairn-sequencer {self.settings.keyspace}",
+                    daemon=True,
                 )
                 self._thread.start()
         self._wake.set()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                holding = self.sequencer.sequence_once()
-            except Exception:  # (a thread's last resort: log, and go on)
-                log.exception("%s: the sequencer failed", self.url)
-                holding = False
-            busy = holding and (self.sequencer.found_any or time.monotonic() < self._busy_until)
-            pause = self.settings.window / 1000 if busy else IDLE_PAUSE
-            if not holding:
-                pause = self.settings.sequencer_lease / 4
-            self._wake.wait(pause)
-            self._wake.clear()
+    def _pause_after_step(self) -> float:
+        """One step of the sequencer (or of its candidacy); the seconds to wait before the
+        next: a window while there is work, longer when idle, longer still while another
+        process holds the lease or steps fail (a keyspace dropped, a node away)."""
+        try:
+            holding = self.sequencer.sequence_once()
+        except Exception:  # (a thread's last resort: log, and go on)
+            log.exception("%s: the sequencer failed", self.url)
+            holding = False
+        if not holding:
+            backoff: int = 2 ** min(self.sequencer.failures, 4)
+            return self.settings.sequencer_lease / 4 * backoff
+        busy = self.sequencer.found_any or time.monotonic() < self._busy_until
+        return self.settings.window / 1000 if busy else IDLE_PAUSE
 
     def close(self) -> None:
         """Stop the sequencer, and give up its lease."""
@@ -161,8 +169,9 @@ class SequencedFeed(CassandraFeed):
         return found
 
     def _settled_past(self, saved: int) -> bool:
-        """Wait until the sequencer has settled every intent up to ``saved`` (ms); False if
-        it had already, or no sequencer did within the lease (then it is read later)."""
+        """Wait until the sequencer has closed, resolved and published past ``saved`` (ms);
+        False if it had already, or no sequencer did within the lease (then it is read
+        later)."""
         sequencer = self.sequencer
         if sequencer.published_until > saved:
             return False
@@ -216,3 +225,16 @@ class SequencedFeed(CassandraFeed):
                 f"{claim.originator_id} version {claim.originator_version}, which is not stored"
             )
         return records
+
+
+def _run(feed: weakref.ref[SequencedFeed], stop: threading.Event, wake: threading.Event) -> None:
+    """The sequencer's thread: steps until its feed is closed, or dropped unclosed (it holds
+    the feed weakly, so that a store nobody closed does not sequence for ever)."""
+    while not stop.is_set() and not sys.is_finalizing():
+        held = feed()
+        if held is None:
+            return
+        pause = held._pause_after_step()
+        del held
+        wake.wait(pause)
+        wake.clear()

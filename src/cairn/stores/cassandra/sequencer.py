@@ -30,7 +30,7 @@ from cairn.stores.cassandra.statements import sequenced
 from cairn.stores.contract import Fences
 
 PUBLISH_ROWS = 250  # batches published in one Paxos round, at most
-PUBLISHED_ROW = -1  # the row of `closes` that says how far every intent is settled
+PUBLISHED_ROW = -1  # the row of `closes` that says how far every intent is resolved
 MAX_STEP_MS = INTENT_BUCKET_MS  # a step closes at most this much time (catching up goes in steps)
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,12 @@ class Sequencer:
     ) -> None:
         self.settings, self.url = settings, settings.url
         self.me = uuid4()
-        self.published_until = 0  # ms: every intent below it is settled (published, or void)
+        # ms: a batch stored before this step's close, its intent below it, is published
+        self.published_until = 0
         self.blocked: FenceNeedsKey | None = None  # an intent only a keyed process can fence
         self.progress = threading.Condition()
         self.found_any = False  # the last step found intents to settle
+        self.failures = 0  # steps failed in a row
         self._connection, self._fences, self._intents = connection, fences, intents
         self._bucket_size = feed_bucket
         self._lock = threading.Lock()
@@ -116,6 +118,7 @@ class Sequencer:
                 if self._lease is None and not self._acquire():
                     return False
                 self._step()
+                self.failures = 0
                 if self.blocked is not None:
                     # Only a process with the key can fence what holds the feed: let one
                     # take the lease.
@@ -131,6 +134,7 @@ class Sequencer:
                 # stored cursor, the lease kept if it is still ours.
                 log.warning("%s: sequencer step failed: %s", self.url, exc)
                 self._lease = None
+                self.failures += 1
                 return False
 
     def release(self) -> None:
@@ -405,14 +409,14 @@ class Sequencer:
         return self._cursor, min(self._published.values(), default=head)
 
     def _mark_published(self) -> None:
-        """Say (to readers at the head) how far every intent is settled: up to the oldest
-        pending, else the close."""
-        settled, _ = self._next_cursor(self._lease.head if self._lease else 0)
-        if settled <= self.published_until:
+        """Say (to readers at the head) how far every intent is scanned and resolved: a
+        batch stored before the close of this step is published (or waits for the batch
+        before it in its aggregate)."""
+        if self._closed <= self.published_until:
             return
-        self._execute(self._prepared().close, (settled, settled, PUBLISHED_ROW))
+        self._execute(self._prepared().close, (self._closed, self._closed, PUBLISHED_ROW))
         with self.progress:
-            self.published_until = settled
+            self.published_until = self._closed
             self.progress.notify_all()
 
     # -- requests

@@ -137,6 +137,8 @@ class CassandraStore(Store):
                 self._outcome(batches[i], marks[i], f, partial(stored_at.__setitem__, i))
                 for i, f in zip(wave, sent, strict=True)
             ]
+        if feed is not None:
+            feed.saved()
         failed = [(batch, e) for batch, e in zip(batches, errors, strict=True) if e is not None]
         if failed:
             error = refusal(self.url, batches, failed)

@@ -141,6 +141,8 @@ class CassandraTracking:
                 if outcome is Outcome.DONE and claim is not None and feed is not None:
                     feed.abandon(claim)  # readers void its claim at once
                 outcomes.append(outcome)
+        if feed is not None:
+            feed.saved()
         self._conclude(batches, outcomes, tracking)
 
     def _send(
