@@ -30,14 +30,20 @@ process had queued, so rounds per claim is below 1 with no contention at all (th
 sequenced design claims nothing: '-').
 
 Feed lag, feed on: one follower process per keyspace, started before the first step
-and kept throughout, reads the feed from its end (``read_feed`` in pages of 1,000,
-pausing ``--poll`` seconds when caught up). Each save's events carry the time its save
+and kept throughout, reads the feed during each step (``read_feed`` in pages of 1,000,
+pausing ``--poll`` seconds when caught up) and not between steps, so that its reads
+(and a sequencer kept at its busy pace by them) do not load the other modes' steps;
+its store stays open, so a sequenced keyspace's sequencer runs throughout (at its idle
+pace between steps) and has no backlog to catch up at a step's start. Each save's events carry the time its save
 began; the lag of a batch is from then to when the follower's read returned it (p50,
 p99, max, of the saves begun in the measured window). A save that returned but whose
 batch the follower has not read ``FOLLOW_TIMEOUT`` seconds after the window's saves
 ended is counted missing. The follower's store, reading, is a candidate for the
-sequencer's lease too (as every store of a sequenced keyspace): the table says whether
-it held it at the step's end (then the sequencer ran in the follower, else in a writer).
+sequencer's lease too (as every store of a sequenced keyspace): the JSON says whether
+it held it at the step's end (then the sequencer ran in the follower, else in a writer)
+and, if so, how far behind the clock it had scanned (a window by design; more when its
+steps take longer than a window). ``--options`` adds URL options to the sequenced
+keyspace's (``shards=4&window=50``).
 
 Processes are forked from a server that has imported cairn (``forkserver``), so 64 of
 them start in seconds. Prints a table and one JSON line; the JSON and the table also go
@@ -168,29 +174,40 @@ def records(aggregate: uuid.UUID, version: int, batch: int, began: float = 0.0) 
 
 
 def follower(url: str, poll: float, pipe: Connection) -> None:
-    """Read the feed from its end, noting when each event stamped at or after the
-    window's start was read; on ``("collect", saved, deadline)``, once every one of those
-    batches was read (or at the deadline), send back their lags. Until ``("stop",)``."""
+    """Read the feed, from a step's ``("window", t)`` on, noting when each event stamped
+    at or after ``t`` was read; on ``("collect", saved, deadline)``, once every one of
+    those batches was read (or at the deadline), send back their lags, and pause until
+    the next step's window (its store stays open: a sequencer it holds goes on, at its
+    idle pace). Until ``("stop",)``."""
     store = open_store(url)
+    store.read_feed(0, 1)  # (a sequenced keyspace's sequencer runs from now on)
     after, since, seen = 0, float("inf"), {}
     failures: Counter[str] = Counter()
+    behind: list[float] = []  # ms: how far behind now the sequencer has scanned, if here
     expected: tuple[list[tuple[uuid.UUID, int]], float] | None = None
+    paused = True
     while True:
-        while pipe.poll():
+        while pipe.poll(1.0 if paused else 0):
             message = pipe.recv()
             if message[0] == "stop":
                 store.close()
                 return
             if message[0] == "window":
-                since, seen, failures = message[1], {}, Counter()
+                since, seen, failures, behind = message[1], {}, Counter(), []
+                paused = False
             else:  # "collect"
                 expected = message[1], message[2]
+        if paused:
+            continue
         page = None
         try:
             page = store.read_feed(after, 1000)
         except Exception as exc:  # noted, and read again: a failed read is a finding
             failures[type(exc).__name__] += 1
         now = time.time()
+        sequencer = getattr(store.feed, "sequencer", None)
+        if sequencer is not None and sequencer.holding and since <= now and expected is None:
+            behind.append(now * 1000 - sequencer.scanned_until)
         if page is not None:
             for r in page:
                 began = STAMP.unpack_from(r.data, 1)[0]
@@ -201,10 +218,20 @@ def follower(url: str, poll: float, pipe: Connection) -> None:
         if expected is not None and caught_up:
             saved, deadline = expected
             if time.time() > deadline or all(key in seen for key in saved):
-                pipe.send(lags(saved, seen, failures, store))
-                expected = None
+                pipe.send(lags(saved, seen, failures, store) | scans(sorted(behind)))
+                expected, paused = None, True
+                continue
         if caught_up:
             time.sleep(poll)
+
+
+def scans(behind: Sequence[float]) -> dict[str, Any]:
+    """How far behind the clock the follower's sequencer had scanned (when it held the
+    lease): a window by design, more when its steps take longer than a window."""
+    return {
+        "scan_behind_ms_p50": statistics.median(behind) if behind else None,
+        "scan_behind_ms_max": behind[-1] if behind else None,
+    }
 
 
 def lags(
@@ -349,7 +376,8 @@ def percentile(ordered: Sequence[float], q: float) -> float | None:
 
 def measure(args: argparse.Namespace, base: str) -> dict[str, Any]:
     counts = {m: c for m, c in plan(args).items() if c}
-    urls = {m: with_option(fill(base), OPTION[m]) if OPTION[m] else fill(base) for m in counts}
+    options = OPTION | {"sequenced": "&".join(filter(None, [OPTION["sequenced"], args.options]))}
+    urls = {m: with_option(fill(base), options[m]) if options[m] else fill(base) for m in counts}
     server = about_the_cluster(next(iter(urls.values())))  # also makes the keyspace
     for url in urls.values():
         open_store(url).close()  # every keyspace made before the followers read it
@@ -405,6 +433,7 @@ def measure(args: argparse.Namespace, base: str) -> dict[str, Any]:
         "warmup": args.warmup,
         "seconds": args.seconds,
         "poll": args.poll,
+        "options": args.options,
         "steps": steps,
     }
 
@@ -478,6 +507,8 @@ def row_text(s: dict[str, Any]) -> str:
         f"rounds/claim {num(s.get('rounds_per_claim'))}, "
         f"wasted {pct(s.get('wasted_rounds_share'))}, failures {s['failures'] or 0}"
         f"{follower_text(s)}, sequencer in follower {s.get('sequencer_in_follower', '-')}, "
+        f"scanned behind p50 {ms(s.get('scan_behind_ms_p50'))} max "
+        f"{ms(s.get('scan_behind_ms_max'))}, "
         f"load {s['load_1min'][0]:.1f}-{s['load_1min'][1]:.1f}"
     )
 
@@ -602,6 +633,9 @@ def main() -> None:
         help="seconds of saves (4 processes, feed on, then off) before the first step",
     )
     p.add_argument("--poll", type=float, default=0.01, help="the follower's pause, caught up")
+    p.add_argument(
+        "--options", default="", help="more URL options for feed=sequenced, e.g. shards=4&window=50"
+    )
     args = p.parse_args()
     args.processes = numbers(args.processes)
     args.off_processes = numbers(args.off_processes)
