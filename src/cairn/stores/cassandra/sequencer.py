@@ -116,6 +116,7 @@ class Sequencer:
         with self._lock:
             try:
                 if self._lease is None and not self._acquire():
+                    self.blocked = None  # the holder fences what this one could not
                     return False
                 self._step()
                 self.failures = 0
