@@ -65,7 +65,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # tests.local_cluster: the cluster the tests run
 
+from cairn.errors import StoreError  # noqa: E402
 from cairn.stores import Record, open_store  # noqa: E402
 from cairn.stores.cassandra import CassandraStore  # noqa: E402
 
@@ -93,7 +94,7 @@ def writer(url: str, threads: int, batch: int, pipe: Connection) -> None:
     times the parent sends, and send back what the measured window saw."""
     store = open_store(url)
     assert isinstance(store, CassandraStore)
-    store.append(records(uuid.uuid4(), 0, batch))  # connected, statements prepared, head found
+    retried(lambda: store.append(records(uuid.uuid4(), 0, batch)))  # connected, prepared
     pipe.send("ready")
     start, measured, until = pipe.recv()
     window = Window(measured, until)
@@ -180,7 +181,7 @@ def follower(url: str, poll: float, pipe: Connection) -> None:
     the next step's window (its store stays open: a sequencer it holds goes on, at its
     idle pace). Until ``("stop",)``."""
     store = open_store(url)
-    store.read_feed(0, 1)  # (a sequenced keyspace's sequencer runs from now on)
+    retried(lambda: store.read_feed(0, 1))  # (a sequenced keyspace's sequencer runs from now)
     after, since, seen = 0, float("inf"), {}
     failures: Counter[str] = Counter()
     behind: list[float] = []  # ms: how far behind now the sequencer has scanned, if here
@@ -259,6 +260,19 @@ def counts(stats: Any) -> dict[str, int] | None:
     if stats is None:
         return None
     return {k: getattr(stats, k) for k in ("won", "lost", "failed", "claims")}
+
+
+def retried(action: Callable[[], Any], attempts: int = 5) -> None:
+    """Before a step: a cold cluster's first Paxos rounds on a new keyspace (a sequenced
+    one's origin) may time out; the measured saves are not retried."""
+    for attempt in range(attempts):
+        try:
+            action()
+            return
+        except StoreError as exc:
+            log(f"  (not ready yet, attempt {attempt + 1}: {str(exc)[:160]})")
+            time.sleep(1)
+    action()
 
 
 def sleep_until(moment: float) -> None:
