@@ -15,7 +15,11 @@ One concern a module: ``settings`` (the URL and its options), ``statements``
 (every CQL statement), ``session`` (the driver's connection), ``schema``
 (tables made and settled, the server's write limit), ``outcomes`` (what became
 of a write, in words), ``feed`` (claims and the reader), ``batching`` (claims
-of concurrent saves share a round trip), ``store`` (``CassandraStore``).
+of concurrent saves share a round trip), ``fetch`` (the reader's requests, sent
+ahead), ``resolution`` (what became of a claim or an intent; fences), and for
+``feed=sequenced``: ``intents`` (a save's intent), ``sequencer`` (one per keyspace
+publishes them), ``sequenced`` (the store's feed in that mode); ``store``
+(``CassandraStore``).
 """
 
 from __future__ import annotations
