@@ -121,6 +121,25 @@ def test_a_save_waits_on_no_position_and_appears_once_published(url: str) -> Non
     store.close()
 
 
+def test_a_process_that_loses_the_race_to_make_the_origin_takes_the_winners(url: str) -> None:
+    """Two processes making the keyspace's origin at once (bench/feed_scale.py's writers
+    did): the loser's conditional write answers only the condition's column (shards), so
+    it reads the cursor again instead of failing on a null one."""
+    first, second = CassandraStore.from_url(url), CassandraStore.from_url(url)
+    made = by_hand(first).intents.origin()
+    session = second.connection().session
+    execute = session.execute
+
+    def not_yet_made(statement: Any, *args: Any, **kwargs: Any) -> Any:
+        session.execute = execute  # (only the first read: it began before the origin)
+        return execute("SELECT now() FROM system.local WHERE key = 'none'")
+
+    session.execute = not_yet_made
+    assert by_hand(second).intents.origin() == made
+    first.close()
+    second.close()
+
+
 def test_a_writer_dead_after_its_intent_is_fenced_and_others_are_published_meanwhile(
     url: str,
 ) -> None:

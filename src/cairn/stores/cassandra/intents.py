@@ -18,7 +18,7 @@ from uuid import UUID
 from cassandra import ConsistencyLevel
 
 from cairn.errors import StoreError
-from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
+from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, describe
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import sequenced
@@ -118,10 +118,12 @@ class Intents:
                 result = connection.session.execute(
                     prepared.make_origin, (self.settings.shards, made)
                 )
+                # Not applied: another process made it; its result holds only the
+                # condition's column (shards), so the cursor is read again.
                 row = (
                     (self.settings.shards, made)
                     if result.was_applied
-                    else (column(result, "shards"), column(result, "cursor"))
+                    else connection.session.execute(read).one()
                 )
             origin = Origin(int(row[0]), int(row[1]))
             futures = [
