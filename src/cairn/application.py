@@ -63,15 +63,17 @@ class Events:
         to_event = self.mapper.to_event
         pages = self.store.select_pages(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
         try:
-            # Page by page, as the store's rows: replay decodes every event ever stored.
-            for page in pages:
-                for record in page:
-                    yield to_event(record)
+            try:
+                # Page by page, as the store's rows: replay decodes every event ever stored.
+                for page in pages:
+                    for record in page:
+                        yield to_event(record)
+            finally:
+                # Stopped early, failed or done, the store's read ahead is let go here:
+                # before explaining an unreadable record, which reads the store again.
+                pages.close()
         except UnreadableRecord as exc:
-            pages.close()  # (the store's read ahead let go before explaining reads again)
             raise explained(exc, self.mapper, self.store, originator_id) from None
-        finally:
-            pages.close()  # stopped early or not, the read ahead is let go now
 
 
 class Snapshots:

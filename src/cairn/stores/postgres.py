@@ -494,12 +494,7 @@ class PostgresStore(Store):
         self, originator_id: UUID, *, gt: int | None, lte: int | None, desc: bool, limit: int
     ) -> list[RecordFields]:
         query = self._sql.select_events_desc if desc else self._sql.select_events
-        params = (
-            originator_id,
-            -1 if gt is None else gt,
-            MAX_VERSION if lte is None else lte,
-            limit,
-        )
+        params = _select_params(originator_id, gt, lte, limit)
         with self._connection(f"cannot read aggregate {originator_id}") as conn:
             # Binary results: bytea arrives as bytes, without hex decoding.
             rows = conn.execute(query, params, binary=True).fetchall()
@@ -533,9 +528,8 @@ class PostgresStore(Store):
 
         def send(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], int]:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            params = (originator_id, -1 if gt is None else gt, MAX_VERSION if lte is None else lte)
             cursor = conn.cursor(binary=True)  # binary: bytea arrives as bytes
-            cursor.execute(query, (*params, size))
+            cursor.execute(query, _select_params(originator_id, gt, lte, size))
             return cursor, size
 
         with self._connection(f"cannot read aggregate {originator_id}") as conn, conn.pipeline():
@@ -780,6 +774,13 @@ def _with_default_schema(url: str) -> str:
             DEFAULT_SCHEMA,
         )
     return f"{url}{'&' if '?' in url.rpartition('@')[2] else '?'}schema={DEFAULT_SCHEMA}"
+
+
+def _select_params(
+    originator_id: UUID, gt: int | None, lte: int | None, limit: int
+) -> tuple[UUID, int, int, int]:
+    """The parameters of a select of one aggregate's events: open bounds made numbers."""
+    return originator_id, -1 if gt is None else gt, MAX_VERSION if lte is None else lte, limit
 
 
 def _heard_from(conn: psycopg.Connection[Any]) -> bool:
