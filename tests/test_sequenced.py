@@ -21,7 +21,7 @@ from cassandra import OperationTimedOut
 from cassandra.query import BatchStatement
 
 from cairn import Application, ConcurrencyError, StoreError
-from cairn.stores import FENCE_TOPIC
+from cairn.stores import FENCE_TOPIC, Record
 from cairn.stores.cassandra import CassandraStore, parse_url
 from cairn.stores.cassandra.intents import now_ms, time_of
 from cairn.stores.cassandra.sequenced import SequencedFeed
@@ -90,6 +90,26 @@ def test_a_url_turns_feed_sequenced_and_its_options_into_settings() -> None:
     assert not parse_url("cassandra://h1/ks?feed=off").feed
     with pytest.raises(StoreError, match="feed must be one of true, false, sequenced"):
         parse_url("cassandra://h1/ks?feed=sequential")
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("shards=0", "shards must be a whole number of at least 1"),
+        ("shards=1025", "shards must be at most 1024"),
+        ("shards=99999999999999999999", "shards must be at most 1024"),
+        ("window=-5", "window must be a whole number of at least 1"),
+        ("window=60001", "window must be at most 60000"),
+        ("sequencer_lease=inf", "sequencer_lease must be at most 3600 seconds"),
+        ("sequencer_lease=nan", "sequencer_lease must be a number of seconds above 0"),
+        ("sequencer_lease=1e9", "sequencer_lease must be at most 3600 seconds"),
+    ],
+)
+def test_hostile_sequenced_options_are_refused_before_any_work_is_sized_by_them(
+    option: str, message: str
+) -> None:
+    with pytest.raises(StoreError, match=message):
+        parse_url(f"cassandra://h1/ks?feed=sequenced&{option}")
 
 
 def test_a_keyspace_of_one_feed_design_is_refused_by_a_store_of_the_other() -> None:
@@ -400,3 +420,24 @@ def test_a_sequencer_without_the_key_gives_up_the_lease_to_one_that_can_seal_the
         assert not sequencer.sequence_once()  # (its thread's next try: the lease is held)
         assert keys(whole_feed(keyless)) == [(counter.id, 0), (counter.id, 1)]
         keyless.close()
+
+
+def test_a_stored_origin_with_a_hostile_shard_count_is_refused_before_any_work() -> None:
+    keyspace = new_keyspace()
+    url = sequenced(with_keyspace(BASE_URL, keyspace))
+    first = CassandraStore.from_url(url)
+    try:
+        first.append([Record(uuid4(), 0, "t:T", b"x")])
+        first.connection().session.execute(
+            f"UPDATE {keyspace}.feed SET shards = 1000000000 WHERE bucket = 0"
+        )
+        first.close()
+        second = CassandraStore.from_url(url)
+        try:
+            with pytest.raises(StoreError, match="origin says 1000000000 shards; a keyspace has"):
+                second.append([Record(uuid4(), 0, "t:T", b"x")])
+        finally:
+            second.close()
+    finally:
+        first.close()
+        drop_keyspace(keyspace)

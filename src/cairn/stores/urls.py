@@ -140,7 +140,7 @@ class Options:
             return False
         raise self.error(f"{name} must be true or false, not {value!r}")
 
-    def seconds(self, name: str, default: float) -> float:
+    def seconds(self, name: str, default: float, maximum: float | None = None) -> float:
         value = self.params.get(name)
         if value is None:
             return default
@@ -150,14 +150,20 @@ class Options:
             seconds = 0.0
         if not seconds > 0:  # also refuses nan
             raise self.error(f"{name} must be a number of seconds above 0, not {value!r}")
+        if maximum is not None and not seconds <= maximum:
+            raise self.error(f"{name} must be at most {maximum:g} seconds, not {value!r}")
         return seconds
 
-    def count(self, name: str, default: int | None, minimum: int = 1) -> int | None:
+    def count(
+        self, name: str, default: int | None, minimum: int = 1, maximum: int | None = None
+    ) -> int | None:
         value = self.params.get(name)
         if value is None:
             return default
         if not value.isdigit() or int(value) < minimum:
             raise self.error(f"{name} must be a whole number of at least {minimum}, not {value!r}")
+        if maximum is not None and int(value) > maximum:
+            raise self.error(f"{name} must be at most {maximum}, not {value!r}")
         return int(value)
 
     def choice(self, name: str, default: str, choices: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ from cassandra import ConsistencyLevel
 from cairn.errors import StoreError
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, describe
 from cairn.stores.cassandra.session import Connection
-from cairn.stores.cassandra.settings import Settings
+from cairn.stores.cassandra.settings import MAX_SHARDS, Settings
 from cairn.stores.cassandra.statements import sequenced
 
 # Part of the stored format: an intent's partition is a second of its time and a shard.
@@ -126,6 +126,11 @@ class Intents:
                     else connection.session.execute(read).one()
                 )
             origin = Origin(int(row[0]), int(row[1]))
+            if not 1 <= origin.shards <= MAX_SHARDS:  # stored bytes: never trusted to size work
+                raise StoreError(
+                    f"{self.url}: the sequenced feed's origin says {origin.shards} shards; "
+                    f"a keyspace has 1 to {MAX_SHARDS}. Nothing was written."
+                )
             futures = [
                 connection.session.execute_async(
                     prepared.close, (origin.cursor, origin.cursor, shard)

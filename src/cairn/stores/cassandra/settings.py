@@ -68,6 +68,11 @@ DEFAULT_FENCE_AFTER = 5.0
 DEFAULT_WINDOW_MS = 20
 DEFAULT_SHARDS = 16
 DEFAULT_LEASE = 2.0
+# Bounds on what a URL (or a keyspace's stored origin) may ask of the sequenced feed: a
+# store closes every shard when it opens and scans every shard at each step.
+MAX_SHARDS = 1024
+MAX_WINDOW_MS = 60_000
+MAX_LEASE = 3600.0
 LEVELS = tuple(n for n in ConsistencyLevel.name_to_value if "SERIAL" not in n)
 SERIAL_LEVELS = ("SERIAL", "LOCAL_SERIAL")
 _KEYSPACE_NAME = re.compile(r"[A-Za-z0-9_]{1,48}")
@@ -149,9 +154,10 @@ def parse_url(url: str) -> Settings:
         feed=feed != "FALSE",
         feed_fence_after=options.seconds("feed_fence_after", DEFAULT_FENCE_AFTER),
         sequenced=feed == "SEQUENCED",
-        window=options.count("window", DEFAULT_WINDOW_MS) or DEFAULT_WINDOW_MS,
-        shards=options.count("shards", DEFAULT_SHARDS) or DEFAULT_SHARDS,
-        sequencer_lease=options.seconds("sequencer_lease", DEFAULT_LEASE),
+        window=options.count("window", DEFAULT_WINDOW_MS, maximum=MAX_WINDOW_MS)
+        or DEFAULT_WINDOW_MS,
+        shards=options.count("shards", DEFAULT_SHARDS, maximum=MAX_SHARDS) or DEFAULT_SHARDS,
+        sequencer_lease=options.seconds("sequencer_lease", DEFAULT_LEASE, maximum=MAX_LEASE),
     )
 
 
