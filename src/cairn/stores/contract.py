@@ -58,10 +58,18 @@ class Record(NamedTuple):
 # A record's fields in Record's order, as a plain tuple: what replay reads
 # (Store.select_rows) and the mapper decodes. A Record is one too.
 RecordFields = tuple[UUID, int, str, bytes, int | None]
+_Fields = TypeVar("_Fields", bound=RecordFields)  # a Record, or its fields as a plain tuple
+_Page = TypeVar("_Page")
 
 # A tuple of a record's fields in Record's order made a Record without a call into Python
 # (Record's own constructor is a Python function: a third more time, per row read).
 as_record = cast(Callable[[tuple[Any, ...]], Record], partial(tuple.__new__, Record))
+
+
+def _deferred(read: Callable[..., _Page]) -> Callable[..., Callable[[], _Page]]:
+    """``read`` made a ``send`` for :meth:`Store._pages` that sends nothing ahead: asking
+    for a page only notes its bounds, and it is read when it is wanted."""
+    return partial(partial, read)
 
 
 class Fences(NamedTuple):
@@ -122,7 +130,6 @@ class Appended(list[int]):
 
 
 R = TypeVar("R")
-_Fields = TypeVar("_Fields", bound=RecordFields)  # a Record, or its fields as a plain tuple
 
 
 class FeedPage(list[R]):
@@ -345,7 +352,7 @@ class Store(ABC):
         Memory stays bounded by the page size, however long the aggregate; each
         page is its own query, so nothing is held open between pages.
         """
-        for page in self._pages(self.select_page, originator_id, gt, lte, desc, limit):
+        for page in self._pages(_deferred(self.select_page), originator_id, gt, lte, desc, limit):
             yield from page
 
     def select_pages(
@@ -361,33 +368,46 @@ class Store(ABC):
         them: what replay decodes (the mapper takes either). A store may read the next
         page while the caller works on this one (PostgreSQL does): close the generator
         when done with it before the last page."""
-        return self._pages(self.select_rows, originator_id, gt, lte, desc, limit)
+        return self._pages(_deferred(self.select_rows), originator_id, gt, lte, desc, limit)
 
     def _pages(
         self,
-        read: Callable[..., Sequence[_Fields]],
+        send: Callable[..., Callable[[], Sequence[_Fields]]],
         originator_id: UUID,
         gt: int | None,
         lte: int | None,
         desc: bool,
         limit: int | None,
     ) -> Generator[Sequence[_Fields], None, None]:
-        """The pages ``read`` (select_page or select_rows) gives, until ``limit`` records
-        or the aggregate's last."""
+        """One aggregate's pages, until ``limit`` records or its last.
+
+        ``send(originator_id, gt=, lte=, desc=, limit=)`` asks for a page and returns what
+        reads it. The next page is asked for before this one is handed over: a store whose
+        ``send`` starts the query (PostgreSQL's pipeline) has it read while the caller
+        works; one that only defers the read (:func:`_deferred`) reads each page when it
+        is wanted, holding nothing between pages."""
         aggregate_id(originator_id)
-        remaining = limit
-        while remaining is None or remaining > 0:
+
+        def ask(remaining: int | None) -> tuple[Callable[[], Sequence[_Fields]], int]:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            page = read(originator_id, gt=gt, lte=lte, desc=desc, limit=size)
+            return send(originator_id, gt=gt, lte=lte, desc=desc, limit=size), size
+
+        remaining = limit
+        pending = ask(remaining) if remaining is None or remaining > 0 else None
+        while pending is not None:
+            read, size = pending
+            page = read()
+            pending = None
+            if len(page) == size:  # there may be more
+                if remaining is not None:
+                    remaining -= size
+                if desc:
+                    lte = page[-1][1] - 1  # (the version: a Record's or a row's)
+                else:
+                    gt = page[-1][1]
+                if remaining is None or remaining > 0:
+                    pending = ask(remaining)
             yield page
-            if len(page) < size:
-                return
-            if remaining is not None:
-                remaining -= len(page)
-            if desc:
-                lte = page[-1][1] - 1  # (the version: a Record's or a row's)
-            else:
-                gt = page[-1][1]
 
     def get_item(self, originator_id: UUID, eq: int) -> Record | None:
         """The event record at exactly this version, or None."""

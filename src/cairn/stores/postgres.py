@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 from uuid import UUID
@@ -515,39 +516,30 @@ class PostgresStore(Store):
         generator closed)."""
         if not psycopg.Pipeline.is_supported():  # (a libpq older than 14)
             return super().select_pages(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
-        aggregate_id(originator_id)
         return self._pages_ahead(originator_id, gt, lte, desc, limit)
 
     def _pages_ahead(
         self, originator_id: UUID, gt: int | None, lte: int | None, desc: bool, limit: int | None
-    ) -> Generator[list[RecordFields], None, None]:
-        query = self._sql.select_events_desc if desc else self._sql.select_events
-        remaining = limit
-        if remaining is not None and remaining <= 0:
-            return
-
-        def send(conn: psycopg.Connection[Any]) -> tuple[psycopg.Cursor[Any], int]:
-            size = self.page_size if remaining is None else min(self.page_size, remaining)
-            cursor = conn.cursor(binary=True)  # binary: bytea arrives as bytes
-            cursor.execute(query, _select_params(originator_id, gt, lte, size))
-            return cursor, size
-
+    ) -> Generator[Sequence[RecordFields], None, None]:
         with self._connection(f"cannot read aggregate {originator_id}") as conn, conn.pipeline():
-            pending: tuple[psycopg.Cursor[Any], int] | None = send(conn)
-            while pending is not None:
-                cursor, size = pending
-                rows = cursor.fetchall()
-                pending = None
-                if len(rows) == size:  # there may be more: ask for them now
-                    if remaining is not None:
-                        remaining -= size
-                    if desc:
-                        lte = rows[-1][0] - 1
-                    else:
-                        gt = rows[-1][0]
-                    if remaining is None or remaining > 0:
-                        pending = send(conn)
-                yield [(originator_id, v, t, d, None) for v, t, d in rows]
+            send = partial(self._send_select, conn)
+            yield from self._pages(send, originator_id, gt, lte, desc, limit)
+
+    def _send_select(
+        self,
+        conn: psycopg.Connection[Any],
+        originator_id: UUID,
+        *,
+        gt: int | None,
+        lte: int | None,
+        desc: bool,
+        limit: int,
+    ) -> Callable[[], list[RecordFields]]:
+        """A select of one aggregate's events sent in the pipeline, and what reads it."""
+        cursor = conn.cursor(binary=True)  # binary: bytea arrives as bytes
+        query = self._sql.select_events_desc if desc else self._sql.select_events
+        cursor.execute(query, _select_params(originator_id, gt, lte, limit))
+        return lambda: [(originator_id, v, t, d, None) for v, t, d in cursor.fetchall()]
 
     # -- snapshots
 
