@@ -16,8 +16,16 @@ from typing import Any
 from uuid import UUID
 
 from cairn.errors import StoreError
-from cairn.stores.cassandra.feed import CassandraFeed, span
-from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
+from cairn.stores.cassandra.feed import INDEX_BITS, CassandraFeed, span
+from cairn.stores.cassandra.fetch import (
+    Ahead,
+    ClaimRow,
+    Fetch,
+    Pipeline,
+    Queries,
+    Read,
+    SharedRead,
+)
 from cairn.stores.cassandra.intents import Intent, Intents, now_ms
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
@@ -28,6 +36,10 @@ from cairn.stores.contract import Fences, Record
 
 IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
 BUSY_FOR = 1.0  # seconds a save or a reader at the head keeps the sequencer at its pace
+# Fetches a reader reading on from its last page keeps in flight ahead of the one it takes
+# from (each at most a page of events): the node reads them at once (docs/feed.md,
+# "Catching up on Cassandra"). A reader's first page fetches one ahead.
+FETCHES_AHEAD = 4
 # When this process's last save to a keyspace returned (ms): a read that reaches the end
 # of the feed waits for the sequencer to close past it, so that the save is in the page.
 _SAVED: dict[str, int] = {}
@@ -61,6 +73,7 @@ class SequencedFeed(CassandraFeed):
         self._busy_until = 0.0
         self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
+        self._pipelines: Ahead[Pipeline] = Ahead()
         # False: no thread; the sequencer runs only when called (sequence_once), and a
         # reader at the end of the feed does not wait for it (tests drive it so).
         self.background = True
@@ -158,14 +171,45 @@ class SequencedFeed(CassandraFeed):
         end of the feed, those of this process's saves made before the read too (it waits
         for the sequencer to publish them)."""
         self.start()
-        found = super().read(after, limit)
+        found = self._read_published(after, limit)
         saved = _SAVED.get(self._keyspace)
         if len(found) < limit and self.background and saved and self._settled_past(saved):
             last = found[-1].position if found else after
-            found += super().read(last or 0, limit - len(found))
+            found += self._read_published(last or 0, limit - len(found))
         blocked = self.sequencer.blocked
         if not found and blocked is not None:
             raise blocked
+        return found
+
+    def _read_published(self, after: int, limit: int) -> list[Record]:
+        """At most ``limit`` published event records after ``after``, in feed order, taken
+        from a :class:`Pipeline` of fetches: published rows are final, so fetches made
+        ahead are resolved as they are. A full page holds its pipeline for this thread's
+        next read from its last position, which then keeps FETCHES_AHEAD in flight."""
+        after = max(after, 0)
+        start = after >> INDEX_BITS  # the batch of that position, whose later events are due
+        connection = self._connection()
+        pipeline = self._pipelines.take(connection, after)
+        if pipeline is None:
+
+            def make(first: int, fresh: bool) -> Fetch:
+                return self._fetch(connection, first, limit, fresh=fresh)
+
+            pipeline = Pipeline(make, start)
+        else:
+            pipeline.read_on(FETCHES_AHEAD)  # (a reader reading on: catching up, most likely)
+        found: list[Record] = []
+        while (taken := pipeline.next(self.url)) is not None:
+            claim, read = taken
+            records = self._resolve(claim, read, True)
+            if claim.position == start:  # the one batch that may hold events read before
+                records = [r for r in records if r.position > after]  # type: ignore[operator]
+            found += records
+            if len(found) >= limit:
+                if len(found) > limit:
+                    pipeline.back()  # the next page begins inside this batch
+                self._pipelines.put(connection, found[limit - 1].position or 0, pipeline)
+                return found[:limit]
         return found
 
     def _settled_past(self, saved: int) -> bool:
@@ -210,9 +254,7 @@ class SequencedFeed(CassandraFeed):
     def _mark(self, claim: ClaimRow) -> Any:
         return claim.intent
 
-    def _resolve(
-        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
-    ) -> list[Record] | None:
+    def _resolve(self, claim: ClaimRow, read: Read | SharedRead, fresh: bool) -> list[Record]:
         """A published batch's records: final, so never waited on nor fenced (read again
         through Paxos if a read below QUORUM missed them)."""
         records = self._claimed(claim, read)
