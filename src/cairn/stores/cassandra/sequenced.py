@@ -252,7 +252,9 @@ class SequencedFeed(CassandraFeed):
         )
 
     def _mark(self, claim: ClaimRow) -> Any:
-        return claim.intent
+        """What the rows of a published batch carry, as the reader reads them: its
+        intent's bytes (SELECT_CARRIED)."""
+        return None if claim.intent is None else claim.intent.bytes
 
     def _resolve(self, claim: ClaimRow, read: Read | SharedRead, fresh: bool) -> list[Record]:
         """A published batch's records: final, so never waited on nor fenced (read again
