@@ -58,16 +58,27 @@ def load() -> str:
         return " ".join(f.read().split()[:3])
 
 
-def node_pid() -> int | None:
-    """The Cassandra node's process on this machine, if there is one (read, never touched)."""
+def node_pid(host: str = "127.0.0.1", port: int = 9042) -> int | None:
+    """The process listening on ``host:port`` (the node the URL names, not another node of
+    this machine, such as the local cluster's), if it is on this machine (read, never
+    touched)."""
+    ip = "".join(f"{int(part):02X}" for part in reversed(host.split(".")))
+    wanted = {f"{ip}:{port:04X}", f"00000000:{port:04X}"}
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[1] in wanted and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if b"CassandraDaemon" in f.read():
-                        return int(entry)
-            except OSError:
-                continue
+        if not entry.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                    return int(entry)
+        except OSError:
+            continue
     return None
 
 
