@@ -9,9 +9,11 @@ PG_URL := postgresql://cairn:cairn@127.0.0.1:5432/cairn?schema={unique}
 CASSANDRA_URL := cassandra://127.0.0.1:9042/{unique}?replication_factor=1
 CAIRN_TEST_STORES ?= memory://,sqlite:///{tmp}/cairn.db,$(PG_URL),$(CASSANDRA_URL)
 # The sequenced feed (feed=sequenced, docs/feed.md): the feed's and the store's conformance
-# suites run on it too, in a run of their own (the library adapter does not take it yet).
+# suites, the eventsourcing library's adapter and the acceptance tests run on it too, in a
+# run of their own.
 CASSANDRA_SEQUENCED_URL := $(CASSANDRA_URL)&feed=sequenced
-SEQUENCED_SUITES := tests/test_feed_conformance.py tests/test_store_conformance.py
+SEQUENCED_SUITES := tests/test_feed_conformance.py tests/test_store_conformance.py \
+	tests/test_eventsourcing.py
 ACCEPTANCE := ../shared/acceptance
 
 .PHONY: demo test lint services stop-services browser
@@ -47,6 +49,8 @@ test: $(VENV)/.installed lint services browser
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_ACCEPTANCE_STORES='$(CAIRN_TEST_STORES)' \
 		$(PY) -m pytest tests $(wildcard $(ACCEPTANCE))
 	@if [[ "$(CAIRN_TEST_STORES)" == *cassandra://127.0.0.1* ]]; then \
-		CAIRN_TEST_STORES='$(CASSANDRA_SEQUENCED_URL)' $(PY) -m pytest $(SEQUENCED_SUITES); fi
+		CAIRN_TEST_STORES='$(CASSANDRA_SEQUENCED_URL)' \
+		CAIRN_ACCEPTANCE_STORES='$(CASSANDRA_SEQUENCED_URL)' \
+		$(PY) -m pytest $(SEQUENCED_SUITES) $(wildcard $(ACCEPTANCE)); fi
 	CAIRN_TEST_STORES='$(CAIRN_TEST_STORES)' CAIRN_OUTAGE_TESTS=1 \
 		$(PY) -m pytest -s tests/test_outages.py tests/test_cluster.py

@@ -1,4 +1,5 @@
-"""A three-node Cassandra cluster: a save loop at QUORUM survives the loss of a node.
+"""A three-node Cassandra cluster: a save loop at QUORUM survives the loss of a node, in
+either feed design (claims, and feed=sequenced: each test runs on a keyspace of each).
 
 The module starts its own cluster (tests/local_cluster.py: ``scripts/cassandra-node``
 on 127.0.0.2, 127.0.0.3 and 127.0.0.4) and stops it at the end. Killing nodes, it
@@ -29,14 +30,19 @@ from tests.test_outages import SaveLoop
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """The cluster's URL (with a fresh keyspace, three replicas); the cluster is
-    started from empty and removed afterwards."""
+def nodes() -> Iterator[None]:
+    """The cluster, started from empty and removed afterwards."""
     try:
         local_cluster.start()
-        yield local_cluster.url(f"cluster_{uuid4().hex[:8]}")
+        yield
     finally:
         local_cluster.stop()
+
+
+@pytest.fixture(params=["", "&feed=sequenced"], ids=["claims", "sequenced"])
+def cluster(nodes: None, request: pytest.FixtureRequest) -> str:
+    """The cluster's URL, with a fresh keyspace of three replicas and the feed's design."""
+    return local_cluster.url(f"cluster_{uuid4().hex[:8]}", request.param)
 
 
 def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None:
@@ -68,8 +74,9 @@ def test_a_save_loop_at_quorum_survives_the_loss_of_a_node(cluster: str) -> None
     batches: Tally[int] = Tally(e.batch for e in events[1:])  # type: ignore[attr-defined]
     lost = [v for v in loop.acknowledged if v not in stored]
     half = [b for b, n in batches.items() if n != 10]
+    design = "sequenced" if "feed=sequenced" in cluster else "claims"
     print(
-        f"\n| one node of three SIGKILLed and restarted while saving (RF 3, QUORUM) | cassandra "
+        f"\n| one node of three SIGKILLed and restarted while saving (RF 3, QUORUM) | {design} "
         f"| 1 | {len(loop.acknowledged)} | {len(lost)} | {len(half)} | "
         f"{during} acknowledged in the {down:.1f} s the node was down; {dict(loop.outcomes)} |"
     )

@@ -23,6 +23,8 @@ from cassandra.query import BatchStatement
 from cairn import Application, ConcurrencyError, StoreError
 from cairn.stores import FENCE_TOPIC, Record
 from cairn.stores.cassandra import CassandraStore, parse_url
+from cairn.stores.cassandra import sequenced as sequenced_module
+from cairn.stores.cassandra.fetch import Pipeline
 from cairn.stores.cassandra.intents import now_ms, time_of
 from cairn.stores.cassandra.sequenced import SequencedFeed
 from cairn.testing import racer
@@ -441,3 +443,53 @@ def test_a_stored_origin_with_a_hostile_shard_count_is_refused_before_any_work()
     finally:
         first.close()
         drop_keyspace(keyspace)
+
+
+def test_a_reader_catching_up_keeps_fetches_in_flight_ahead_and_hands_out_pages_in_order(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Published rows are final, so a reader reading on fetches several runs of them at
+    once (FETCHES_AHEAD, each at most a page), and still hands them out in order, pages
+    ending inside batches and buckets included."""
+    store = CassandraStore.from_url(url)
+    small_buckets(store, 16)
+    ids = [uuid4() for _ in range(40)]
+    for n, i in enumerate(ids):
+        store.append(records(i, range(1 + n % 3)))
+    store.append(records(ids[0], range(1, 4)))  # versions 1..3 of the first, after its creation
+    settle(store)
+    in_flight: list[int] = []
+    top_up = Pipeline._top_up
+
+    def counted(pipeline: Pipeline) -> None:
+        pipeline._fetches[-1].wait(url)  # (as if the reader were slower than the node)
+        top_up(pipeline)
+        in_flight.append(len(pipeline._fetches))
+
+    monkeypatch.setattr(Pipeline, "_top_up", counted)
+    feed = whole_feed(store, page=5)
+    expected = [(i, v) for n, i in enumerate(ids) for v in range(1 + n % 3)] + [
+        (ids[0], v) for v in range(1, 4)
+    ]
+    assert keys(feed) == expected  # published in the order saved (one sequencer step)
+    positions = [r.position for r in feed]
+    assert positions == sorted(set(positions))  # type: ignore[type-var]
+    assert max(in_flight) == sequenced_module.FETCHES_AHEAD + 1  # the reader's, and those ahead
+    assert whole_feed(store, page=1000) == feed
+    store.close()
+
+
+def test_a_fetch_made_ahead_that_reached_the_head_is_looked_at_again(url: str) -> None:
+    store = CassandraStore.from_url(url)
+    first, later = uuid4(), [uuid4() for _ in range(3)]
+    store.append(records(first, range(2)))
+    settle(store)
+    page = store.read_feed(0, 2)  # full: the fetch after it is sent, and finds the head
+    assert keys(page) == [(first, 0), (first, 1)]
+    for i in later:
+        store.append(records(i, range(2)))
+    settle(store)
+    taken = store.read_feed(page[-1].position, 100)  # type: ignore[arg-type]
+    assert keys(taken) == [(i, v) for i in later for v in range(2)]
+    assert whole_feed(store, page=3) == page + taken
+    store.close()

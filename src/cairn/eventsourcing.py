@@ -11,6 +11,11 @@ topic, on top of whatever the library's own ``CIPHER_TOPIC``/``COMPRESSOR_TOPIC`
 What the library's recorders get from cairn's stores:
 
 - notification ids are the store's feed positions: increasing, not consecutive;
+- on a Cassandra store with ``feed=sequenced``, whose saves are given their positions later
+  (by the keyspace's sequencer), ``insert_events`` waits until the save is in the feed and
+  answers its positions (a sequencer's step or two: tens of milliseconds); if they are not
+  there within ``PUBLISHED_WITHIN`` seconds, it answers None (stored, not numbered yet),
+  which the library takes as a save it has no notifications of;
 - storing an event whose (aggregate id, version) is stored already raises the library's
   ``IntegrityError``, even where cairn's own API accepts a byte-identical repeat (Cassandra,
   after ``OutcomeUnknown``);
@@ -24,7 +29,9 @@ What the library's recorders get from cairn's stores:
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,6 +77,12 @@ STORE_ENV = "CAIRN_STORE"
 KEY_ENVS = ("CAIRN_KEY", "CAIRN_OLD_KEYS")
 FEED_PAGE = 1000  # records per read of the feed while looking for its end
 POLL_EVERY = 0.1  # seconds between a subscription's reads where the store cannot wake it
+# How long a save on a store that gives positions later (feed=sequenced) waits for them: past
+# a sequencer's lease passing to another process, and an earlier batch of its aggregate.
+PUBLISHED_WITHIN = 30.0
+INDEX_BITS = 16  # a Cassandra feed position: its batch's number << 16 | index in batch + 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,9 +146,12 @@ class CairnAggregateRecorder(CairnRecorder, AggregateRecorder):
         self._append(stored_events, kwargs.get("tracking"))
         return None
 
-    def _append(self, stored_events: Sequence[StoredEvent], tracking: Tracking | None) -> Appended:
-        """Store the events (with the tracking, if any): their feed positions, or the
-        library's IntegrityError if any of them is stored already."""
+    def _append(
+        self, stored_events: Sequence[StoredEvent], tracking: Tracking | None
+    ) -> Appended | None:
+        """Store the events (with the tracking, if any): their feed positions (None from a
+        store that gives them later), or the library's IntegrityError if any of them is
+        stored already."""
         records = _records(stored_events)
         with _library_errors():
             if tracking is not None:
@@ -145,15 +161,13 @@ class CairnAggregateRecorder(CairnRecorder, AggregateRecorder):
             else:
                 appended = self.store.append(records)
         if appended is None:
-            if isinstance(self, ApplicationRecorder):
+            if isinstance(self, ApplicationRecorder) and _later(self.store) is None:
                 raise NotSupportedError(
                     f"{self.store.url}: this store does not tell the feed positions of what it "
-                    "stores when it stores it, so it cannot number an application's "
-                    "notifications (a Cassandra store with feed=false has no feed: turn it on; "
-                    "with feed=sequenced, positions are given later, which this adapter does "
-                    "not support yet: use the default feed)"
+                    "stores, so it cannot number an application's notifications (a "
+                    "Cassandra store with feed=false has no feed: turn it on)"
                 )
-            return Appended()
+            return None
         if appended.repeated:
             ids = ", ".join(map(str, appended.repeated))
             raise IntegrityError(
@@ -228,14 +242,57 @@ class CairnApplicationRecorder(CairnAggregateRecorder, ApplicationRecorder):
         self._end = 0  # the feed's last position seen, where max_notification_id reads on
         self._end_lock = threading.Lock()
         self._listeners: set[threading.Event] = set()
+        self._later = _later(store)  # its feed, if it gives a save's positions later
+        self._published = 0  # a position published before every save that begins now
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        positions = self._append(stored_events, kwargs.get("tracking"))
+        floor = self._floor() if self._later is not None else 0
+        appended = self._append(stored_events, kwargs.get("tracking"))
         for listener in list(self._listeners):
             listener.set()
-        return list(positions)
+        if appended is None or (self._later is not None and not appended and stored_events):
+            return self._positions(stored_events, floor)
+        return list(appended)
+
+    def _floor(self) -> int:
+        """A position below every position a save that begins now can be given: one seen
+        published already, else the feed's head (every later batch is published past it)."""
+        known = max(self._published, self._end)
+        if known or self._later is None:
+            return known
+        with _library_errors():
+            return int(self._later.find_head()) << INDEX_BITS
+
+    def _positions(self, stored_events: Sequence[StoredEvent], floor: int) -> list[int] | None:
+        """The feed positions of events just saved on a store that gives them later, read
+        from the feed after ``floor`` once the sequencer has published them (a read at the
+        feed's end waits for that); None if they are not there within PUBLISHED_WITHIN."""
+        wanted = {(s.originator_id, s.originator_version): 0 for s in stored_events}
+        missing, after = len(wanted), floor
+        deadline = time.monotonic() + PUBLISHED_WITHIN
+        with _library_errors():
+            while missing:
+                page = self.store.read_feed(after, FEED_PAGE)
+                for r in page:
+                    if wanted.get((r.originator_id, r.originator_version)) == 0:
+                        wanted[r.originator_id, r.originator_version] = r.position or 0
+                        missing -= 1
+                after = max(after, page.next_after)
+                if not missing or (page and not page.caught_up):
+                    continue
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "%s: saved, but not in the feed after %g s: no notification ids",
+                        self.store.url,
+                        PUBLISHED_WITHIN,
+                    )
+                    return None
+                if not page:
+                    time.sleep(POLL_EVERY / 10)  # (it waits for a batch before it, most likely)
+        self._published = max(self._published, after)
+        return [wanted[s.originator_id, s.originator_version] for s in stored_events]
 
     def select_notifications(
         self,
@@ -280,6 +337,13 @@ class CairnApplicationRecorder(CairnAggregateRecorder, ApplicationRecorder):
         self, gt: int | None = None, topics: Sequence[str] = ()
     ) -> Subscription[ApplicationRecorder]:
         return CairnSubscription(self, gt=gt, topics=topics)
+
+
+def _later(store: Store) -> Any | None:
+    """The store's feed if it gives a save's positions only later (Cassandra's
+    feed=sequenced: a sequencer publishes saves), else None."""
+    feed = getattr(store, "feed", None)
+    return feed if feed is not None and feed.positions is False else None
 
 
 def _notification(record: Record) -> Notification:

@@ -91,7 +91,7 @@ class CassandraFeed:
         self._pid = os.getpid()
         self._claims = Batcher(self._claim_group, CLAIMS_PER_WRITE)
         self.stats = ClaimStats()  # updated by the one thread that leads a claim round
-        self._ahead = Ahead()
+        self._ahead: Ahead[Fetch] = Ahead()
 
     # -- writing: claims
 

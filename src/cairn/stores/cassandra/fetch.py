@@ -7,13 +7,17 @@ in order (feed.py), from what was fetched.
 from __future__ import annotations
 
 import threading
-from typing import Any, NamedTuple
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from cassandra import ConsistencyLevel
 
 from cairn.errors import StoreError
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import Connection, release, untime
+
+Held = TypeVar("Held")
 
 
 class Queries(NamedTuple):
@@ -95,6 +99,11 @@ class Fetch:
         if self._error is not None:
             raise StoreError(f"{url}: cannot read the feed: {self._error}") from self._error
         return self
+
+    @property
+    def arrived(self) -> bool:
+        """Its claims are in (and their events reads sent), without error."""
+        return self._arrived.is_set() and self._error is None
 
     def _on_claims(self, rows: list[tuple[Any, ...]], future: Any) -> None:
         """(The driver's thread.) The claims, up to the first gap, and their events reads."""
@@ -211,22 +220,84 @@ def _execute(connection: Connection, statement: Any, rows: int) -> Any:
     return connection.session.execute_async(statement)
 
 
-class Ahead:
-    """For each thread, the fetch of the page its next read most likely asks for: the one
-    after the page it read last, if that page was full (as a reader catching up reads)."""
+class Ahead(Generic[Held]):
+    """For each thread, what its next read most likely needs, fetched: after a full page,
+    what follows it (as a reader catching up reads next)."""
 
     def __init__(self) -> None:
         self._local = threading.local()
 
-    def put(self, connection: Connection, after: int, fetch: Fetch) -> None:
-        """Hold ``fetch`` for this thread's next read from ``after``."""
-        self._local.held = (connection, after, fetch)
+    def put(self, connection: Connection, after: int, held: Held) -> None:
+        """Hold ``held`` for this thread's next read from ``after``."""
+        self._local.held = (connection, after, held)
 
-    def take(self, connection: Connection, after: int) -> Fetch | None:
-        """The fetch held for a read from ``after`` on this connection, if any; any other
-        is let go (its requests complete unread)."""
+    def take(self, connection: Connection, after: int) -> Held | None:
+        """What is held for a read from ``after`` on this connection, if any; anything
+        else is let go (its requests complete unread)."""
         held = getattr(self._local, "held", None)
         self._local.held = None
         if held is not None and held[0] is connection and held[1] == after:
             return held[2]  # type: ignore[no-any-return]
         return None
+
+
+class Pipeline:
+    """Consecutive fetches of a feed whose rows are final (feed=sequenced: every row is a
+    published batch), up to ``depth`` of them sent ahead of the one whose claims its reader
+    takes, so that the node reads several runs of positions at once while the reader hands
+    pages out in order (docs/feed.md, "Catching up on Cassandra"). Each fetch holds at most
+    about a page of events (its ``wanted``), so memory stays bounded: ``depth`` + 1 pages.
+
+    ``make(first, fresh)`` sends the fetch of the claims from ``first``. A fetch made ahead
+    may have found fewer claims than it asked for (it reached the head of its time): the
+    pipeline looks again there, fresh, before it says the feed ends.
+    """
+
+    def __init__(self, make: Callable[[int, bool], Fetch], first: int, depth: int = 1) -> None:
+        self._make = make
+        self._fetches: deque[Fetch] = deque()
+        self._end = first  # where the claims of the fetches held end (a fetch from here next)
+        self._taken = 0  # the claims of the first fetch handed out
+        self.depth = depth
+
+    def next(self, url: str) -> tuple[ClaimRow, Read | SharedRead] | None:
+        """The next claim and its events read, in position order; None where a fresh fetch
+        found no more (the feed's end, as far as it could see); StoreError (naming ``url``)
+        if a fetch failed."""
+        while True:
+            if not self._fetches:
+                self._fetches.append(self._make(self._end, True))
+            fetch = self._fetches[0]
+            fetch.wait(url)
+            self._top_up()
+            if self._taken < len(fetch.claims):
+                self._taken += 1
+                return fetch.claims[self._taken - 1], fetch.reads[self._taken - 1]
+            self._fetches.popleft()
+            self._taken, self._end = 0, fetch.first + len(fetch.claims)
+            if fetch.complete:
+                continue
+            self._fetches.clear()  # (none was made after it: there may be more since)
+            if fetch.fresh:
+                return None
+            # (A fetch made ahead stopped short of claims made since: look again.)
+
+    def read_on(self, depth: int) -> None:
+        """Serve a later read, ``depth`` fetches ahead: what it holds was fetched before that
+        read began, so where it found the head, it looks again."""
+        self.depth = depth
+        for fetch in self._fetches:
+            fetch.fresh = False
+
+    def back(self) -> None:
+        """Hand the last claim out again (the page ended inside its batch)."""
+        self._taken -= 1
+
+    def _top_up(self) -> None:
+        """Send the next fetches, up to ``depth`` ahead, after those whose claims are in
+        (never waiting: the next call looks again)."""
+        while len(self._fetches) <= self.depth:
+            tail = self._fetches[-1]
+            if not tail.arrived or not tail.complete:
+                return
+            self._fetches.append(self._make(tail.first + len(tail.claims), False))

@@ -16,8 +16,16 @@ from typing import Any
 from uuid import UUID
 
 from cairn.errors import StoreError
-from cairn.stores.cassandra.feed import CassandraFeed, span
-from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
+from cairn.stores.cassandra.feed import INDEX_BITS, CassandraFeed, span
+from cairn.stores.cassandra.fetch import (
+    Ahead,
+    ClaimRow,
+    Fetch,
+    Pipeline,
+    Queries,
+    Read,
+    SharedRead,
+)
 from cairn.stores.cassandra.intents import Intent, Intents, now_ms
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
@@ -28,6 +36,10 @@ from cairn.stores.contract import Fences, Record
 
 IDLE_PAUSE = 0.1  # seconds between a sequencer's steps when nothing happens
 BUSY_FOR = 1.0  # seconds a save or a reader at the head keeps the sequencer at its pace
+# Fetches a reader reading on from its last page keeps in flight ahead of the one it takes
+# from (each at most a page of events): the node reads them at once (docs/feed.md,
+# "Catching up on Cassandra"). A reader's first page fetches one ahead.
+FETCHES_AHEAD = 4
 # When this process's last save to a keyspace returned (ms): a read that reaches the end
 # of the feed waits for the sequencer to close past it, so that the save is in the page.
 _SAVED: dict[str, int] = {}
@@ -61,6 +73,7 @@ class SequencedFeed(CassandraFeed):
         self._busy_until = 0.0
         self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
+        self._pipelines: Ahead[Pipeline] = Ahead()
         # False: no thread; the sequencer runs only when called (sequence_once), and a
         # reader at the end of the feed does not wait for it (tests drive it so).
         self.background = True
@@ -105,10 +118,12 @@ class SequencedFeed(CassandraFeed):
 
     # -- the sequencer's thread
 
-    def start(self) -> None:
+    def start(self, busy: bool = True) -> None:
         """Run the sequencer in the background, if it is not running yet in this process;
-        keep it at its pace for a while (a save or a read wants it)."""
-        self._busy_until = time.monotonic() + BUSY_FOR
+        if ``busy``, keep it at its pace for a while (a save, or a read at the head, wants
+        it)."""
+        if busy:
+            self._busy_until = time.monotonic() + BUSY_FOR
         if not self.background or (self._thread is not None and self._thread_pid == os.getpid()):
             return
         with self._thread_lock:
@@ -157,15 +172,50 @@ class SequencedFeed(CassandraFeed):
         """At most ``limit`` published event records after ``after``, in feed order; at the
         end of the feed, those of this process's saves made before the read too (it waits
         for the sequencer to publish them)."""
-        self.start()
-        found = super().read(after, limit)
+        # A reader catching up far behind the head does not need the sequencer at its pace
+        # (a step every window: 2 x shards requests, a third of a reader's CPU per event).
+        self.start(busy=False)
+        found = self._read_published(after, limit)
+        if len(found) < limit:
+            self.start()  # at the head: what it waits for next is the sequencer's to publish
         saved = _SAVED.get(self._keyspace)
         if len(found) < limit and self.background and saved and self._settled_past(saved):
             last = found[-1].position if found else after
-            found += super().read(last or 0, limit - len(found))
+            found += self._read_published(last or 0, limit - len(found))
         blocked = self.sequencer.blocked
         if not found and blocked is not None:
             raise blocked
+        return found
+
+    def _read_published(self, after: int, limit: int) -> list[Record]:
+        """At most ``limit`` published event records after ``after``, in feed order, taken
+        from a :class:`Pipeline` of fetches: published rows are final, so fetches made
+        ahead are resolved as they are. A full page holds its pipeline for this thread's
+        next read from its last position, which then keeps FETCHES_AHEAD in flight."""
+        after = max(after, 0)
+        start = after >> INDEX_BITS  # the batch of that position, whose later events are due
+        connection = self._connection()
+        pipeline = self._pipelines.take(connection, after)
+        if pipeline is None:
+
+            def make(first: int, fresh: bool) -> Fetch:
+                return self._fetch(connection, first, limit, fresh=fresh)
+
+            pipeline = Pipeline(make, start)
+        else:
+            pipeline.read_on(FETCHES_AHEAD)  # (a reader reading on: catching up, most likely)
+        found: list[Record] = []
+        while (taken := pipeline.next(self.url)) is not None:
+            claim, read = taken
+            records = self._resolve(claim, read, True)
+            if claim.position == start:  # the one batch that may hold events read before
+                records = [r for r in records if r.position > after]  # type: ignore[operator]
+            found += records
+            if len(found) >= limit:
+                if len(found) > limit:
+                    pipeline.back()  # the next page begins inside this batch
+                self._pipelines.put(connection, found[limit - 1].position or 0, pipeline)
+                return found[:limit]
         return found
 
     def _settled_past(self, saved: int) -> bool:
@@ -208,11 +258,11 @@ class SequencedFeed(CassandraFeed):
         )
 
     def _mark(self, claim: ClaimRow) -> Any:
-        return claim.intent
+        """What the rows of a published batch carry, as the reader reads them: its
+        intent's bytes (SELECT_CARRIED)."""
+        return None if claim.intent is None else claim.intent.bytes
 
-    def _resolve(
-        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
-    ) -> list[Record] | None:
+    def _resolve(self, claim: ClaimRow, read: Read | SharedRead, fresh: bool) -> list[Record]:
         """A published batch's records: final, so never waited on nor fenced (read again
         through Paxos if a read below QUORUM missed them)."""
         records = self._claimed(claim, read)

@@ -206,13 +206,15 @@ SELECT_MARKS = (
     "SELECT originator_version, intent FROM {keyspace}.events "
     "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
 )
-# The reader's: SELECT_CLAIMED and SELECT_SHARED, with the intent where the position was.
+# The reader's: SELECT_CLAIMED and SELECT_SHARED, with the intent where the position was,
+# as its 16 bytes (the driver makes a uuid.UUID of a timeuuid, about 1.4 µs a row in Python,
+# a quarter of a reader's CPU per event).
 SELECT_CARRIED = (
-    "SELECT originator_version, topic, data, intent FROM {keyspace}.events "
+    "SELECT originator_version, topic, data, timeuuidAsBlob(intent) FROM {keyspace}.events "
     "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
 )
 SELECT_CARRIED_SHARED = (
-    "SELECT originator_version, topic, data, intent FROM {keyspace}.events "
+    "SELECT originator_version, topic, data, timeuuidAsBlob(intent) FROM {keyspace}.events "
     "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
 )
 # Published rows, as SELECT_CLAIMS reads claims (their intent last).

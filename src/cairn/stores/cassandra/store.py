@@ -117,8 +117,10 @@ class CassandraStore(Store):
         then each aggregate's batch is one conditional write, sent together, in waves of
         WRITES_IN_FLIGHT (after one Paxos round claims their feed positions), and a
         refusal names the aggregates stored all the same. The records' feed positions
-        (None with feed=false); a batch found stored already, byte for byte, by an earlier
-        save is not stored again: ``repeated`` names its aggregate."""
+        (None with feed=false, and with feed=sequenced, whose sequencer gives them later);
+        a batch found stored already, byte for byte, by an earlier save is not stored
+        again: ``repeated`` names its aggregate (with feed=sequenced, in an Appended of no
+        positions)."""
         check_ids(records)
         batches = _by_aggregate(records)
         if all_or_none and len(batches) > 1:
@@ -146,7 +148,9 @@ class CassandraStore(Store):
             error = refusal(self.url, batches, failed)
             raise error from error.__cause__ or failed[0][1].__cause__
         if feed is None or not feed.positions:
-            return None  # (feed=sequenced: the sequencer gives positions later)
+            # (feed=sequenced: the sequencer gives positions later; a repeat is still named)
+            repeated = [batches[i][0].originator_id for i in stored_at]
+            return Appended((), repeated) if repeated else None
         claimed = [stored_at.get(i, p) for i, p in enumerate(marks) if p is not None]
         repeated = [batches[i][0].originator_id for i in stored_at]
         return Appended(_positions(records, batches, claimed), repeated)
@@ -221,8 +225,8 @@ class CassandraStore(Store):
             return not_applied(batch, None, result, self.settings.feed_fence_after)
         value = feed.value(mark)
         refused = not_applied(batch, value, result, self.settings.feed_fence_after, feed.mark)
-        if refused is None and feed.positions and repeated is not None:
-            first = stored_position(result, min(r.originator_version for r in batch))
+        if refused is None and repeated is not None:
+            first = stored_position(result, min(r.originator_version for r in batch), feed.mark)
             if first is not None and first != value:
                 repeated(first)
         return refused
