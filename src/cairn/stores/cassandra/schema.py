@@ -20,6 +20,7 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
+    ADD_EPOCH,
     ADD_POSITION,
     ADD_SEALED,
     ADD_TRACKED,
@@ -46,8 +47,13 @@ _SCHEMA_SETTLING = re.compile(
 )
 _NO_POSITION = "the events' position column"
 _NO_SEALED = "the feed's sealed column"
+_NO_EPOCH = "the feed's epoch column"
 # Columns added since the first keyspaces were made, in the order _missing names them.
-_ADDED_COLUMNS = ((_NO_POSITION, ADD_POSITION), (_NO_SEALED, ADD_SEALED))
+_ADDED_COLUMNS = (
+    (_NO_POSITION, ADD_POSITION),
+    (_NO_SEALED, ADD_SEALED),
+    (_NO_EPOCH, ADD_EPOCH),
+)
 _NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
 # driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
@@ -152,8 +158,9 @@ def _execute_ddl(cluster: Any, session: Any, cql: str) -> Any:
 
 def check_design(cluster: Any, settings: Settings) -> None:
     """Refuse a keyspace whose feed is of the other design than the URL's (claims, or
-    sequenced: told by its intents table). Moving a keyspace from one to the other is a
-    cutover that this does not do. A store with feed=false opens either."""
+    sequenced: told by its intents table, which a cutover adds first). Moving a keyspace of
+    claims to the sequenced feed is the cutover's (cutover.py), not an open's. A store with
+    feed=false opens either."""
     keyspace = cluster.metadata.keyspaces.get(settings.keyspace)
     if not settings.feed or keyspace is None or "feed" not in keyspace.tables:
         return
@@ -163,12 +170,13 @@ def check_design(cluster: Any, settings: Settings) -> None:
     if settings.sequenced:
         raise StoreError(
             f"{settings.url}: keyspace {settings.keyspace!r} has a feed of claims (made "
-            "without feed=sequenced); feed=sequenced is for new keyspaces only, and moving "
-            "an existing one to it is not supported yet. Open it without feed=sequenced."
+            "without feed=sequenced); open it without feed=sequenced, or move it to the "
+            "sequenced feed first with 'cairn cutover' (docs/feed.md, \"Cutover\")"
         )
     raise StoreError(
         f"{settings.url}: keyspace {settings.keyspace!r} has a sequenced feed (made with "
-        "feed=sequenced); open it with feed=sequenced (or feed=false) in the URL"
+        "feed=sequenced, or cut over to it by 'cairn cutover'); open it with feed=sequenced "
+        "(or feed=false) in the URL"
     )
 
 
@@ -230,6 +238,8 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
         return _NO_POSITION
     if "sealed" not in keyspace.tables["feed"].columns:
         return _NO_SEALED
+    if "epoch" not in keyspace.tables["feed"].columns:
+        return _NO_EPOCH
     if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
         return _NO_TRACKING
     return None

@@ -17,7 +17,7 @@ from uuid import UUID
 
 from cairn.errors import StoreError
 from cairn.stores.cassandra.feed import CassandraFeed, span
-from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead
+from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead, send
 from cairn.stores.cassandra.intents import Intent, Intents, now_ms
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
@@ -208,13 +208,32 @@ class SequencedFeed(CassandraFeed):
         )
 
     def _mark(self, claim: ClaimRow) -> Any:
-        return claim.intent
+        return claim.position if claim.intent is None else claim.intent
+
+    def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
+        if claim.intent is not None:
+            return super()._send(claim, serial)
+        # A claim made before the cutover: its events carry its position (as a claims'
+        # reader reads them).
+        connection = self._connection()
+        try:
+            return send(connection, claim, serial, CassandraFeed._queries(self, connection))
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+
+    def _check_claims(self, claim: ClaimRow) -> None:
+        """(Claims before the cutover's switch are this reader's to resolve.)"""
 
     def _resolve(
         self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
     ) -> list[Record] | None:
         """A published batch's records: final, so never waited on nor fenced (read again
-        through Paxos if a read below QUORUM missed them)."""
+        through Paxos if a read below QUORUM missed them). A row without an intent is a
+        claim made before the keyspace was cut over: resolved as a claims' reader does
+        (waited on, fenced once abandoned), from a read of its own (the one fetched ahead
+        read intents, which its events do not carry)."""
+        if claim.intent is None:
+            return super()._resolve(claim, self._send(claim), fresh=True)
         records = self._claimed(claim, read)
         if records is None:
             serial = self.settings.serial_consistency
