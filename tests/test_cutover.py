@@ -86,7 +86,7 @@ def wait_for(store: CassandraStore, count: int) -> list[Record]:
 
 
 def test_a_keyspace_of_claims_is_cut_over_keeping_every_position_and_reads_on_in_order(
-    url: str,
+    url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     claims = CassandraStore.from_url(url)
     ids = claims_era(claims)
@@ -101,8 +101,12 @@ def test_a_keyspace_of_claims_is_cut_over_keeping_every_position_and_reads_on_in
     assert done.head == dead + 2  # after the last claim (the save after the dead one's)
 
     store = CassandraStore.from_url(sequenced(url))
-    by_hand(store)
+    feed = by_hand(store)
+    send, sent = feed._send, []
+    monkeypatch.setattr(feed, "_send", lambda *a: sent.append(a) or send(*a))
     assert whole_feed(store) == before  # identical: the same records at the same positions
+    assert sent == []  # the claims fetched as a claims' reader fetches them, none read again
+    monkeypatch.undo()
     assert whole_feed(store, page=1) == before
     store.append(records(ids["a"], range(3, 5)))  # an aggregate saved before and after
     store.append(records(ids["c"], range(2, 3)))  # (after the fence at version 1)

@@ -74,7 +74,7 @@ def cut_over(url: str, *, dry_run: bool = False, say: Callable[[str], None] = pr
         say(f"{settings.keyspace}: the switch: no claim after position {head}")
         head, cursor, switched = _switch(claims)
         say(f"{settings.keyspace}: the origin: {settings.shards} shards, its cursor the switch's")
-        _origin(claims, cursor)
+        _origin(claims, cursor, head)
     finally:
         claims.close()
     sequenced = CassandraStore(replace(settings, feed=True, sequenced=True))
@@ -178,13 +178,14 @@ def _switch(store: CassandraStore) -> tuple[int, int, bool]:
     )
 
 
-def _origin(store: CassandraStore, cursor: int) -> None:
-    """Bucket 0's origin: the URL's shards, and the switch's cursor (unless it is there)."""
+def _origin(store: CassandraStore, cursor: int, head: int) -> None:
+    """Bucket 0's origin: the URL's shards, the switch's cursor, and its head, where the
+    claims end (unless it is there)."""
     settings = store.settings
     session = store.connection().session
     try:
         origin = session.prepare(CUTOVER_ORIGIN.format(keyspace=settings.quoted_keyspace))
-        session.execute(origin, (settings.shards, cursor))
+        session.execute(origin, (settings.shards, cursor, head))
     except DRIVER_ERRORS as exc:
         raise StoreError(
             f"{store.url}: cannot write the sequenced feed's origin ({describe(exc)}); run the "

@@ -20,6 +20,7 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
+    ADD_CLAIMS_END,
     ADD_EPOCH,
     ADD_POSITION,
     ADD_SEALED,
@@ -48,11 +49,13 @@ _SCHEMA_SETTLING = re.compile(
 _NO_POSITION = "the events' position column"
 _NO_SEALED = "the feed's sealed column"
 _NO_EPOCH = "the feed's epoch column"
+_NO_CLAIMS_END = "the sequenced feed's claims_end column"
 # Columns added since the first keyspaces were made, in the order _missing names them.
 _ADDED_COLUMNS = (
     (_NO_POSITION, ADD_POSITION),
     (_NO_SEALED, ADD_SEALED),
     (_NO_EPOCH, ADD_EPOCH),
+    (_NO_CLAIMS_END, ADD_CLAIMS_END),
 )
 _NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
@@ -240,6 +243,8 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
         return _NO_SEALED
     if "epoch" not in keyspace.tables["feed"].columns:
         return _NO_EPOCH
+    if settings.sequenced and "claims_end" not in keyspace.tables["feed"].columns:
+        return _NO_CLAIMS_END
     if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
         return _NO_TRACKING
     return None

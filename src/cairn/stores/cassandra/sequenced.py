@@ -16,8 +16,8 @@ from typing import Any
 from uuid import UUID
 
 from cairn.errors import StoreError
-from cairn.stores.cassandra.feed import CassandraFeed, span
-from cairn.stores.cassandra.fetch import ClaimRow, Queries, Read, SharedRead, send
+from cairn.stores.cassandra.feed import CLAIMS_PER_READ, CassandraFeed, span
+from cairn.stores.cassandra.fetch import ClaimRow, Fetch, Queries, Read, SharedRead, send
 from cairn.stores.cassandra.intents import Intent, Intents, now_ms
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
 from cairn.stores.cassandra.sequencer import PUBLISHED_ROW, Sequencer
@@ -61,6 +61,7 @@ class SequencedFeed(CassandraFeed):
         self._busy_until = 0.0
         self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
+        self._end: int | None = None  # where the claims end (cut over), once known
         # False: no thread; the sequencer runs only when called (sequence_once), and a
         # reader at the end of the feed does not wait for it (tests drive it so).
         self.background = True
@@ -210,6 +211,36 @@ class SequencedFeed(CassandraFeed):
     def _mark(self, claim: ClaimRow) -> Any:
         return claim.position if claim.intent is None else claim.intent
 
+    def _fetch(self, connection: Connection, first: int, wanted: int, fresh: bool = True) -> Fetch:
+        if first >= self._claims_end(connection):
+            return super()._fetch(connection, first, wanted, fresh)
+        # Claims made before the keyspace was cut over: fetched as a claims' reader fetches
+        # them (their events carry positions), never past the switch.
+        return Fetch(
+            connection,
+            first,
+            min(CLAIMS_PER_READ, wanted + 1, self._claims_end(connection) - first),
+            wanted,
+            self.bucket,
+            fresh=fresh,
+            timeout=self.settings.request_timeout * 2,
+            queries=CassandraFeed._queries(self, connection),
+        )
+
+    def _claims_end(self, connection: Connection) -> int:
+        """The first position that is not a claim (0 in a keyspace made sequenced), once the
+        keyspace's origin says; 0 before (then claims are read one by one: _resolve)."""
+        if self._end is None:
+            prepared = sequenced(connection.statements)
+            try:
+                row = connection.session.execute(prepared.select_claims_end).one()
+            except DRIVER_ERRORS as exc:
+                raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+            if row is None or row[0] is None:
+                return 0
+            self._end = int(row[1] or 0)
+        return self._end
+
     def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
         if claim.intent is not None:
             return super()._send(claim, serial)
@@ -230,10 +261,12 @@ class SequencedFeed(CassandraFeed):
         """A published batch's records: final, so never waited on nor fenced (read again
         through Paxos if a read below QUORUM missed them). A row without an intent is a
         claim made before the keyspace was cut over: resolved as a claims' reader does
-        (waited on, fenced once abandoned), from a read of its own (the one fetched ahead
-        read intents, which its events do not carry)."""
+        (waited on, fenced once abandoned), from its fetch (_fetch), or from a read of its
+        own if it was fetched with published batches (whose reads are of intents)."""
         if claim.intent is None:
-            return super()._resolve(claim, self._send(claim), fresh=True)
+            if claim.position >= (self._end or 0):
+                read, fresh = self._send(claim), True
+            return super()._resolve(claim, read, fresh)
         records = self._claimed(claim, read)
         if records is None:
             serial = self.settings.serial_consistency

@@ -62,7 +62,7 @@ SEQUENCED_COLUMNS = {
     "feed_columns": (
         "\n        intent timeuuid, epoch bigint static, holder uuid static, "
         "renewed bigint static, cursor bigint static, cursor_head bigint static, "
-        "shards int static,"
+        "shards int static, claims_end bigint static,"
     ),
 }
 # The sequenced feed's own tables, made before the others, so that a process that finds
@@ -199,6 +199,8 @@ SELECT_CLOSE = "SELECT closed_until FROM {keyspace}.closes WHERE shard = ?"
 CLOSE = "UPDATE {keyspace}.closes USING TIMESTAMP ? SET closed_until = ? WHERE shard = ?"
 # The keyspace's origin, made once by Paxos: its shard count, and the first cursor.
 SELECT_ORIGIN = "SELECT shards, cursor FROM {keyspace}.feed WHERE bucket = 0 LIMIT 1"
+# Where the claims of a keyspace cut over end (null: a keyspace made sequenced), for readers.
+SELECT_CLAIMS_END = "SELECT shards, claims_end FROM {keyspace}.feed WHERE bucket = 0 LIMIT 1"
 # Only in a keyspace with no claims (`head = null`): a feed of claims gets its origin from
 # the cutover (cutover.py). `epoch = 0` refuses the claims of a claims' writer still at work.
 MAKE_ORIGIN = (
@@ -266,6 +268,7 @@ CUTOVER_COLUMNS = (
     ("feed", "cursor", "bigint static"),
     ("feed", "cursor_head", "bigint static"),
     ("feed", "shards", "int static"),
+    ("feed", "claims_end", "bigint static"),
 )
 ADD_COLUMN = "ALTER TABLE {keyspace}.{table} ADD {column} {type}"
 # A bucket's statics as the cutover reads them (at SERIAL: a claim in flight is completed).
@@ -276,10 +279,14 @@ SWITCH = (
     "UPDATE {keyspace}.feed SET head = ?, epoch = 0, cursor = ?, cursor_head = ? "
     "WHERE bucket = ? IF head = ? AND epoch = null"
 )
-# The origin of a feed of claims cut over: its shards, the first cursor the switch's.
+# The origin of a feed of claims cut over: its shards, the first cursor the switch's, and
+# the first position that is not a claim (the switch's head).
 CUTOVER_ORIGIN = (
-    "UPDATE {keyspace}.feed SET shards = ?, cursor = ? WHERE bucket = 0 IF shards = null"
+    "UPDATE {keyspace}.feed SET shards = ?, cursor = ?, claims_end = ? WHERE bucket = 0 "
+    "IF shards = null"
 )
+# Keyspaces made sequenced before the cutover existed: their feed gains the column.
+ADD_CLAIMS_END = "ALTER TABLE {keyspace}.feed ADD claims_end bigint static"
 
 # -- tracking (process applications; docs/processes.md tells the protocol)
 
@@ -358,6 +365,7 @@ class SequencedStatements:
     select_close: Any
     close: Any
     select_origin: Any
+    select_claims_end: Any
     make_origin: Any
     select_intents: Any
     select_marks: Any
@@ -417,6 +425,7 @@ def prepare_sequenced(ready: Callable[[str], Any]) -> SequencedStatements:
         select_close=ready(SELECT_CLOSE),
         close=ready(CLOSE),
         select_origin=ready(SELECT_ORIGIN),
+        select_claims_end=ready(SELECT_CLAIMS_END),
         make_origin=ready(MAKE_ORIGIN),
         select_intents=ready(SELECT_INTENTS),
         select_marks=ready(SELECT_MARKS),
