@@ -19,6 +19,7 @@ from cairn.cli import main
 from cairn.stores import FENCE_TOPIC, Record
 from cairn.stores.cassandra import CassandraStore, cutover
 from cairn.stores.cassandra.feed import INDEX_BITS, CutOver
+from tests.conftest import concurrently
 from tests.test_cassandra import (  # noqa: F401  (node: the module's autouse check)
     BASE_URL,
     HOSTS,
@@ -280,13 +281,19 @@ def test_writers_of_claims_racing_the_cutover_land_before_the_switch_or_are_refu
     store.close()
 
 
-def test_a_cutover_run_again_or_on_a_sequenced_keyspace_does_nothing(url: str) -> None:
+def test_a_cutover_run_again_or_twice_at_once_or_on_a_sequenced_keyspace_does_nothing_more(
+    url: str,
+) -> None:
     claims = CassandraStore.from_url(url)
-    claims_era(claims)
+    before = claims_era(claims)
     claims.close()
     assert cutover.cut_over(url, dry_run=True, say=lambda _: None).design == "claims"
     CassandraStore.from_url(url).close()  # a dry run wrote nothing: still a feed of claims
-    first = cut_over(url)
+    runs: list[cutover.Cutover] = []
+    concurrently(lambda: runs.append(cut_over(url)), lambda: runs.append(cut_over(url)))
+    assert sorted(run.switched for run in runs) == [False, True]  # one switch, by Paxos
+    assert runs[0].head == runs[1].head
+    first = next(run for run in runs if run.switched)
     store = CassandraStore.from_url(sequenced(url))
     by_hand(store)
     store.append(records(uuid4(), range(1)))
@@ -298,6 +305,7 @@ def test_a_cutover_run_again_or_on_a_sequenced_keyspace_does_nothing(url: str) -
     store.append(records(uuid4(), range(1)))
     settle(store)
     assert whole_feed(store)[: len(feed)] == feed and len(whole_feed(store)) == len(feed) + 1
+    assert versions_of(store, before["b"]) == [0, 1, 2, 3]
     store.close()
 
 
@@ -384,7 +392,8 @@ def test_a_keyspace_of_an_earlier_cairn_gains_the_switch_column_its_claims_check
     url: str,
 ) -> None:
     """Claims are conditional on the switch's column (`epoch`), which a keyspace made before
-    the cutover existed lacks: opened, it is added (or, with create=false, said missing)."""
+    the cutover existed lacks: opened, it is added (or, with create=false, said missing),
+    by several processes at once as well."""
     store = CassandraStore.from_url(url)
     a = uuid4()
     store.append(records(a, range(1)))
@@ -397,6 +406,7 @@ def test_a_keyspace_of_an_earlier_cairn_gains_the_switch_column_its_claims_check
         cluster.shutdown()
     with pytest.raises(StoreError, match=r"the feed's epoch column does not exist.*create=false"):
         CassandraStore.from_url(with_option(url, "create=false"))
+    concurrently(*[lambda: CassandraStore.from_url(url).close()] * 3)  # a rolling upgrade
     store = CassandraStore.from_url(url)
     store.append(records(a, range(1, 2)))
     assert keys(whole_feed(store)) == [(a, 0), (a, 1)]

@@ -1044,7 +1044,7 @@ def open_views(url: str) -> Views[Any]:
 
 
 def run_cutover(args: argparse.Namespace) -> int:
-    from cairn.stores.cassandra.cutover import cut_over  # (needs the Cassandra driver)
+    from cairn.stores.cassandra.cutover import cut_over, in_words  # (the Cassandra driver)
 
     if not args.store.startswith("cassandra://"):
         raise UsageError(f"the cutover is for Cassandra keyspaces, not {redact(args.store)}")
@@ -1058,9 +1058,9 @@ def run_cutover(args: argparse.Namespace) -> int:
         line = f"{redact(args.store)}: the feed is sequenced already: nothing to do"
     elif done.dry_run:
         line = (
-            f"{redact(args.store)}: a feed of claims ({done.design}), its next claim at "
-            f"{done.head}; would cut it over to the sequenced feed there (dry run: nothing "
-            "written; run again with --yes)"
+            f"{redact(args.store)}: {in_words(done.design)}, its next claim at {done.head}; "
+            "would cut it over to the sequenced feed there (dry run: nothing written; run "
+            "again with --yes)"
         )
     else:
         line = (

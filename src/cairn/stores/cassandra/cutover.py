@@ -41,7 +41,7 @@ class Cutover:
     """What a cutover found, and what it did (or, in a dry run, would do)."""
 
     keyspace: str
-    design: str  # what the keyspace had: "claims", "claims, switched" or "sequenced"
+    design: str  # what the keyspace had: "claims", "claims, cutover begun" or "sequenced"
     head: int | None  # the first position the sequencer gives (the claims end before it)
     switched: bool = False  # this run wrote the switch
     dry_run: bool = False
@@ -67,11 +67,11 @@ def cut_over(url: str, *, dry_run: bool = False, say: Callable[[str], None] = pr
     try:
         head = _head(claims)
         if dry_run:
-            say(f"{settings.keyspace}: a feed of claims ({design}), its head at {head}")
+            say(f"{settings.keyspace}: {in_words(design)}, its next claim at {head}")
             return Cutover(settings.keyspace, design, head, dry_run=True)
         say(f"{settings.keyspace}: adding the sequenced feed's columns and tables")
         _add_schema(claims)
-        say(f"{settings.keyspace}: the switch: no claim after position {head}")
+        say(f"{settings.keyspace}: the switch: no claim from claim {head} on")
         head, cursor, switched = _switch(claims)
         say(f"{settings.keyspace}: the origin: {settings.shards} shards, its cursor the switch's")
         _origin(claims, cursor, head)
@@ -85,6 +85,14 @@ def cut_over(url: str, *, dry_run: bool = False, say: Callable[[str], None] = pr
         sequenced.close()
     say(f"{settings.keyspace}: cut over; the sequencer gives positions from claim {head} on")
     return Cutover(settings.keyspace, design, head, switched)
+
+
+def in_words(design: str) -> str:
+    """A keyspace's design (Cutover.design), as a message says it."""
+    return {
+        "claims": "a feed of claims",
+        "claims, cutover begun": "a feed of claims whose cutover stopped half way",
+    }.get(design, "a sequenced feed")
 
 
 def _design(settings: Settings) -> str:
@@ -130,7 +138,7 @@ def _ddl(store: CassandraStore, cql: str, what: str) -> None:
     try:
         result = schema._execute_ddl(connection.cluster, connection.session, cql)
     except DRIVER_ERRORS as exc:
-        if "conflicts with an existing column" in str(exc):  # another run added it
+        if schema.added_meanwhile(exc):  # (another run added it)
             return
         raise StoreError(f"{store.url}: cannot add {what}: {describe(exc)}") from exc
     if not result.response_future.is_schema_agreed:

@@ -46,6 +46,10 @@ DEFAULT_WRITE_LIMIT = 16 * 1024 * 1024
 _SCHEMA_SETTLING = re.compile(
     r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
 )
+# A column another process added meanwhile (Cassandra 4 and 5 say it in these words).
+_COLUMN_EXISTS = re.compile(
+    r"conflicts with an existing column|Column with name '\w+' already exists"
+)
 _NO_POSITION = "the events' position column"
 _NO_SEALED = "the feed's sealed column"
 _NO_EPOCH = "the feed's epoch column"
@@ -264,10 +268,16 @@ def _add_columns(cluster: Any, session: Any, settings: Settings) -> str | None:
         try:
             session.execute(cql.format(keyspace=settings.quoted_keyspace), timeout=60)
         except DRIVER_ERRORS as exc:
-            if "conflicts with an existing column" not in str(exc):  # another process added it
+            if not added_meanwhile(exc):
                 raise StoreError(f"{settings.url}: cannot add {column}: {exc}") from exc
         missing = _missing(cluster, settings)
     return missing
+
+
+def added_meanwhile(exc: BaseException) -> bool:
+    """Whether an ``ALTER TABLE ... ADD`` failed only because another process added the
+    column first."""
+    return bool(_COLUMN_EXISTS.search(str(exc)))
 
 
 def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:
@@ -279,7 +289,7 @@ def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:
         if "tracked" not in cluster.metadata.keyspaces[settings.keyspace].tables["events"].columns:
             session.execute(ADD_TRACKED.format(keyspace=keyspace), timeout=60)
     except DRIVER_ERRORS as exc:
-        if "conflicts with an existing column" not in str(exc):
+        if not added_meanwhile(exc):
             raise StoreError(f"{settings.url}: cannot add {_NO_TRACKING}: {exc}") from exc
 
 
