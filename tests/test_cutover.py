@@ -5,6 +5,8 @@ claims racing the switch refused or placed before it, never after it.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -410,4 +412,36 @@ def test_a_keyspace_of_an_earlier_cairn_gains_the_switch_column_its_claims_check
     store = CassandraStore.from_url(url)
     store.append(records(a, range(1, 2)))
     assert keys(whole_feed(store)) == [(a, 0), (a, 1)]
+    store.close()
+
+
+def test_a_claim_of_an_earlier_cairns_writer_after_the_switch_is_read_and_reported(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What step 1 of the upgrade is for: a writer whose claims do not check the switch
+    claims a position after it. Nothing can refuse it; readers read it as a claim, and say
+    loudly that its batch may be out of its aggregate's order."""
+    old = CassandraStore.from_url(url)
+    ids = claims_era(old)
+    connection = old.connection()
+    unchecked = connection.session.prepare(
+        f'UPDATE "{old.settings.keyspace}".feed SET head = ? WHERE bucket = ? IF head = ?'
+    )  # (the claim of a cairn before the cutover)
+    old._connection = dataclasses.replace(
+        connection, statements=dataclasses.replace(connection.statements, claim_head=unchecked)
+    )
+    done = cut_over(url)
+    stray = uuid4()
+    old.append(records(stray, range(1)))  # not refused: claimed at the switch's head
+    old.close()
+    store = CassandraStore.from_url(sequenced(url))
+    by_hand(store)
+    store.append(records(ids["a"], range(3, 4)))
+    settle(store)
+    with caplog.at_level(logging.ERROR):
+        feed = whole_feed(store)
+    assert keys(feed)[-2:] == [(stray, 0), (ids["a"], 3)]
+    assert (feed[-2].position or 0) >> INDEX_BITS == done.head
+    assert "a claim made after the keyspace was cut over" in caplog.text
+    assert str(stray) in caplog.text
     store.close()

@@ -266,6 +266,8 @@ class SequencedFeed(CassandraFeed):
         if claim.intent is None:
             if claim.position >= (self._end or 0):
                 read, fresh = self._send(claim), True
+                if self._end is not None:
+                    _stray(self.url, claim)
             return super()._resolve(claim, read, fresh)
         records = self._claimed(claim, read)
         if records is None:
@@ -277,6 +279,21 @@ class SequencedFeed(CassandraFeed):
                 f"{claim.originator_id} version {claim.originator_version}, which is not stored"
             )
         return records
+
+
+def _stray(url: str, claim: ClaimRow) -> None:
+    """Say that a claim was made after the keyspace's switch (by a writer of a cairn that
+    does not check it, which the cutover's step 1 was to stop): read as any claim, its
+    batch may come before an earlier batch of its aggregate."""
+    log.error(
+        "%s: the feed's position %d is a claim made after the keyspace was cut over, by a "
+        "writer of an earlier cairn (aggregate %s version %d): stop every process of an "
+        "earlier cairn; its batch may be out of its aggregate's order",
+        url,
+        claim.position,
+        claim.originator_id,
+        claim.originator_version,
+    )
 
 
 def _run(feed: weakref.ref[SequencedFeed], stop: threading.Event, wake: threading.Event) -> None:
