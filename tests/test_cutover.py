@@ -325,11 +325,16 @@ def test_a_cutover_that_stopped_after_the_switch_is_finished_by_running_it_again
     monkeypatch.setattr(cutover, "_origin", fail)
     with pytest.raises(StoreError, match="cut here"):
         cut_over(url)
+    early = CassandraStore.from_url(sequenced(url))
     with pytest.raises(StoreError, match="not cut over to the sequenced feed yet"):
-        CassandraStore.from_url(sequenced(url)).append(records(uuid4(), range(1)))
+        early.append(records(uuid4(), range(1)))
+    with pytest.raises(StoreError, match="not cut over to the sequenced feed yet"):
+        whole_feed(early)
     monkeypatch.undo()
     done = cut_over(url)
     assert (done.design, done.switched) == ("claims, cutover begun", False)
+    assert whole_feed(early) == before
+    early.close()
     store = CassandraStore.from_url(sequenced(url))
     by_hand(store)
     assert whole_feed(store) == before

@@ -61,7 +61,10 @@ class SequencedFeed(CassandraFeed):
         self._busy_until = 0.0
         self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
-        self._end: int | None = None  # where the claims end (cut over), once known
+        # Where the claims end (a keyspace cut over), read once: 0 if the keyspace had no
+        # origin yet (then claims are read one by one), and whether the origin said so.
+        self._end: int | None = None
+        self._end_known = False
         # False: no thread; the sequencer runs only when called (sequence_once), and a
         # reader at the end of the feed does not wait for it (tests drive it so).
         self.background = True
@@ -228,17 +231,18 @@ class SequencedFeed(CassandraFeed):
         )
 
     def _claims_end(self, connection: Connection) -> int:
-        """The first position that is not a claim (0 in a keyspace made sequenced), once the
-        keyspace's origin says; 0 before (then claims are read one by one: _resolve)."""
+        """The first position that is not a claim (0 in a keyspace made sequenced), as the
+        keyspace's origin says; 0 if it had none yet (then claims are read one by one:
+        _resolve). Read once, so that every fetch of this reader is of the kind that its
+        resolution expects."""
         if self._end is None:
             prepared = sequenced(connection.statements)
             try:
                 row = connection.session.execute(prepared.select_claims_end).one()
             except DRIVER_ERRORS as exc:
                 raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
-            if row is None or row[0] is None:
-                return 0
-            self._end = int(row[1] or 0)
+            self._end_known = row is not None and row[0] is not None
+            self._end = int(row[1] or 0) if self._end_known else 0
         return self._end
 
     def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
@@ -266,7 +270,7 @@ class SequencedFeed(CassandraFeed):
         if claim.intent is None:
             if claim.position >= (self._end or 0):
                 read, fresh = self._send(claim), True
-                if self._end is not None:
+                if self._end_known:
                     _stray(self.url, claim)
             return super()._resolve(claim, read, fresh)
         records = self._claimed(claim, read)
