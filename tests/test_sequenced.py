@@ -118,7 +118,7 @@ def test_a_keyspace_of_one_feed_design_is_refused_by_a_store_of_the_other() -> N
     claims, sequence = new_keyspace(), new_keyspace()
     try:
         CassandraStore.from_url(with_keyspace(BASE_URL, claims)).close()
-        with pytest.raises(StoreError, match=r"has a feed of claims.*new keyspaces only"):
+        with pytest.raises(StoreError, match=r"has a feed of claims.*cairn cutover"):
             CassandraStore.from_url(sequenced(with_keyspace(BASE_URL, claims)))
         CassandraStore.from_url(sequenced(with_keyspace(BASE_URL, sequence))).close()
         with pytest.raises(StoreError, match=r"has a sequenced feed.*feed=sequenced"):

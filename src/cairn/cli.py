@@ -479,6 +479,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--projection", metavar="NAME", action="append", required=True, help="(repeatable)"
     )
     move.add_argument("--yes", action="store_true", help="really move them")
+    cut = command(
+        "cutover",
+        run_cutover,
+        "move a Cassandra keyspace's feed of claims to the sequenced feed (dry run without --yes)",
+        "Moves an existing Cassandra keyspace from the feed of claims to the sequenced feed "
+        "(feed=sequenced), keeping every position: adds the sequenced feed's tables, writes "
+        "the switch after the last claim (no claim is made after it) and the keyspace's "
+        "origin; then open its stores with feed=sequenced. Before: stop every process that "
+        "uses the keyspace, or upgrade them all to this cairn first (a two-step rolling "
+        "upgrade: a writer of an older cairn could claim a position after the switch, out of "
+        "order). Run again after an interruption: it finishes what is left, and does nothing "
+        "to a keyspace already sequenced. The URL's shards option sets the keyspace's shards "
+        "(docs/feed.md, 'Cutover'). Without --yes, says what it would do.",
+        as_json=True,
+        quiet=True,
+    )
+    cut.add_argument("--yes", action="store_true", help="really cut it over")
     ui = command(
         "ui",
         run_ui,
@@ -1024,6 +1041,34 @@ def open_views(url: str) -> Views[Any]:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresViews(url)
     raise UsageError(f"views are sqlite:///FILE or postgresql://..., not {redact(url)!r}")
+
+
+def run_cutover(args: argparse.Namespace) -> int:
+    from cairn.stores.cassandra.cutover import cut_over, in_words  # (the Cassandra driver)
+
+    if not args.store.startswith("cassandra://"):
+        raise UsageError(f"the cutover is for Cassandra keyspaces, not {redact(args.store)}")
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            say(line, sys.stderr)
+
+    done = cut_over(args.store, dry_run=not args.yes, say=progress)
+    if done.design == "sequenced":
+        line = f"{redact(args.store)}: the feed is sequenced already: nothing to do"
+    elif done.dry_run:
+        line = (
+            f"{redact(args.store)}: {in_words(done.design)}, its next claim at {done.head}; "
+            "would cut it over to the sequenced feed there (dry run: nothing written; run "
+            "again with --yes)"
+        )
+    else:
+        line = (
+            f"{redact(args.store)}: cut over to the sequenced feed: the claims end before "
+            f"claim {done.head}, where the sequencer goes on; open it with feed=sequenced"
+        )
+    emit(args, dataclasses.asdict(done), [line])
+    return EXIT_OK
 
 
 def run_move_positions(args: argparse.Namespace) -> int:

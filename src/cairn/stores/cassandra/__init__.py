@@ -18,8 +18,8 @@ of a write, in words), ``feed`` (claims and the reader), ``batching`` (claims
 of concurrent saves share a round trip), ``fetch`` (the reader's requests, sent
 ahead), ``resolution`` (what became of a claim or an intent; fences), and for
 ``feed=sequenced``: ``intents`` (a save's intent), ``sequencer`` (one per keyspace
-publishes them), ``sequenced`` (the store's feed in that mode); ``store``
-(``CassandraStore``).
+publishes them), ``sequenced`` (the store's feed in that mode), ``cutover`` (an existing
+keyspace's feed of claims moved to it); ``store`` (``CassandraStore``).
 """
 
 from __future__ import annotations
@@ -27,12 +27,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cairn.renamed import module_aliases
-from cairn.stores.cassandra.feed import CassandraFeed
+from cairn.stores.cassandra.feed import CassandraFeed, CutOver
 from cairn.stores.cassandra.session import WRITE_PROFILE
 from cairn.stores.cassandra.settings import Settings, parse_url
 from cairn.stores.cassandra.store import CassandraStore
 
-__all__ = ["WRITE_PROFILE", "CassandraFeed", "CassandraStore", "Settings", "parse_url"]
+__all__ = [
+    "WRITE_PROFILE",
+    "CassandraFeed",
+    "CassandraStore",
+    "CutOver",
+    "Settings",
+    "parse_url",
+]
 
 if TYPE_CHECKING:
     CassandraRecorder = CassandraStore

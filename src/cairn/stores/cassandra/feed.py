@@ -37,6 +37,11 @@ CLAIMS_PER_READ = 100  # claims a feed reader fetches (and resolves concurrently
 log = logging.getLogger(__name__)
 
 
+class CutOver(StoreError):
+    """The keyspace was cut over to the sequenced feed: a store of claims can no longer
+    claim a position (nothing was written) nor read on."""
+
+
 @dataclass(frozen=True)
 class Claim:
     """What a batch claims a position for: its aggregate, lowest version, and span."""
@@ -120,9 +125,10 @@ class CassandraFeed:
         try:
             return self._claims.submit(requests)
         except StoreError as failure:
-            raise StoreError(
-                f"{self.url}: {what(batches)} was not stored: {failure}"
-            ) from failure.__cause__
+            kind = CutOver if isinstance(failure, CutOver) else StoreError
+            raise kind(f"{self.url}: {what(batches)} was not stored: {failure}") from (
+                failure.__cause__
+            )
 
     def _claim_group(self, group: list[Slot[Claim, int]]) -> None:
         """Claim consecutive positions for the group, in one Paxos round per bucket it
@@ -173,6 +179,9 @@ class CassandraFeed:
                 position += len(take)
                 self._next_position = position
                 continue
+            if column(result, "epoch") is not None:
+                self._next_position = None
+                raise CutOver(self._cut_over(position // self.bucket))
             self.stats.lost += 1
             attempts += 1
             if attempts >= CLAIM_ATTEMPTS:
@@ -183,6 +192,14 @@ class CassandraFeed:
             head = column(result, "head")
             # No head: the guess named a bucket not begun yet; look for the real one.
             position = self.find_head() if head is None else head
+
+    def _cut_over(self, bucket: int) -> str:
+        """Why no claim is made or read past ``bucket``: the keyspace was cut over."""
+        return (
+            f"the keyspace's feed was cut over to the sequenced feed (its bucket {bucket} "
+            "says so): claims are no longer made nor read in it; open the store with "
+            'feed=sequenced in its URL (docs/feed.md, "Cutover")'
+        )
 
     def insert(self, connection: Connection) -> Any:
         """The events' conditional insert, carrying the claim's position."""
@@ -311,6 +328,8 @@ class CassandraFeed:
         records = self._claimed(claim, read)
         if records is None and not fresh:
             records = self._claimed(claim, self._send(claim))  # fetched a while ago: look again
+        if records == []:
+            self._check_claims(claim)
         if records is not None:
             return records
         if claim.abandoned:
@@ -322,6 +341,19 @@ class CassandraFeed:
         # Fenced, or the batch is there (Paxos completed it first): read through Paxos,
         # which sees what the fence saw even below QUORUM.
         return self._claimed(claim, self._send(claim, serial=self.settings.serial_consistency))
+
+    def _check_claims(self, claim: ClaimRow) -> None:
+        """Refuse to void a claim in a bucket that the cutover switched: the rows from the
+        switch on are the sequencer's, whose events carry intents, not positions (a reader
+        of claims would find them all void). Asked only of void claims, which are rare."""
+        connection = self._connection()
+        bucket = claim.position // self.bucket
+        try:
+            row = connection.session.execute(connection.statements.select_epoch, (bucket,)).one()
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+        if row is not None and row[0] is not None:
+            raise CutOver(f"{self.url}: cannot read the feed: {self._cut_over(bucket)}")
 
     def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
         connection = self._connection()

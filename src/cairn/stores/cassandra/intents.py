@@ -118,12 +118,19 @@ class Intents:
                 result = connection.session.execute(
                     prepared.make_origin, (self.settings.shards, made)
                 )
-                # Not applied: another process made it; its result holds only the
-                # condition's column (shards), so the cursor is read again.
+                # Not applied: another process made it (its result holds only the
+                # conditions' columns, so the cursor is read again), or the keyspace has
+                # claims, whose origin only the cutover makes.
                 row = (
                     (self.settings.shards, made)
                     if result.was_applied
                     else connection.session.execute(read).one()
+                )
+            if row is None or row[0] is None:
+                raise StoreError(
+                    f"{self.url}: the keyspace's feed of claims is not cut over to the "
+                    "sequenced feed yet (or its cutover stopped half way): run 'cairn "
+                    'cutover\' on it (docs/feed.md, "Cutover"). Nothing was written.'
                 )
             origin = Origin(int(row[0]), int(row[1]))
             if not 1 <= origin.shards <= MAX_SHARDS:  # stored bytes: never trusted to size work

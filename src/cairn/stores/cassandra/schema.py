@@ -20,6 +20,8 @@ from cairn.stores.cassandra.outcomes import DRIVER_ERRORS
 from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
+    ADD_CLAIMS_END,
+    ADD_EPOCH,
     ADD_POSITION,
     ADD_SEALED,
     ADD_TRACKED,
@@ -44,10 +46,21 @@ DEFAULT_WRITE_LIMIT = 16 * 1024 * 1024
 _SCHEMA_SETTLING = re.compile(
     r"does not exist|doesn't exist|unconfigured table|Unknown CF|INCOMPATIBLE_SCHEMA", re.I
 )
+# A column another process added meanwhile (Cassandra 4 and 5 say it in these words).
+_COLUMN_EXISTS = re.compile(
+    r"conflicts with an existing column|Column with name '\w+' already exists"
+)
 _NO_POSITION = "the events' position column"
 _NO_SEALED = "the feed's sealed column"
+_NO_EPOCH = "the feed's epoch column"
+_NO_CLAIMS_END = "the sequenced feed's claims_end column"
 # Columns added since the first keyspaces were made, in the order _missing names them.
-_ADDED_COLUMNS = ((_NO_POSITION, ADD_POSITION), (_NO_SEALED, ADD_SEALED))
+_ADDED_COLUMNS = (
+    (_NO_POSITION, ADD_POSITION),
+    (_NO_SEALED, ADD_SEALED),
+    (_NO_EPOCH, ADD_EPOCH),
+    (_NO_CLAIMS_END, ADD_CLAIMS_END),
+)
 _NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
 # driver does), restarting (bootstrapping), or slow (a timeout, overloaded).
@@ -152,8 +165,9 @@ def _execute_ddl(cluster: Any, session: Any, cql: str) -> Any:
 
 def check_design(cluster: Any, settings: Settings) -> None:
     """Refuse a keyspace whose feed is of the other design than the URL's (claims, or
-    sequenced: told by its intents table). Moving a keyspace from one to the other is a
-    cutover that this does not do. A store with feed=false opens either."""
+    sequenced: told by its intents table, which a cutover adds first). Moving a keyspace of
+    claims to the sequenced feed is the cutover's (cutover.py), not an open's. A store with
+    feed=false opens either."""
     keyspace = cluster.metadata.keyspaces.get(settings.keyspace)
     if not settings.feed or keyspace is None or "feed" not in keyspace.tables:
         return
@@ -163,12 +177,13 @@ def check_design(cluster: Any, settings: Settings) -> None:
     if settings.sequenced:
         raise StoreError(
             f"{settings.url}: keyspace {settings.keyspace!r} has a feed of claims (made "
-            "without feed=sequenced); feed=sequenced is for new keyspaces only, and moving "
-            "an existing one to it is not supported yet. Open it without feed=sequenced."
+            "without feed=sequenced); open it without feed=sequenced, or move it to the "
+            "sequenced feed first with 'cairn cutover' (docs/feed.md, \"Cutover\")"
         )
     raise StoreError(
         f"{settings.url}: keyspace {settings.keyspace!r} has a sequenced feed (made with "
-        "feed=sequenced); open it with feed=sequenced (or feed=false) in the URL"
+        "feed=sequenced, or cut over to it by 'cairn cutover'); open it with feed=sequenced "
+        "(or feed=false) in the URL"
     )
 
 
@@ -230,6 +245,10 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
         return _NO_POSITION
     if "sealed" not in keyspace.tables["feed"].columns:
         return _NO_SEALED
+    if "epoch" not in keyspace.tables["feed"].columns:
+        return _NO_EPOCH
+    if settings.sequenced and "claims_end" not in keyspace.tables["feed"].columns:
+        return _NO_CLAIMS_END
     if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
         return _NO_TRACKING
     return None
@@ -249,10 +268,16 @@ def _add_columns(cluster: Any, session: Any, settings: Settings) -> str | None:
         try:
             session.execute(cql.format(keyspace=settings.quoted_keyspace), timeout=60)
         except DRIVER_ERRORS as exc:
-            if "conflicts with an existing column" not in str(exc):  # another process added it
+            if not added_meanwhile(exc):
                 raise StoreError(f"{settings.url}: cannot add {column}: {exc}") from exc
         missing = _missing(cluster, settings)
     return missing
+
+
+def added_meanwhile(exc: BaseException) -> bool:
+    """Whether an ``ALTER TABLE ... ADD`` failed only because another process added the
+    column first."""
+    return bool(_COLUMN_EXISTS.search(str(exc)))
 
 
 def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:
@@ -264,7 +289,7 @@ def _add_tracking(cluster: Any, session: Any, settings: Settings) -> None:
         if "tracked" not in cluster.metadata.keyspaces[settings.keyspace].tables["events"].columns:
             session.execute(ADD_TRACKED.format(keyspace=keyspace), timeout=60)
     except DRIVER_ERRORS as exc:
-        if "conflicts with an existing column" not in str(exc):
+        if not added_meanwhile(exc):
             raise StoreError(f"{settings.url}: cannot add {_NO_TRACKING}: {exc}") from exc
 
 

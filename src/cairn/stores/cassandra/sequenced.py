@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from cairn.errors import StoreError
-from cairn.stores.cassandra.feed import INDEX_BITS, CassandraFeed, span
+from cairn.stores.cassandra.feed import CLAIMS_PER_READ, INDEX_BITS, CassandraFeed, span
 from cairn.stores.cassandra.fetch import (
     Ahead,
     ClaimRow,
@@ -25,6 +25,7 @@ from cairn.stores.cassandra.fetch import (
     Queries,
     Read,
     SharedRead,
+    send,
 )
 from cairn.stores.cassandra.intents import Intent, Intents, now_ms
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, what
@@ -74,6 +75,10 @@ class SequencedFeed(CassandraFeed):
         self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
         self._pipelines: Ahead[Pipeline] = Ahead()
+        # Where the claims end (a keyspace cut over), read once: 0 if the keyspace had no
+        # origin yet (then claims are read one by one), and whether the origin said so.
+        self._end: int | None = None
+        self._end_known = False
         # False: no thread; the sequencer runs only when called (sequence_once), and a
         # reader at the end of the feed does not wait for it (tests drive it so).
         self.background = True
@@ -207,7 +212,10 @@ class SequencedFeed(CassandraFeed):
         found: list[Record] = []
         while (taken := pipeline.next(self.url)) is not None:
             claim, read = taken
-            records = self._resolve(claim, read, True)
+            # (A claim, made before a cutover, fetched ahead: looked at again if not found.)
+            records = self._resolve(claim, read, fresh=claim.intent is not None)
+            if records is None:  # such a claim, its writer still at work: the page ends here
+                return found
             if claim.position == start:  # the one batch that may hold events read before
                 records = [r for r in records if r.position > after]  # type: ignore[operator]
             found += records
@@ -258,13 +266,69 @@ class SequencedFeed(CassandraFeed):
         )
 
     def _mark(self, claim: ClaimRow) -> Any:
-        """What the rows of a published batch carry, as the reader reads them: its
-        intent's bytes (SELECT_CARRIED)."""
-        return None if claim.intent is None else claim.intent.bytes
+        """What the rows of a batch carry, as the reader reads them: a published batch's
+        intent's bytes (SELECT_CARRIED), a claim's position (one made before a cutover)."""
+        return claim.position if claim.intent is None else claim.intent.bytes
 
-    def _resolve(self, claim: ClaimRow, read: Read | SharedRead, fresh: bool) -> list[Record]:
+    def _fetch(self, connection: Connection, first: int, wanted: int, fresh: bool = True) -> Fetch:
+        if first >= self._claims_end(connection):
+            return super()._fetch(connection, first, wanted, fresh)
+        # Claims made before the keyspace was cut over: fetched as a claims' reader fetches
+        # them (their events carry positions), never past the switch.
+        return Fetch(
+            connection,
+            first,
+            min(CLAIMS_PER_READ, wanted + 1, self._claims_end(connection) - first),
+            wanted,
+            self.bucket,
+            fresh=fresh,
+            timeout=self.settings.request_timeout * 2,
+            queries=CassandraFeed._queries(self, connection),
+        )
+
+    def _claims_end(self, connection: Connection) -> int:
+        """The first position that is not a claim (0 in a keyspace made sequenced), as the
+        keyspace's origin says; 0 if it had none yet (then claims are read one by one:
+        _resolve). Read once, so that every fetch of this reader is of the kind that its
+        resolution expects."""
+        if self._end is None:
+            prepared = sequenced(connection.statements)
+            try:
+                row = connection.session.execute(prepared.select_claims_end).one()
+            except DRIVER_ERRORS as exc:
+                raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+            self._end_known = row is not None and row[0] is not None
+            self._end = int(row[1] or 0) if self._end_known else 0
+        return self._end
+
+    def _send(self, claim: ClaimRow, serial: str | None = None) -> Read:
+        if claim.intent is not None:
+            return super()._send(claim, serial)
+        # A claim made before the cutover: its events carry its position (as a claims'
+        # reader reads them).
+        connection = self._connection()
+        try:
+            return send(connection, claim, serial, CassandraFeed._queries(self, connection))
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
+
+    def _check_claims(self, claim: ClaimRow) -> None:
+        """(Claims before the cutover's switch are this reader's to resolve.)"""
+
+    def _resolve(
+        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+    ) -> list[Record] | None:
         """A published batch's records: final, so never waited on nor fenced (read again
-        through Paxos if a read below QUORUM missed them)."""
+        through Paxos if a read below QUORUM missed them). A row without an intent is a
+        claim made before the keyspace was cut over: resolved as a claims' reader does
+        (waited on, fenced once abandoned), from its fetch (_fetch), or from a read of its
+        own if it was fetched with published batches (whose reads are of intents)."""
+        if claim.intent is None:
+            if claim.position >= (self._end or 0):
+                read, fresh = self._send(claim), True
+                if self._end_known:
+                    _stray(self.url, claim)
+            return super()._resolve(claim, read, fresh)
         records = self._claimed(claim, read)
         if records is None:
             serial = self.settings.serial_consistency
@@ -275,6 +339,21 @@ class SequencedFeed(CassandraFeed):
                 f"{claim.originator_id} version {claim.originator_version}, which is not stored"
             )
         return records
+
+
+def _stray(url: str, claim: ClaimRow) -> None:
+    """Say that a claim was made after the keyspace's switch (by a writer of a cairn that
+    does not check it, which the cutover's step 1 was to stop): read as any claim, its
+    batch may come before an earlier batch of its aggregate."""
+    log.error(
+        "%s: the feed's position %d is a claim made after the keyspace was cut over, by a "
+        "writer of an earlier cairn (aggregate %s version %d): stop every process of an "
+        "earlier cairn; its batch may be out of its aggregate's order",
+        url,
+        claim.position,
+        claim.originator_id,
+        claim.originator_version,
+    )
 
 
 def _run(feed: weakref.ref[SequencedFeed], stop: threading.Event, wake: threading.Event) -> None:

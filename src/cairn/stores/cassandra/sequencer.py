@@ -232,7 +232,9 @@ class Sequencer:
                 position = (bucket + 1) * self._bucket_size
                 continue
             for at, intent in found:
-                self._published[intent] = at
+                # (No intent: a claim of an earlier cairn's writer after a cutover's switch.)
+                if intent is not None:
+                    self._published[intent] = at
             position = found[-1][0] + 1
 
     # -- a step

@@ -55,13 +55,14 @@ CREATE_TABLES = (
 # The columns the sequenced feed adds to those tables (none for the claims' design): an
 # event's intent; a published batch's intent, and the sequencer's lease and cursor in the
 # newest bucket's static columns (`shards` in bucket 0's: the keyspace keeps its count).
-CLAIMED_COLUMNS = {"events_columns": "", "feed_columns": ""}
+# `epoch` in the claims' design is the cutover's switch (set: no more claims; cutover.py).
+CLAIMED_COLUMNS = {"events_columns": "", "feed_columns": "\n        epoch bigint static,"}
 SEQUENCED_COLUMNS = {
     "events_columns": "\n        intent timeuuid,",
     "feed_columns": (
         "\n        intent timeuuid, epoch bigint static, holder uuid static, "
         "renewed bigint static, cursor bigint static, cursor_head bigint static, "
-        "shards int static,"
+        "shards int static, claims_end bigint static,"
     ),
 }
 # The sequenced feed's own tables, made before the others, so that a process that finds
@@ -93,6 +94,9 @@ TABLES = ("events", "snapshots", "data_keys", "feed")
 ADD_POSITION = "ALTER TABLE {keyspace}.events ADD position bigint"
 # Keyspaces made before sealed fences: their feed's claims gain the column.
 ADD_SEALED = "ALTER TABLE {keyspace}.feed ADD sealed boolean"
+# Keyspaces made before the cutover: their feed gains the switch that claims are
+# conditional on (cutover.py).
+ADD_EPOCH = "ALTER TABLE {keyspace}.feed ADD epoch bigint static"
 # Keyspaces made before process applications: the tracking table and the events'
 # static columns, added when opened with create (a keyspace without them holds any
 # application but a process).
@@ -144,7 +148,9 @@ REPLACE_DATA_KEY = (
 # A claim of k consecutive positions p..p+k-1 in bucket b: one conditional batch
 # on the bucket's partition, CLAIM_HEAD (p+k, b, p, or null for a bucket's first
 # claim) and one CLAIM_ROW per position. Not applied: the result carries `head`.
-CLAIM_HEAD = "UPDATE {keyspace}.feed SET head = ? WHERE bucket = ? IF head = ?"
+# A claim is refused once the keyspace is switched to the sequenced feed (`epoch` set on the
+# head's partition: cutover.py): the result then carries the epoch.
+CLAIM_HEAD = "UPDATE {keyspace}.feed SET head = ? WHERE bucket = ? IF head = ? AND epoch = null"
 CLAIM_ROW = (
     "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size, "
     "sealed) VALUES (?, ?, ?, ?, ?, ?)"
@@ -152,6 +158,8 @@ CLAIM_ROW = (
 # A plain write, never read by Paxos: only a hint for readers.
 ABANDON_CLAIM = "UPDATE {keyspace}.feed SET abandoned = true WHERE bucket = ? AND position = ?"
 SELECT_HEAD = "SELECT head FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
+# Whether a bucket's claims end at the cutover's switch (a claims' reader refuses to go on).
+SELECT_EPOCH = "SELECT epoch FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
 # A claim's age is the coordinator's clock minus the claim's Paxos timestamp:
 # server clocks on both sides, never the client's.
 SELECT_CLAIMS = (
@@ -191,9 +199,13 @@ SELECT_CLOSE = "SELECT closed_until FROM {keyspace}.closes WHERE shard = ?"
 CLOSE = "UPDATE {keyspace}.closes USING TIMESTAMP ? SET closed_until = ? WHERE shard = ?"
 # The keyspace's origin, made once by Paxos: its shard count, and the first cursor.
 SELECT_ORIGIN = "SELECT shards, cursor FROM {keyspace}.feed WHERE bucket = 0 LIMIT 1"
+# Where the claims of a keyspace cut over end (null: a keyspace made sequenced), for readers.
+SELECT_CLAIMS_END = "SELECT shards, claims_end FROM {keyspace}.feed WHERE bucket = 0 LIMIT 1"
+# Only in a keyspace with no claims (`head = null`): a feed of claims gets its origin from
+# the cutover (cutover.py). `epoch = 0` refuses the claims of a claims' writer still at work.
 MAKE_ORIGIN = (
-    "UPDATE {keyspace}.feed SET shards = ?, cursor = ?, cursor_head = 0, head = 0 "
-    "WHERE bucket = 0 IF shards = null"
+    "UPDATE {keyspace}.feed SET shards = ?, cursor = ?, cursor_head = 0, head = 0, epoch = 0 "
+    "WHERE bucket = 0 IF shards = null AND head = null"
 )
 # A shard's intents of a span of time (ms), with their age on the node's clock.
 SELECT_INTENTS = (
@@ -245,6 +257,38 @@ PUBLISH_ROW = (
     "INSERT INTO {keyspace}.feed (bucket, position, originator_id, originator_version, size, "
     "sealed, intent) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+
+# -- the cutover of a feed of claims to the sequenced feed (cutover.py; docs/feed.md, "Cutover")
+
+# The sequenced feed's columns, added one at a time to an existing keyspace (its tables are
+# CREATE_SEQUENCED): (table, column, type).
+CUTOVER_COLUMNS = (
+    ("events", "intent", "timeuuid"),
+    ("feed", "intent", "timeuuid"),
+    ("feed", "holder", "uuid static"),
+    ("feed", "renewed", "bigint static"),
+    ("feed", "cursor", "bigint static"),
+    ("feed", "cursor_head", "bigint static"),
+    ("feed", "shards", "int static"),
+    ("feed", "claims_end", "bigint static"),
+)
+ADD_COLUMN = "ALTER TABLE {keyspace}.{table} ADD {column} {type}"
+# A bucket's statics as the cutover reads them (at SERIAL: a claim in flight is completed).
+SELECT_SWITCH = "SELECT head, epoch, cursor, shards FROM {keyspace}.feed WHERE bucket = ? LIMIT 1"
+# The switch, by Paxos on the partition of the next claim: no claim after it, the sequencer's
+# first cursor and head where the claims end. Not applied: a claim moved the head (try again).
+SWITCH = (
+    "UPDATE {keyspace}.feed SET head = ?, epoch = 0, cursor = ?, cursor_head = ? "
+    "WHERE bucket = ? IF head = ? AND epoch = null"
+)
+# The origin of a feed of claims cut over: its shards, the first cursor the switch's, and
+# the first position that is not a claim (the switch's head).
+CUTOVER_ORIGIN = (
+    "UPDATE {keyspace}.feed SET shards = ?, cursor = ?, claims_end = ? WHERE bucket = 0 "
+    "IF shards = null"
+)
+# Keyspaces made sequenced before the cutover existed: their feed gains the column.
+ADD_CLAIMS_END = "ALTER TABLE {keyspace}.feed ADD claims_end bigint static"
 
 # -- tracking (process applications; docs/processes.md tells the protocol)
 
@@ -303,6 +347,7 @@ class Statements:
     claim_row: Any
     abandon_claim: Any
     select_head: Any
+    select_epoch: Any
     select_claims: Any
     select_claimed: Any
     select_shared: Any
@@ -322,6 +367,7 @@ class SequencedStatements:
     select_close: Any
     close: Any
     select_origin: Any
+    select_claims_end: Any
     make_origin: Any
     select_intents: Any
     select_marks: Any
@@ -355,6 +401,7 @@ def prepare(session: Any, keyspace: str, sequenced: bool = False) -> Statements:
         claim_row=ready(CLAIM_ROW),
         abandon_claim=ready(ABANDON_CLAIM),
         select_head=ready(SELECT_HEAD),
+        select_epoch=ready(SELECT_EPOCH),
         select_claims=ready(SELECT_CLAIMS),
         select_claimed=ready(SELECT_CLAIMED),
         select_shared=ready(SELECT_SHARED),
@@ -380,6 +427,7 @@ def prepare_sequenced(ready: Callable[[str], Any]) -> SequencedStatements:
         select_close=ready(SELECT_CLOSE),
         close=ready(CLOSE),
         select_origin=ready(SELECT_ORIGIN),
+        select_claims_end=ready(SELECT_CLAIMS_END),
         make_origin=ready(MAKE_ORIGIN),
         select_intents=ready(SELECT_INTENTS),
         select_marks=ready(SELECT_MARKS),
