@@ -17,7 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from cassandra import OperationTimedOut
+from cassandra import ConsistencyLevel, OperationTimedOut
 from cassandra.query import BatchStatement
 
 from cairn import Application, ConcurrencyError, StoreError
@@ -255,6 +255,52 @@ def test_two_sequencers_at_once_the_deposed_ones_publish_is_refused(url: str) ->
     feed = whole_feed(one)
     assert keys(feed) == [(a, 0), (a, 1), (a, 2)]
     assert [r.position for r in feed] == sorted({r.position for r in feed})  # type: ignore[type-var]
+    one.close()
+    two.close()
+
+
+def paxos_requests(store: Any) -> list[str]:
+    """Start noting the Paxos requests (reads at a serial level, conditional writes) that
+    ``store`` sends; the list fills as it sends them."""
+    session = store.connection().session
+    sent: list[str] = []
+
+    def noting(send: Any) -> Any:
+        def noted(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            query = getattr(getattr(statement, "prepared_statement", None), "query_string", "")
+            level = getattr(statement, "consistency_level", None)
+            if isinstance(statement, BatchStatement) or " IF " in query or level in SERIAL:
+                sent.append(query or type(statement).__name__)
+            return send(statement, *args, **kwargs)
+
+        return noted
+
+    session.execute = noting(session.execute)
+    session.execute_async = noting(session.execute_async)
+    return sent
+
+
+SERIAL = {ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL}
+
+
+def test_a_candidate_polls_a_held_lease_without_paxos_and_takes_it_once_expired(
+    url: str,
+) -> None:
+    """Every process runs a candidate for the lease: while another holds it, a candidate's
+    poll is a plain read, not a Paxos round on the partition the holder publishes to (and
+    opening the store reads the origin plainly too). Once the lease expires, it takes it."""
+    one, two = CassandraStore.from_url(url), CassandraStore.from_url(url)
+    first, second = by_hand(one).sequencer, by_hand(two).sequencer
+    one.append(records(uuid4(), range(1)))
+    assert first.sequence_once()
+    paxos = paxos_requests(two)
+    for _ in range(3):
+        assert not second.sequence_once()
+    assert paxos == []
+    time.sleep(LEASE + 0.3)
+    assert second.sequence_once() and second.holding
+    assert paxos  # the takeover is by Paxos
+    assert not first.sequence_once() and not first.holding  # deposed
     one.close()
     two.close()
 

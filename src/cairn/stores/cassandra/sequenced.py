@@ -136,8 +136,10 @@ class SequencedFeed(CassandraFeed):
             log.exception("%s: the sequencer failed", self.url)
             holding = False
         if not holding:
+            # (A takeover waits at most half a lease more than the lease: candidates in
+            # every process poll, so each polls seldom.)
             backoff: int = 2 ** min(self.sequencer.failures, 4)
-            return self.settings.sequencer_lease / 4 * backoff
+            return self.settings.sequencer_lease / 2 * backoff
         busy = self.sequencer.found_any or time.monotonic() < self._busy_until
         return self.settings.window / 1000 if busy else IDLE_PAUSE
 

@@ -95,6 +95,7 @@ class Sequencer:
         self._bucket_size = feed_bucket
         self._lock = threading.Lock()
         self._lease: Lease | None = None
+        self._known_bucket = 0  # the newest bucket seen begun (buckets only begin, in order)
         self._closed = 0  # ms: intents below it are scanned
         self._cursor = 0  # ms: the oldest time holding an intent pending (or _closed)
         self._pending: dict[UUID, Found] = {}
@@ -158,13 +159,12 @@ class Sequencer:
         """Take the lease if this sequencer holds it already, or it is free or expired;
         then load the state to go on from: the stored cursor, and what is published since."""
         self._intents.origin()  # (made once: the first cursor)
+        if self._held_elsewhere():
+            return False
         bucket = self._newest_bucket()
         row = self._statics(bucket)
         head, epoch, holder, renewed, cursor, cursor_head, written, now = row
-        expired = (
-            holder is None or (now * 1000 - (written or 0)) / 1e6 > self.settings.sequencer_lease
-        )
-        if holder != self.me and not expired:
+        if holder != self.me and not self._expired(holder, written, now):
             return False
         full = head == (bucket + 1) * self._bucket_size
         epoch = (epoch or 0) + (holder != self.me)
@@ -182,11 +182,31 @@ class Sequencer:
         log.info("%s: sequencer %s holds the lease, epoch %d", self.url, self.me, epoch)
         return True
 
+    def _held_elsewhere(self) -> bool:
+        """Whether a plain read (no Paxos) of the newest bucket this candidate knows of
+        shows another process's lease, renewed within the lease, in a bucket with room:
+        then it need not read through Paxos, on the partition the holder publishes to
+        (a candidate per process, each polling by Paxos, slowed every publish). A stale
+        view only puts a takeover off to the next poll: every takeover reads and
+        conditions through Paxos."""
+        row = self._statics(self._known_bucket, serial=False)
+        head, _, holder, _, _, _, written, now = row
+        if head is None or holder is None or holder == self.me:
+            return False
+        full = head == (self._known_bucket + 1) * self._bucket_size
+        return not full and not self._expired(holder, written, now)
+
+    def _expired(self, holder: Any, written: int | None, now: int) -> bool:
+        """Whether a lease (its holder, its renewal's write time in microseconds, the
+        node's clock in milliseconds) is free, or was not renewed in time."""
+        age = (now * 1000 - (written or 0)) / 1e6
+        return holder is None or age > self.settings.sequencer_lease
+
     def _newest_bucket(self) -> int:
         """The newest begun bucket of the feed (buckets are begun in order)."""
         if self._lease is not None:
             return self._lease.bucket
-        low, high = 0, 1
+        low, high = self._known_bucket, self._known_bucket + 1
         while self._statics(high)[0] is not None:
             low, high = high, high * 2
         while high - low > 1:
@@ -195,14 +215,17 @@ class Sequencer:
                 high = middle
             else:
                 low = middle
+        self._known_bucket = low
         return low
 
-    def _statics(self, bucket: int) -> tuple[Any, ...]:
-        """A bucket's static columns, read through Paxos (a round in flight is completed)."""
+    def _statics(self, bucket: int, serial: bool = True) -> tuple[Any, ...]:
+        """A bucket's static columns, read through Paxos (a round in flight is completed),
+        or with ``serial`` False at the store's consistency."""
         statement = self._prepared().select_statics.bind((bucket,))
-        statement.consistency_level = ConsistencyLevel.name_to_value[
-            self.settings.serial_consistency
-        ]
+        if serial:
+            statement.consistency_level = ConsistencyLevel.name_to_value[
+                self.settings.serial_consistency
+            ]
         row = self._connection().session.execute(statement).one()
         return tuple(row) if row is not None else (None,) * 8
 
