@@ -259,6 +259,20 @@ def test_two_sequencers_at_once_the_deposed_ones_publish_is_refused(url: str) ->
     two.close()
 
 
+def test_busy_steps_begin_a_window_apart_and_one_longer_is_followed_at_once(url: str) -> None:
+    """While there is work, the sequencer's steps begin a window apart (the pause is what
+    the step left of it), not a window after each ends: a slow step does not also wait."""
+    store = CassandraStore.from_url(url)
+    feed = by_hand(store)
+    window = store.settings.window / 1000
+    feed._busy_until = time.monotonic() + 60  # (a save or a reader wants it)
+    feed.sequencer.sequence_once = lambda: time.sleep(window / 2) or True  # type: ignore[method-assign]
+    assert 0 <= feed._pause_after_step() <= window / 2
+    feed.sequencer.sequence_once = lambda: time.sleep(window * 2) or True  # type: ignore[method-assign]
+    assert feed._pause_after_step() == 0
+    store.close()
+
+
 def paxos_requests(store: Any) -> list[str]:
     """Start noting the Paxos requests (reads at a serial level, conditional writes) that
     ``store`` sends; the list fills as it sends them."""

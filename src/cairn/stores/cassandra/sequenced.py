@@ -129,7 +129,9 @@ class SequencedFeed(CassandraFeed):
     def _pause_after_step(self) -> float:
         """One step of the sequencer (or of its candidacy); the seconds to wait before the
         next: a window while there is work, longer when idle, longer still while another
-        process holds the lease or steps fail (a keyspace dropped, a node away)."""
+        process holds the lease or steps fail (a keyspace dropped, a node away). Steps
+        holding the lease begin a pause apart: one that took longer is followed at once."""
+        began = time.monotonic()
         try:
             holding = self.sequencer.sequence_once()
         except Exception:  # (a thread's last resort: log, and go on)
@@ -141,7 +143,8 @@ class SequencedFeed(CassandraFeed):
             backoff: int = 2 ** min(self.sequencer.failures, 4)
             return self.settings.sequencer_lease / 2 * backoff
         busy = self.sequencer.found_any or time.monotonic() < self._busy_until
-        return self.settings.window / 1000 if busy else IDLE_PAUSE
+        pause = self.settings.window / 1000 if busy else IDLE_PAUSE
+        return max(pause - (time.monotonic() - began), 0.0)
 
     def close(self) -> None:
         """Stop the sequencer, and give up its lease."""

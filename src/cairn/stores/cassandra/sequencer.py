@@ -438,7 +438,16 @@ class Sequencer:
         before it in its aggregate)."""
         if self._closed <= self.published_until:
             return
-        self._execute(self._prepared().close, (self._closed, self._closed, PUBLISHED_ROW))
+        # Sent, not awaited (the next step's round trips need not wait for it): it only
+        # tells readers of other processes sooner, and a larger close always wins (its
+        # timestamp is its value), so one arriving late, or lost, is harmless.
+        params = (self._closed, self._closed, PUBLISHED_ROW)
+        try:
+            future = self._connection().session.execute_async(self._prepared().close, params)
+        except DRIVER_ERRORS as exc:
+            log.debug("%s: not marked published: %s", self.url, exc)
+        else:
+            future.add_errback(lambda exc: log.debug("%s: not marked published: %s", self.url, exc))
         with self.progress:
             self.published_until = self._closed
             self.progress.notify_all()
