@@ -24,7 +24,9 @@ from cairn import Application, ConcurrencyError, StoreError
 from cairn.stores import FENCE_TOPIC, Record
 from cairn.stores.cassandra import CassandraStore, parse_url
 from cairn.stores.cassandra.intents import now_ms, time_of
+from cairn.stores.cassandra.resolution import read_marks
 from cairn.stores.cassandra.sequenced import SequencedFeed
+from cairn.stores.cassandra.statements import sequenced as sequenced_statements
 from cairn.testing import racer
 from cairn.testing.racer import Counter
 from tests.test_cassandra import (  # noqa: F401  (node: the module's autouse check)
@@ -270,6 +272,35 @@ def test_busy_steps_begin_a_window_apart_and_one_longer_is_followed_at_once(url:
     assert 0 <= feed._pause_after_step() <= window / 2
     feed.sequencer.sequence_once = lambda: time.sleep(window * 2) or True  # type: ignore[method-assign]
     assert feed._pause_after_step() == 0
+    store.close()
+
+
+def test_resolution_reads_are_shared_by_an_aggregates_batches_and_by_like_batches(
+    url: str,
+) -> None:
+    """The sequencer resolves what it found in as few reads as the batches allow: one for
+    the batches of one aggregate, one (IN) for aggregates whose batches name the same
+    versions; each batch sees what a read of its own would have."""
+    store = CassandraStore.from_url(url)
+    by_hand(store)
+    a, b, c, d = (uuid4() for _ in range(4))
+    for v in range(3):
+        store.append(records(a, range(v, v + 1)))
+    for i in (b, c, d):
+        store.append(records(i, range(2)))
+    session = store.connection().session
+    prepared = sequenced_statements(store.connection().statements)
+    spans = [(a, 0, 1), (a, 0, 2), (a, 1, 3), (b, 0, 2), (c, 0, 2), (d, 0, 2), (uuid4(), 0, 1)]
+    alone = [[tuple(r) for r in session.execute(prepared.select_marks, s)] for s in spans]
+    sent: list[Any] = []
+    execute_async = session.execute_async
+    session.execute_async = lambda *args, **kwargs: (
+        sent.append(args) or execute_async(*args, **kwargs)
+    )
+    marks = read_marks(session, prepared.select_marks, prepared.select_marks_shared, spans)
+    assert [m.rows() for m in marks] == alone
+    assert len(sent) == 3  # a's, b's c's and d's, and the unknown aggregate's
+    assert [len(rows) for rows in alone] == [1, 2, 2, 2, 2, 2, 0]
     store.close()
 
 

@@ -23,7 +23,7 @@ from cassandra.query import BatchStatement, BatchType
 from cairn.errors import FenceNeedsKey, StoreError
 from cairn.stores.cassandra.intents import INTENT_BUCKET_MS, Intents, now_ms, time_of
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
-from cairn.stores.cassandra.resolution import Abandoned, carried, fence
+from cairn.stores.cassandra.resolution import Abandoned, carried, fence, read_marks
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import sequenced
@@ -304,17 +304,20 @@ class Sequencer:
         """The pending intents whose batches are stored (or fenced), each with the intent
         of the row before its first version (None if none): the void ones dropped."""
         self.blocked = None
-        reads = {
-            f.intent: self._read(f)
-            for f in sorted(self._pending.values(), key=_order)
-            if not f.abandoned
-        }
+        live = [f for f in self._pending.values() if not f.abandoned]
+        # Each batch's versions and the one before, in as few reads as they allow.
+        spans = [(f.originator_id, max(f.first - 1, 0), f.first + f.size) for f in live]
+        prepared = self._prepared()
+        marks = read_marks(
+            self._connection().session, prepared.select_marks, prepared.select_marks_shared, spans
+        )
+        reads = {f.intent: m for f, m in zip(live, marks, strict=True)}
         ready: list[tuple[Found, UUID | None]] = []
         for found in list(self._pending.values()):
             if found.abandoned:
                 del self._pending[found.intent]
                 continue
-            rows = list(reads[found.intent].result())
+            rows = reads[found.intent].rows()
             before = (
                 rows.pop(0) if found.first > 0 and rows and rows[0][0] == found.first - 1 else None
             )
