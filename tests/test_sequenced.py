@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -302,6 +303,35 @@ def test_resolution_reads_are_shared_by_an_aggregates_batches_and_by_like_batche
     assert len(sent) == 3  # a's, b's c's and d's, and the unknown aggregate's
     assert [len(rows) for rows in alone] == [1, 2, 2, 2, 2, 2, 0]
     store.close()
+
+
+def test_a_step_slower_than_the_lease_keeps_it(url: str) -> None:
+    """On a loaded cluster a step may take longer than the lease: the holder renews it
+    between the step's parts once a third of it has passed, so that candidates polling
+    meanwhile never find it expired (a takeover would start again from the cursor)."""
+    one, two = CassandraStore.from_url(url), CassandraStore.from_url(url)
+    holder, candidate = by_hand(one).sequencer, by_hand(two).sequencer
+    one.append(records(uuid4(), range(1)))
+    assert holder.sequence_once()
+    close_and_scan, resolve = holder._close_and_scan, holder._resolve
+
+    def slowly(part: Any) -> Any:
+        def slow(*args: Any) -> Any:
+            time.sleep(LEASE * 0.6)
+            return part(*args)
+
+        return slow
+
+    holder._close_and_scan = slowly(close_and_scan)  # type: ignore[method-assign]
+    holder._resolve = slowly(resolve)  # type: ignore[method-assign]
+    steps = threading.Thread(target=lambda: [holder.sequence_once() for _ in range(3)])
+    steps.start()
+    while steps.is_alive():
+        assert not candidate.sequence_once(), "the lease was taken from a slow holder"
+        time.sleep(0.05)
+    assert holder.holding
+    one.close()
+    two.close()
 
 
 def paxos_requests(store: Any) -> list[str]:

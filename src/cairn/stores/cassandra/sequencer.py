@@ -268,12 +268,21 @@ class Sequencer:
         if target > self._closed:
             scanned = self._close_and_scan(self._closed, target)
             self._closed = target
+        self._renew_if_due(lease)
         ready = self._resolve()
         self.found_any = bool(scanned or self._pending)
+        self._renew_if_due(lease)
         self._publish(lease, ready)
-        if time.monotonic() - lease.renewed_at > self.settings.sequencer_lease / 3:
-            self._publish_round(lease, [])  # renew (and store the cursor)
+        self._renew_if_due(lease)
         self._mark_published()
+
+    def _renew_if_due(self, lease: Lease) -> None:
+        """Renew the lease (and store the cursor) if a third of it has passed since it was
+        last renewed: between the parts of a step too, so that a step slower than the
+        lease (a loaded cluster) does not lose it to a candidate, which would start again
+        from the stored cursor."""
+        if time.monotonic() - lease.renewed_at > self.settings.sequencer_lease / 3:
+            self._publish_round(lease, [])
 
     def _close_and_scan(self, start: int, end: int) -> int:
         """Close [start, end) on every shard, then read its intents: the new ones pending."""
@@ -420,13 +429,14 @@ class Sequencer:
                 found.sealed, found.intent,
             )  # fmt: skip
             statement.add(prepared.publish_row, row)
+        sent = time.monotonic()  # (the renewal's write time is when the round began)
         result = self._execute(statement)
         if not result.was_applied:
             if column(result, "epoch") != lease.epoch:
                 raise Deposed()
             raise StoreError(f"the feed's head is {column(result, 'head')}, not {lease.head}")
         lease.bucket, lease.head, lease.renewed = bucket, head, renewed
-        lease.renewed_at = time.monotonic()
+        lease.renewed_at = sent
 
     def _next_cursor(self, head: int) -> tuple[int, int]:
         """The cursor (the oldest time of an intent still pending, else the close) and the
