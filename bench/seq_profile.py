@@ -105,8 +105,10 @@ def instrument() -> None:
     timed(sequenced.SequencedFeed, "_settled_past", "read: wait for the sequencer")
 
 
-def writer(url: str, threads: int, seconds: float, out: Any) -> None:
+def writer(url: str, threads: int, seconds: float, out: Any, quiet: bool = False) -> None:
     st = open_store(url)
+    if quiet:  # (no sequencer in this process)
+        st.feed.background = False
     for _ in range(5):  # (a cold keyspace's first Paxos rounds may time out)
         try:
             st.append([Record(uuid.uuid4(), 0, "p:E", b"x")])
@@ -132,7 +134,7 @@ def writer(url: str, threads: int, seconds: float, out: Any) -> None:
         t.start()
     for t in workers:
         t.join()
-    held = st.feed.sequencer.holding
+    held = st.feed is not None and st.feed.sequencer.holding
     out.send(("writer", held, dict(TIMES)))
     st.close()
 
@@ -194,6 +196,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--options", default="", help="more URL options, e.g. shards=4")
+    parser.add_argument(
+        "--feed",
+        choices=("sequenced", "quiet", "off"),
+        default="sequenced",
+        help="quiet: feed=sequenced saves with no sequencer nor follower; off: feed=false",
+    )
     args = parser.parse_args()
     started = args.url is None
     if started:
@@ -208,7 +216,7 @@ def main() -> None:
     url = base.replace("{unique}", keyspace)
     url += (
         ("&" if "?" in url else "?")
-        + "feed=sequenced"
+        + ("feed=false" if args.feed == "off" else "feed=sequenced")
         + (f"&{args.options}" if args.options else "")
     )
     try:
@@ -217,13 +225,14 @@ def main() -> None:
         context = multiprocessing.get_context("fork")
         pipes: list[Any] = []
         procs = []
-        for role in ["follower"] + ["writer"] * args.processes:
+        first = ["follower"] if args.feed == "sequenced" else []
+        for role in first + ["writer"] * args.processes:
             mine, theirs = context.Pipe()
             target: Callable[..., None] = follower if role == "follower" else writer
             extra = () if role == "follower" else (args.threads,)
             p = context.Process(
                 target=target,
-                args=(url, *extra, args.seconds, theirs)
+                args=(url, *extra, args.seconds, theirs, args.feed == "quiet")
                 if role == "writer"
                 else (url, args.seconds, theirs),
             )
