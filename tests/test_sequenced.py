@@ -305,6 +305,25 @@ def test_resolution_reads_are_shared_by_an_aggregates_batches_and_by_like_batche
     store.close()
 
 
+def test_a_sequencer_seconds_behind_catches_up_in_one_step(url: str) -> None:
+    """A step closes up to a window ago even when the last close is seconds old (a slow
+    step on a loaded cluster, a takeover): were a step to close at most a second, a
+    sequencer whose steps take longer than that would fall ever further behind."""
+    store = CassandraStore.from_url(url)
+    sequencer = by_hand(store).sequencer
+    a = uuid4()
+    store.append(records(a, range(1)))
+    assert sequencer.sequence_once()
+    time.sleep(3)
+    store.append(records(a, range(1, 2)))
+    time.sleep(3 * store.settings.window / 1000)  # (it closes a window once it is past)
+    before = now_ms()
+    assert sequencer.sequence_once()
+    assert sequencer.scanned_until >= before - store.settings.window - 50
+    assert keys(whole_feed(store)) == [(a, 0), (a, 1)]
+    store.close()
+
+
 def test_a_step_slower_than_the_lease_keeps_it(url: str) -> None:
     """On a loaded cluster a step may take longer than the lease: the holder renews it
     between the step's parts once a third of it has passed, so that candidates polling

@@ -31,7 +31,9 @@ from cairn.stores.contract import Fences
 
 PUBLISH_ROWS = 250  # batches published in one Paxos round, at most
 PUBLISHED_ROW = -1  # the row of `closes` that says how far every intent is resolved
-MAX_STEP_MS = INTENT_BUCKET_MS  # a step closes at most this much time (catching up goes in steps)
+# A step closes at most this much time (catching up goes in steps). More than a step can
+# take on a loaded cluster: were it less, a sequencer behind would fall further behind.
+MAX_STEP_MS = 5 * INTENT_BUCKET_MS
 
 log = logging.getLogger(__name__)
 
