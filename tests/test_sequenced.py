@@ -276,6 +276,30 @@ def test_busy_steps_begin_a_window_apart_and_one_longer_is_followed_at_once(url:
     store.close()
 
 
+def test_after_a_failed_step_the_sequencer_tries_again_soon_and_polls_a_held_lease_seldom(
+    url: str,
+) -> None:
+    """A step that failed (a timeout on a loaded cluster) is tried again a few windows on,
+    not after seconds of back-off during which its lease would expire and pass to another
+    process; a candidate while another process holds the lease polls every half lease."""
+    store = CassandraStore.from_url(url)
+    feed = by_hand(store)
+    sequencer, window = feed.sequencer, store.settings.window / 1000
+
+    def failing() -> bool:
+        sequencer.failures += 1
+        return False
+
+    sequencer.sequence_once = failing  # type: ignore[method-assign]
+    pauses = [feed._pause_after_step() for _ in range(8)]
+    assert pauses[0] <= 2 * window
+    assert pauses == sorted(pauses) and max(pauses) <= LEASE / 2
+    sequencer.failures = 0
+    sequencer.sequence_once = lambda: False  # type: ignore[method-assign]
+    assert LEASE / 2 - window <= feed._pause_after_step() <= LEASE / 2
+    store.close()
+
+
 def test_resolution_reads_are_shared_by_an_aggregates_batches_and_by_like_batches(
     url: str,
 ) -> None:

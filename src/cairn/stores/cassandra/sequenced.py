@@ -138,10 +138,14 @@ class SequencedFeed(CassandraFeed):
             log.exception("%s: the sequencer failed", self.url)
             holding = False
         if not holding:
-            # (A takeover waits at most half a lease more than the lease: candidates in
-            # every process poll, so each polls seldom.)
-            backoff: int = 2 ** min(self.sequencer.failures, 4)
-            return self.settings.sequencer_lease / 2 * backoff
+            # Another process holds the lease: poll every half lease (a takeover waits
+            # at most that more than the lease; every process polls, so each seldom).
+            # A step failed (a timeout on a loaded cluster, a node away, the keyspace
+            # dropped): try again soon, then less and less often, but within half a
+            # lease, so that a holder keeps a lease that a timeout interrupted.
+            failures = self.sequencer.failures
+            poll = self.settings.sequencer_lease / 2
+            return poll if not failures else min(self.settings.window / 1000 * 2**failures, poll)
         busy = self.sequencer.found_any or time.monotonic() < self._busy_until
         pause = self.settings.window / 1000 if busy else IDLE_PAUSE
         return max(pause - (time.monotonic() - began), 0.0)
