@@ -73,6 +73,8 @@ def instrument() -> None:
     def sequence_once(self: Any) -> bool:
         began = time.perf_counter()
         pending = len(self._pending)
+        if self.holding:
+            note("scan behind the clock at a step's start", (intents.now_ms() - self._closed) / 1e3)
         holding = once(self)
         took = time.perf_counter() - began
         note("step (holding)" if holding else "step (candidate)", took)
@@ -91,6 +93,7 @@ def instrument() -> None:
             note(
                 "publish lag (intent time to publish)", (now - intents.time_of(found.intent)) / 1e3
             )
+            note("publish lag (scan to publish)", time.monotonic() - found.seen)
         if batches:
             note("batches per publish", float(len(batches)))
         return publish_round(self, lease, batches, release)
@@ -253,6 +256,7 @@ def main() -> None:
                             "publish",
                             "batches",
                             "Sequencer.",
+                            "scan behind",
                         )
                     )
                     and held
