@@ -294,6 +294,8 @@ def test_after_a_failed_step_the_sequencer_tries_again_soon_and_polls_a_held_lea
     pauses = [feed._pause_after_step() for _ in range(8)]
     assert pauses[0] <= 2 * window
     assert pauses == sorted(pauses) and max(pauses) <= LEASE / 2
+    sequencer.failures = 5000  # (a keyspace dropped under an open store, for hours)
+    assert feed._pause_after_step() == LEASE / 2
     sequencer.failures = 0
     sequencer.sequence_once = lambda: False  # type: ignore[method-assign]
     assert LEASE / 2 - window <= feed._pause_after_step() <= LEASE / 2

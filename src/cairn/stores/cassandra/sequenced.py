@@ -143,7 +143,7 @@ class SequencedFeed(CassandraFeed):
             # A step failed (a timeout on a loaded cluster, a node away, the keyspace
             # dropped): try again soon, then less and less often, but within half a
             # lease, so that a holder keeps a lease that a timeout interrupted.
-            failures = self.sequencer.failures
+            failures = min(self.sequencer.failures, 32)  # (2 ** failures: a float after)
             poll = self.settings.sequencer_lease / 2
             return poll if not failures else min(self.settings.window / 1000 * 2**failures, poll)
         busy = self.sequencer.found_any or time.monotonic() < self._busy_until
