@@ -11,13 +11,14 @@ from __future__ import annotations
 import gc
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
 
 import pytest
-from cassandra import OperationTimedOut
+from cassandra import ConsistencyLevel, OperationTimedOut
 from cassandra.query import BatchStatement
 
 from cairn import Application, ConcurrencyError, StoreError
@@ -26,7 +27,9 @@ from cairn.stores.cassandra import CassandraStore, parse_url
 from cairn.stores.cassandra import sequenced as sequenced_module
 from cairn.stores.cassandra.fetch import Pipeline
 from cairn.stores.cassandra.intents import now_ms, time_of
+from cairn.stores.cassandra.resolution import read_marks
 from cairn.stores.cassandra.sequenced import SequencedFeed
+from cairn.stores.cassandra.statements import sequenced as sequenced_statements
 from cairn.testing import racer
 from cairn.testing.racer import Counter
 from tests.test_cassandra import (  # noqa: F401  (node: the module's autouse check)
@@ -257,6 +260,169 @@ def test_two_sequencers_at_once_the_deposed_ones_publish_is_refused(url: str) ->
     feed = whole_feed(one)
     assert keys(feed) == [(a, 0), (a, 1), (a, 2)]
     assert [r.position for r in feed] == sorted({r.position for r in feed})  # type: ignore[type-var]
+    one.close()
+    two.close()
+
+
+def test_busy_steps_begin_a_window_apart_and_one_longer_is_followed_at_once(url: str) -> None:
+    """While there is work, the sequencer's steps begin a window apart (the pause is what
+    the step left of it), not a window after each ends: a slow step does not also wait."""
+    store = CassandraStore.from_url(url)
+    feed = by_hand(store)
+    window = store.settings.window / 1000
+    feed._busy_until = time.monotonic() + 60  # (a save or a reader wants it)
+    feed.sequencer.sequence_once = lambda: time.sleep(window / 2) or True  # type: ignore[method-assign]
+    assert 0 <= feed._pause_after_step() <= window / 2
+    feed.sequencer.sequence_once = lambda: time.sleep(window * 2) or True  # type: ignore[method-assign]
+    assert feed._pause_after_step() == 0
+    store.close()
+
+
+def test_after_a_failed_step_the_sequencer_tries_again_soon_and_polls_a_held_lease_seldom(
+    url: str,
+) -> None:
+    """A step that failed (a timeout on a loaded cluster) is tried again a few windows on,
+    not after seconds of back-off during which its lease would expire and pass to another
+    process; a candidate while another process holds the lease polls every half lease."""
+    store = CassandraStore.from_url(url)
+    feed = by_hand(store)
+    sequencer, window = feed.sequencer, store.settings.window / 1000
+
+    def failing() -> bool:
+        sequencer.failures += 1
+        return False
+
+    sequencer.sequence_once = failing  # type: ignore[method-assign]
+    pauses = [feed._pause_after_step() for _ in range(8)]
+    assert pauses[0] <= 2 * window
+    assert pauses == sorted(pauses) and max(pauses) <= LEASE / 2
+    sequencer.failures = 5000  # (a keyspace dropped under an open store, for hours)
+    assert feed._pause_after_step() == LEASE / 2
+    sequencer.failures = 0
+    sequencer.sequence_once = lambda: False  # type: ignore[method-assign]
+    assert LEASE / 2 - window <= feed._pause_after_step() <= LEASE / 2
+    store.close()
+
+
+def test_resolution_reads_are_shared_by_an_aggregates_batches_and_by_like_batches(
+    url: str,
+) -> None:
+    """The sequencer resolves what it found in as few reads as the batches allow: one for
+    the batches of one aggregate, one (IN) for aggregates whose batches name the same
+    versions; each batch sees what a read of its own would have."""
+    store = CassandraStore.from_url(url)
+    by_hand(store)
+    a, b, c, d = (uuid4() for _ in range(4))
+    for v in range(3):
+        store.append(records(a, range(v, v + 1)))
+    for i in (b, c, d):
+        store.append(records(i, range(2)))
+    session = store.connection().session
+    prepared = sequenced_statements(store.connection().statements)
+    spans = [(a, 0, 1), (a, 0, 2), (a, 1, 3), (b, 0, 2), (c, 0, 2), (d, 0, 2), (uuid4(), 0, 1)]
+    alone = [[tuple(r) for r in session.execute(prepared.select_marks, s)] for s in spans]
+    sent: list[Any] = []
+    execute_async = session.execute_async
+    session.execute_async = lambda *args, **kwargs: (
+        sent.append(args) or execute_async(*args, **kwargs)
+    )
+    marks = read_marks(session, prepared.select_marks, prepared.select_marks_shared, spans)
+    assert [m.rows() for m in marks] == alone
+    assert len(sent) == 3  # a's, b's c's and d's, and the unknown aggregate's
+    assert [len(rows) for rows in alone] == [1, 2, 2, 2, 2, 2, 0]
+    store.close()
+
+
+def test_a_sequencer_seconds_behind_catches_up_in_one_step(url: str) -> None:
+    """A step closes up to a window ago even when the last close is seconds old (a slow
+    step on a loaded cluster, a takeover): were a step to close at most a second, a
+    sequencer whose steps take longer than that would fall ever further behind."""
+    store = CassandraStore.from_url(url)
+    sequencer = by_hand(store).sequencer
+    a = uuid4()
+    store.append(records(a, range(1)))
+    assert sequencer.sequence_once()
+    time.sleep(3)
+    store.append(records(a, range(1, 2)))
+    time.sleep(3 * store.settings.window / 1000)  # (it closes a window once it is past)
+    before = now_ms()
+    assert sequencer.sequence_once()
+    assert sequencer.scanned_until >= before - store.settings.window - 50
+    assert keys(whole_feed(store)) == [(a, 0), (a, 1)]
+    store.close()
+
+
+def test_a_step_slower_than_the_lease_keeps_it(url: str) -> None:
+    """On a loaded cluster a step may take longer than the lease: the holder renews it
+    between the step's parts once a third of it has passed, so that candidates polling
+    meanwhile never find it expired (a takeover would start again from the cursor)."""
+    one, two = CassandraStore.from_url(url), CassandraStore.from_url(url)
+    holder, candidate = by_hand(one).sequencer, by_hand(two).sequencer
+    one.append(records(uuid4(), range(1)))
+    assert holder.sequence_once()
+    close_and_scan, resolve = holder._close_and_scan, holder._resolve
+
+    def slowly(part: Any) -> Any:
+        def slow(*args: Any) -> Any:
+            time.sleep(LEASE * 0.6)
+            return part(*args)
+
+        return slow
+
+    holder._close_and_scan = slowly(close_and_scan)  # type: ignore[method-assign]
+    holder._resolve = slowly(resolve)  # type: ignore[method-assign]
+    steps = threading.Thread(target=lambda: [holder.sequence_once() for _ in range(3)])
+    steps.start()
+    while steps.is_alive():
+        assert not candidate.sequence_once(), "the lease was taken from a slow holder"
+        time.sleep(0.05)
+    assert holder.holding
+    one.close()
+    two.close()
+
+
+def paxos_requests(store: Any) -> list[str]:
+    """Start noting the Paxos requests (reads at a serial level, conditional writes) that
+    ``store`` sends; the list fills as it sends them."""
+    session = store.connection().session
+    sent: list[str] = []
+
+    def noting(send: Any) -> Any:
+        def noted(statement: Any, *args: Any, **kwargs: Any) -> Any:
+            query = getattr(getattr(statement, "prepared_statement", None), "query_string", "")
+            level = getattr(statement, "consistency_level", None)
+            if isinstance(statement, BatchStatement) or " IF " in query or level in SERIAL:
+                sent.append(query or type(statement).__name__)
+            return send(statement, *args, **kwargs)
+
+        return noted
+
+    session.execute = noting(session.execute)
+    session.execute_async = noting(session.execute_async)
+    return sent
+
+
+SERIAL = {ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL}
+
+
+def test_a_candidate_polls_a_held_lease_without_paxos_and_takes_it_once_expired(
+    url: str,
+) -> None:
+    """Every process runs a candidate for the lease: while another holds it, a candidate's
+    poll is a plain read, not a Paxos round on the partition the holder publishes to (and
+    opening the store reads the origin plainly too). Once the lease expires, it takes it."""
+    one, two = CassandraStore.from_url(url), CassandraStore.from_url(url)
+    first, second = by_hand(one).sequencer, by_hand(two).sequencer
+    one.append(records(uuid4(), range(1)))
+    assert first.sequence_once()
+    paxos = paxos_requests(two)
+    for _ in range(3):
+        assert not second.sequence_once()
+    assert paxos == []
+    time.sleep(LEASE + 0.3)
+    assert second.sequence_once() and second.holding
+    assert paxos  # the takeover is by Paxos
+    assert not first.sequence_once() and not first.holding  # deposed
     one.close()
     two.close()
 

@@ -108,11 +108,16 @@ class Intents:
         connection = self._connection()
         prepared = sequenced(connection.statements)
         try:
+            # Made once by Paxos, never changed: a plain read that finds it is final. Only
+            # one that does not reads through Paxos (a round in flight is completed), so
+            # that processes opening together do not all contend on bucket 0 by Paxos.
+            row = connection.session.execute(prepared.select_origin, ()).one()
             read = prepared.select_origin.bind(())
             read.consistency_level = ConsistencyLevel.name_to_value[
                 self.settings.serial_consistency
             ]
-            row = connection.session.execute(read).one()
+            if row is None or row[0] is None:
+                row = connection.session.execute(read).one()
             if row is None or row[0] is None:
                 made = now_ms()
                 result = connection.session.execute(

@@ -35,6 +35,85 @@ def carried(rows: Sequence[Row], first: int, mark: Any) -> list[Row] | None:
     return [row for row in rows if row[-1] == mark]
 
 
+SHARED_READ = 100  # aggregates one marks read may name (IN): a server's guardrail may cap it
+MERGED_SPAN = 1000  # versions one aggregate's marks read may span; wider: a read per batch
+
+
+class Marks:
+    """What the rows of one aggregate's versions ``[low, high)`` carry, from a read that may
+    cover more (more versions, or more aggregates): ``rows()``, in version order, each
+    ``(version, mark)``; a driver error if the read failed."""
+
+    __slots__ = ("_high", "_id", "_low", "_read")
+
+    def __init__(self, read: _Read, originator_id: Any, low: int, high: int) -> None:
+        self._read, self._id, self._low, self._high = read, originator_id, low, high
+
+    def rows(self) -> list[Row]:
+        found = self._read.rows().get(self._id, [])
+        return [row for row in found if self._low <= row[0] < self._high]
+
+
+class _Read:
+    """One read, sent: its rows by aggregate, once, however many ask."""
+
+    __slots__ = ("_future", "_id", "_rows")
+
+    def __init__(self, future: Any, originator_id: Any = None) -> None:
+        self._future, self._id = future, originator_id  # (None: rows name their aggregate)
+        self._rows: dict[Any, list[Row]] | None = None
+
+    def rows(self) -> dict[Any, list[Row]]:
+        if self._rows is None:
+            result = self._future.result()
+            if self._id is not None:
+                self._rows = {self._id: list(result)}  # (every page, were there more than one)
+            else:
+                self._rows = {}
+                for originator_id, *row in result:
+                    self._rows.setdefault(originator_id, []).append(tuple(row))
+        return self._rows
+
+
+def read_marks(
+    session: Any, single: Any, shared: Any, spans: Sequence[tuple[Any, int, int]]
+) -> list[Marks]:
+    """What the rows of each ``(aggregate, low, high)`` carry, read at once, in as few
+    requests as the spans allow: the spans of one aggregate share one read that covers
+    them all (the batches a sequencer finds of one aggregate follow on, unless far
+    apart); aggregates whose spans are the same share one (``shared``, by IN: the
+    creations of many aggregates, typically); any other is a read of its own
+    (``single``). Statements select ``(version, mark)``, ``shared`` the aggregate first."""
+    by_aggregate: dict[Any, list[int]] = {}
+    for n, span in enumerate(spans):
+        by_aggregate.setdefault(span[0], []).append(n)
+    found: list[Marks | None] = [None] * len(spans)
+    covering: dict[tuple[int, int], list[tuple[Any, list[int]]]] = {}  # a span: its aggregates
+    for originator_id, members in by_aggregate.items():
+        low = min(spans[n][1] for n in members)
+        high = max(spans[n][2] for n in members)
+        if high - low <= MERGED_SPAN:
+            covering.setdefault((low, high), []).append((originator_id, members))
+            continue
+        for n in members:
+            found[n] = Marks(
+                _Read(session.execute_async(single, spans[n]), originator_id), *spans[n]
+            )
+    for (low, high), group in covering.items():
+        for start in range(0, len(group), SHARED_READ):
+            part = group[start : start + SHARED_READ]
+            if len(part) == 1:
+                only = part[0][0]
+                read = _Read(session.execute_async(single, (only, low, high)), only)
+            else:
+                ids = [originator_id for originator_id, _ in part]
+                read = _Read(session.execute_async(shared, (ids, low, high)))
+            for _, members in part:
+                for n in members:
+                    found[n] = Marks(read, *spans[n])
+    return found  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Abandoned:
     """A claim or intent whose events were missing past ``feed_fence_after``: to fence."""

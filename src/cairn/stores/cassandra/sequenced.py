@@ -149,17 +149,26 @@ class SequencedFeed(CassandraFeed):
     def _pause_after_step(self) -> float:
         """One step of the sequencer (or of its candidacy); the seconds to wait before the
         next: a window while there is work, longer when idle, longer still while another
-        process holds the lease or steps fail (a keyspace dropped, a node away)."""
+        process holds the lease or steps fail (a keyspace dropped, a node away). Steps
+        holding the lease begin a pause apart: one that took longer is followed at once."""
+        began = time.monotonic()
         try:
             holding = self.sequencer.sequence_once()
         except Exception:  # (a thread's last resort: log, and go on)
             log.exception("%s: the sequencer failed", self.url)
             holding = False
         if not holding:
-            backoff: int = 2 ** min(self.sequencer.failures, 4)
-            return self.settings.sequencer_lease / 4 * backoff
+            # Another process holds the lease: poll every half lease (a takeover waits
+            # at most that more than the lease; every process polls, so each seldom).
+            # A step failed (a timeout on a loaded cluster, a node away, the keyspace
+            # dropped): try again soon, then less and less often, but within half a
+            # lease, so that a holder keeps a lease that a timeout interrupted.
+            failures = min(self.sequencer.failures, 32)  # (2 ** failures: a float after)
+            poll = self.settings.sequencer_lease / 2
+            return poll if not failures else min(self.settings.window / 1000 * 2**failures, poll)
         busy = self.sequencer.found_any or time.monotonic() < self._busy_until
-        return self.settings.window / 1000 if busy else IDLE_PAUSE
+        pause = self.settings.window / 1000 if busy else IDLE_PAUSE
+        return max(pause - (time.monotonic() - began), 0.0)
 
     def close(self) -> None:
         """Stop the sequencer, and give up its lease."""

@@ -23,7 +23,7 @@ from cassandra.query import BatchStatement, BatchType
 from cairn.errors import FenceNeedsKey, StoreError
 from cairn.stores.cassandra.intents import INTENT_BUCKET_MS, Intents, now_ms, time_of
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
-from cairn.stores.cassandra.resolution import Abandoned, carried, fence
+from cairn.stores.cassandra.resolution import Abandoned, carried, fence, read_marks
 from cairn.stores.cassandra.session import Connection
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import sequenced
@@ -31,7 +31,9 @@ from cairn.stores.contract import Fences
 
 PUBLISH_ROWS = 250  # batches published in one Paxos round, at most
 PUBLISHED_ROW = -1  # the row of `closes` that says how far every intent is resolved
-MAX_STEP_MS = INTENT_BUCKET_MS  # a step closes at most this much time (catching up goes in steps)
+# A step closes at most this much time (catching up goes in steps). More than a step can
+# take on a loaded cluster: were it less, a sequencer behind would fall further behind.
+MAX_STEP_MS = 5 * INTENT_BUCKET_MS
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Sequencer:
         self._bucket_size = feed_bucket
         self._lock = threading.Lock()
         self._lease: Lease | None = None
+        self._known_bucket = 0  # the newest bucket seen begun (buckets only begin, in order)
         self._closed = 0  # ms: intents below it are scanned
         self._cursor = 0  # ms: the oldest time holding an intent pending (or _closed)
         self._pending: dict[UUID, Found] = {}
@@ -158,13 +161,12 @@ class Sequencer:
         """Take the lease if this sequencer holds it already, or it is free or expired;
         then load the state to go on from: the stored cursor, and what is published since."""
         self._intents.origin()  # (made once: the first cursor)
+        if self._held_elsewhere():
+            return False
         bucket = self._newest_bucket()
         row = self._statics(bucket)
         head, epoch, holder, renewed, cursor, cursor_head, written, now = row
-        expired = (
-            holder is None or (now * 1000 - (written or 0)) / 1e6 > self.settings.sequencer_lease
-        )
-        if holder != self.me and not expired:
+        if holder != self.me and not self._expired(holder, written, now):
             return False
         full = head == (bucket + 1) * self._bucket_size
         epoch = (epoch or 0) + (holder != self.me)
@@ -182,11 +184,31 @@ class Sequencer:
         log.info("%s: sequencer %s holds the lease, epoch %d", self.url, self.me, epoch)
         return True
 
+    def _held_elsewhere(self) -> bool:
+        """Whether a plain read (no Paxos) of the newest bucket this candidate knows of
+        shows another process's lease, renewed within the lease, in a bucket with room:
+        then it need not read through Paxos, on the partition the holder publishes to
+        (a candidate per process, each polling by Paxos, slowed every publish). A stale
+        view only puts a takeover off to the next poll: every takeover reads and
+        conditions through Paxos."""
+        row = self._statics(self._known_bucket, serial=False)
+        head, _, holder, _, _, _, written, now = row
+        if head is None or holder is None or holder == self.me:
+            return False
+        full = head == (self._known_bucket + 1) * self._bucket_size
+        return not full and not self._expired(holder, written, now)
+
+    def _expired(self, holder: Any, written: int | None, now: int) -> bool:
+        """Whether a lease (its holder, its renewal's write time in microseconds, the
+        node's clock in milliseconds) is free, or was not renewed in time."""
+        age = (now * 1000 - (written or 0)) / 1e6
+        return holder is None or age > self.settings.sequencer_lease
+
     def _newest_bucket(self) -> int:
         """The newest begun bucket of the feed (buckets are begun in order)."""
         if self._lease is not None:
             return self._lease.bucket
-        low, high = 0, 1
+        low, high = self._known_bucket, self._known_bucket + 1
         while self._statics(high)[0] is not None:
             low, high = high, high * 2
         while high - low > 1:
@@ -195,14 +217,17 @@ class Sequencer:
                 high = middle
             else:
                 low = middle
+        self._known_bucket = low
         return low
 
-    def _statics(self, bucket: int) -> tuple[Any, ...]:
-        """A bucket's static columns, read through Paxos (a round in flight is completed)."""
+    def _statics(self, bucket: int, serial: bool = True) -> tuple[Any, ...]:
+        """A bucket's static columns, read through Paxos (a round in flight is completed),
+        or with ``serial`` False at the store's consistency."""
         statement = self._prepared().select_statics.bind((bucket,))
-        statement.consistency_level = ConsistencyLevel.name_to_value[
-            self.settings.serial_consistency
-        ]
+        if serial:
+            statement.consistency_level = ConsistencyLevel.name_to_value[
+                self.settings.serial_consistency
+            ]
         row = self._connection().session.execute(statement).one()
         return tuple(row) if row is not None else (None,) * 8
 
@@ -247,12 +272,21 @@ class Sequencer:
         if target > self._closed:
             scanned = self._close_and_scan(self._closed, target)
             self._closed = target
+        self._renew_if_due(lease)
         ready = self._resolve()
         self.found_any = bool(scanned or self._pending)
+        self._renew_if_due(lease)
         self._publish(lease, ready)
-        if time.monotonic() - lease.renewed_at > self.settings.sequencer_lease / 3:
-            self._publish_round(lease, [])  # renew (and store the cursor)
+        self._renew_if_due(lease)
         self._mark_published()
+
+    def _renew_if_due(self, lease: Lease) -> None:
+        """Renew the lease (and store the cursor) if a third of it has passed since it was
+        last renewed: between the parts of a step too, so that a step slower than the
+        lease (a loaded cluster) does not lose it to a candidate, which would start again
+        from the stored cursor."""
+        if time.monotonic() - lease.renewed_at > self.settings.sequencer_lease / 3:
+            self._publish_round(lease, [])
 
     def _close_and_scan(self, start: int, end: int) -> int:
         """Close [start, end) on every shard, then read its intents: the new ones pending."""
@@ -283,17 +317,20 @@ class Sequencer:
         """The pending intents whose batches are stored (or fenced), each with the intent
         of the row before its first version (None if none): the void ones dropped."""
         self.blocked = None
-        reads = {
-            f.intent: self._read(f)
-            for f in sorted(self._pending.values(), key=_order)
-            if not f.abandoned
-        }
+        live = [f for f in self._pending.values() if not f.abandoned]
+        # Each batch's versions and the one before, in as few reads as they allow.
+        spans = [(f.originator_id, max(f.first - 1, 0), f.first + f.size) for f in live]
+        prepared = self._prepared()
+        marks = read_marks(
+            self._connection().session, prepared.select_marks, prepared.select_marks_shared, spans
+        )
+        reads = {f.intent: m for f, m in zip(live, marks, strict=True)}
         ready: list[tuple[Found, UUID | None]] = []
         for found in list(self._pending.values()):
             if found.abandoned:
                 del self._pending[found.intent]
                 continue
-            rows = list(reads[found.intent].result())
+            rows = reads[found.intent].rows()
             before = (
                 rows.pop(0) if found.first > 0 and rows and rows[0][0] == found.first - 1 else None
             )
@@ -396,13 +433,14 @@ class Sequencer:
                 found.sealed, found.intent,
             )  # fmt: skip
             statement.add(prepared.publish_row, row)
+        sent = time.monotonic()  # (the renewal's write time is when the round began)
         result = self._execute(statement)
         if not result.was_applied:
             if column(result, "epoch") != lease.epoch:
                 raise Deposed()
             raise StoreError(f"the feed's head is {column(result, 'head')}, not {lease.head}")
         lease.bucket, lease.head, lease.renewed = bucket, head, renewed
-        lease.renewed_at = time.monotonic()
+        lease.renewed_at = sent
 
     def _next_cursor(self, head: int) -> tuple[int, int]:
         """The cursor (the oldest time of an intent still pending, else the close) and the
@@ -417,7 +455,16 @@ class Sequencer:
         before it in its aggregate)."""
         if self._closed <= self.published_until:
             return
-        self._execute(self._prepared().close, (self._closed, self._closed, PUBLISHED_ROW))
+        # Sent, not awaited (the next step's round trips need not wait for it): it only
+        # tells readers of other processes sooner, and a larger close always wins (its
+        # timestamp is its value), so one arriving late, or lost, is harmless.
+        params = (self._closed, self._closed, PUBLISHED_ROW)
+        try:
+            future = self._connection().session.execute_async(self._prepared().close, params)
+        except DRIVER_ERRORS as exc:
+            log.debug("%s: not marked published: %s", self.url, exc)
+        else:
+            future.add_errback(lambda exc: log.debug("%s: not marked published: %s", self.url, exc))
         with self.progress:
             self.published_until = self._closed
             self.progress.notify_all()
