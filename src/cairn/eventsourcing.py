@@ -80,7 +80,6 @@ POLL_EVERY = 0.1  # seconds between a subscription's reads where the store canno
 # How long a save on a store that gives positions later (feed=sequenced) waits for them: past
 # a sequencer's lease passing to another process, and an earlier batch of its aggregate.
 PUBLISHED_WITHIN = 30.0
-INDEX_BITS = 16  # a Cassandra feed position: its batch's number << 16 | index in batch + 1
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +262,7 @@ class CairnApplicationRecorder(CairnAggregateRecorder, ApplicationRecorder):
         if known or self._later is None:
             return known
         with _library_errors():
-            return int(self._later.find_head()) << INDEX_BITS
+            return int(self._later.head_position())
 
     def _positions(self, stored_events: Sequence[StoredEvent], floor: int) -> list[int] | None:
         """The feed positions of events just saved on a store that gives them later, read

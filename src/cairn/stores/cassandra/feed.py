@@ -215,6 +215,11 @@ class CassandraFeed:
     def close(self) -> None:
         """Nothing runs in the background for claims."""
 
+    def head_position(self) -> int:
+        """The first event position of the feed's next free claim: every event given a
+        position from now on is given one at or past it."""
+        return self.find_head() << INDEX_BITS
+
     def find_head(self) -> int:
         """The feed's next free position, as far as a read can tell (Paxos checks it).
 
