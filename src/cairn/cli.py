@@ -759,8 +759,11 @@ def run_upgrade(args: argparse.Namespace) -> int:
         if before.problems or before.encrypted_unchecked or args.dry_run:
             return _upgrade_not_run(args, before)
         progress = Progress("upgrading records", args.quiet)
-        report = tools.upgrade(recorder, mapper, progress, check=False)
+        refreshing = Progress("refreshing the feed's copies", args.quiet)
+        report = tools.upgrade(recorder, mapper, progress, check=False, refreshing=refreshing)
         progress.done(f"{report.events:,} events rewritten")
+        if report.copies:
+            refreshing.done(f"{report.copies:,} feed rows' copies made again")
     finally:
         recorder.close()
     report.before = before
@@ -827,12 +830,19 @@ def run_rotate_key(args: argparse.Namespace) -> int:
     recorder = open_existing(args.store)
     try:
         mapper = Mapper(cipher=cipher, data_keys=DataKeys(cipher, recorder))
+        refreshing = Progress("refreshing the feed's copies", args.quiet)
         report = tools.rotate_key(
-            recorder, mapper, progress, encrypt_plaintext=args.encrypt_plaintext
+            recorder,
+            mapper,
+            progress,
+            encrypt_plaintext=args.encrypt_plaintext,
+            refreshing=refreshing,
         )
     finally:
         recorder.close()
     progress.done(f"{report.events:,} events re-encrypted")
+    if report.copies:
+        refreshing.done(f"{report.copies:,} feed rows' copies made again")
     summary = (
         f"{redact(args.store)}: re-encrypted {report.events:,} events and {report.snapshots:,} "
         f"snapshots of {report.aggregates:,} aggregates, re-wrapped {report.data_keys:,} "

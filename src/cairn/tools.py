@@ -379,6 +379,7 @@ class UpgradeReport:
     current: int = 0  # events already in their current form (fences and retired ones too)
     changed: int = 0  # changed by someone else meanwhile: left as they are (run it again)
     forgotten: int = 0  # aggregates crypto-shredded: nothing to read
+    copies: int = 0  # copies of records the store keeps (Store.refresh_copies), made again
     refused: bool = False  # the check before found problems: nothing was written
     problems: list[str] = field(default_factory=list)
     before: VerifyReport | None = None
@@ -389,7 +390,12 @@ REWRITE_BATCH = 500  # events per compare-and-set call
 
 
 def upgrade(
-    store: Store, mapper: Mapper, progress: Progress = _no_progress, *, check: bool = True
+    store: Store,
+    mapper: Mapper,
+    progress: Progress = _no_progress,
+    *,
+    check: bool = True,
+    refreshing: Progress = _no_progress,
 ) -> UpgradeReport:
     """Rewrite every event and snapshot that is not in its current form (its class's
     current topic and schema versions, ``Mapper.is_current``) in its current form, in
@@ -402,7 +408,8 @@ def upgrade(
     (``changed``), and an interrupted upgrade resumes where it stopped: records already
     in their current form are passed over. At the end, ``verify`` again: every record
     must read, and be in its current form. A snapshot of a form its class has no step
-    from is taken again from the aggregate's events.
+    from is taken again from the aggregate's events. Then the copies of records that the
+    store keeps (``Store.refresh_copies``; ``refreshing`` is told how many) are made again.
     """
     report = UpgradeReport()
     if check:
@@ -424,6 +431,7 @@ def upgrade(
         except AggregateForgotten:
             report.forgotten += 1
         progress(report.events + report.current, None)
+    report.copies = store.refresh_copies(lambda done: refreshing(done, None))
     report.after = verify(store, mapper)
     report.problems = list(report.after.problems)
     if report.after.outdated_records:
@@ -618,6 +626,7 @@ class RotateReport:
     forgotten: int = 0  # aggregates whose data key was destroyed: nothing to rotate
     plaintext: int = 0  # records not encrypted: left as they are unless encrypt_plaintext
     plaintext_encrypted: int = 0  # of which encrypted now, as asked
+    copies: int = 0  # copies of records the store keeps (Store.refresh_copies), made again
     problems: list[str] = field(default_factory=list)  # records and keys left as they are
     # Records and data keys left as they are because they are under a key the mapper
     # does not have: the key's id (hex) and how many.
@@ -630,6 +639,7 @@ def rotate_key(
     progress: Progress = _no_progress,
     *,
     encrypt_plaintext: bool = False,
+    refreshing: Progress = _no_progress,
 ) -> RotateReport:
     """Re-encrypt every event and snapshot with the mapper's current key.
 
@@ -647,7 +657,9 @@ def rotate_key(
     slipped in by someone without the key): it is left as it is and reported,
     unless ``encrypt_plaintext`` says that the store is being encrypted for the
     first time. A record or data key that fails to authenticate is left as it is
-    and reported in ``problems``; the rotation goes on with the others.
+    and reported in ``problems``; the rotation goes on with the others. Then the copies of
+    records that the store keeps (``Store.refresh_copies``) are made again, under the new
+    key (``refreshing`` is told how many).
     """
     report = RotateReport()
     for originator_id in iter_aggregate_ids(recorder):
@@ -681,6 +693,7 @@ def rotate_key(
                 report.snapshots += 1
             lte = snapshot.originator_version - 1
         progress(report.events + report.current, None)
+    report.copies = recorder.refresh_copies(lambda done: refreshing(done, None))
     if report.plaintext > report.plaintext_encrypted:
         _problem(
             report,

@@ -493,6 +493,13 @@ class Store(ABC):
         (new data, and a new topic for a renamed class) rewrite: events are otherwise
         immutable."""
 
+    def refresh_copies(self, progress: Callable[[int], None] = lambda done: None) -> int:
+        """After ``rewrite``: make again whatever copies of event records the store keeps
+        besides the events (the Cassandra sequenced feed's rows), from the records as they
+        are now; how many copies it passed over (``progress`` is told as it goes). Most
+        stores keep none: nothing to do."""
+        return 0
+
     # -- tracking and following (process applications, docs/processes.md): what a process
     # has processed of each upstream, recorded with the reactions, so that each reaction is
     # stored exactly once; and a wake-up when an upstream has new events

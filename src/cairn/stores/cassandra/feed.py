@@ -327,7 +327,7 @@ class CassandraFeed:
         )
 
     def _resolve(
-        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+        self, claim: ClaimRow, read: Read | SharedRead | None, fresh: bool
     ) -> list[Record] | None:
         """A claim's records, [] for a void claim, or None while it may yet be stored."""
         records = self._claimed(claim, read)
@@ -367,15 +367,17 @@ class CassandraFeed:
         except DRIVER_ERRORS as exc:
             raise StoreError(f"{self.url}: cannot read the feed: {exc}") from exc
 
-    def _claimed(self, claim: ClaimRow, read: Read | SharedRead) -> list[Record] | None:
-        """What a claim's events read found: its records, [] if another batch holds its
-        first version, or None if that version is not stored (yet)."""
+    def _claimed(self, claim: ClaimRow, read: Read | SharedRead | None) -> list[Record] | None:
+        """What a claim's events read (None: not sent yet) found: its records, [] if another
+        batch holds its first version, or None if that version is not stored (yet)."""
         originator_id, first, mark = (
             claim.originator_id,
             claim.originator_version,
             self._mark(claim),
         )
         base = (claim.position << INDEX_BITS) - first + 1
+        if read is None:
+            read = self._send(claim)
         try:
             if isinstance(read, SharedRead):
                 stored = read.stored(mark)

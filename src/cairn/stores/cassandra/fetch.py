@@ -23,11 +23,14 @@ Held = TypeVar("Held")
 class Queries(NamedTuple):
     """The prepared statements a fetch reads with: the feed's rows (SELECT_CLAIMS, or
     SELECT_PUBLISHED), and the events of one batch and of several (SELECT_CLAIMED and
-    SELECT_SHARED, or those that read intents in the positions' place)."""
+    SELECT_SHARED, or those that read intents in the positions' place); and, where rows
+    carry copies of their batches (feed=sequenced), whether a row's copy spares the read of
+    its events (copies.matches)."""
 
     rows: Any
     batch: Any
     shared: Any
+    copied: Callable[[ClaimRow], bool] | None = None
 
 
 class ClaimRow(NamedTuple):
@@ -43,6 +46,7 @@ class ClaimRow(NamedTuple):
     written: int  # the claim's Paxos timestamp, microseconds
     now: int  # the reading coordinator's clock, milliseconds
     intent: Any = None  # a published batch's intent (feed=sequenced)
+    copy: Any = None  # its copy of its batch's records, if any (copies.py): as stored
 
 
 class Fetch:
@@ -71,7 +75,7 @@ class Fetch:
     ) -> None:
         self.first, self.fresh = first, fresh
         self.claims: list[ClaimRow] = []
-        self.reads: list[Read | SharedRead] = []  # each claim's events read
+        self.reads: list[Read | SharedRead | None] = []  # each claim's events read (None: copied)
         self.complete = False  # claims go on after these: as many were there as asked for
         self.events = 0  # the events the claims fetched span
         self._connection, self._wanted, self._timeout = connection, wanted, timeout
@@ -111,6 +115,8 @@ class Fetch:
             for n, row in enumerate(rows):
                 if row[0] != self.first + n:
                     break  # a gap: claim first + n is made but not visible here yet
+                if row[1] is None and self._queries.copied is not None:
+                    break  # a copy alone (a stray one): the position is not published
                 if self.events >= self._wanted:
                     self.complete = True  # the page is full without it
                     break
@@ -181,12 +187,15 @@ ROWS_PER_RESPONSE = 5000  # the driver's default page; a larger batch takes more
 
 def reads(
     connection: Connection, claims: list[ClaimRow], queries: Queries
-) -> list[Read | SharedRead]:
-    """Each claim's events read, sent; claims that name the same versions share one."""
+) -> list[Read | SharedRead | None]:
+    """Each claim's events read, sent (None for a claim whose row's copy spares it); claims
+    that name the same versions share one."""
     same: dict[tuple[int, int], list[int]] = {}
+    copied = queries.copied
     for n, claim in enumerate(claims):
-        same.setdefault((claim.originator_version, claim.size), []).append(n)
-    found: list[Read | SharedRead] = [None] * len(claims)  # type: ignore[list-item]
+        if copied is None or not copied(claim):
+            same.setdefault((claim.originator_version, claim.size), []).append(n)
+    found: list[Read | SharedRead | None] = [None] * len(claims)
     for (first, size), members in same.items():
         if len(members) == 1:
             found[members[0]] = send(connection, claims[members[0]], None, queries)
@@ -260,8 +269,9 @@ class Pipeline:
         self._taken = 0  # the claims of the first fetch handed out
         self.depth = depth
 
-    def next(self, url: str) -> tuple[ClaimRow, Read | SharedRead] | None:
-        """The next claim and its events read, in position order; None where a fresh fetch
+    def next(self, url: str) -> tuple[ClaimRow, Read | SharedRead | None] | None:
+        """The next claim and its events read (None: not read, its row's copy spares it),
+        in position order; None where a fresh fetch
         found no more (the feed's end, as far as it could see); StoreError (naming ``url``)
         if a fetch failed."""
         while True:

@@ -21,6 +21,7 @@ from cairn.stores.cassandra.session import SCHEMA_WAIT
 from cairn.stores.cassandra.settings import Settings
 from cairn.stores.cassandra.statements import (
     ADD_CLAIMS_END,
+    ADD_COPY,
     ADD_EPOCH,
     ADD_POSITION,
     ADD_SEALED,
@@ -54,12 +55,14 @@ _NO_POSITION = "the events' position column"
 _NO_SEALED = "the feed's sealed column"
 _NO_EPOCH = "the feed's epoch column"
 _NO_CLAIMS_END = "the sequenced feed's claims_end column"
+_NO_COPY = "the sequenced feed's copy column"
 # Columns added since the first keyspaces were made, in the order _missing names them.
 _ADDED_COLUMNS = (
     (_NO_POSITION, ADD_POSITION),
     (_NO_SEALED, ADD_SEALED),
     (_NO_EPOCH, ADD_EPOCH),
     (_NO_CLAIMS_END, ADD_CLAIMS_END),
+    (_NO_COPY, ADD_COPY),
 )
 _NO_TRACKING = "the tracking table or the events' tracked columns"
 # A node down (Unavailable: the coordinator knows; a lost or refused connection: the
@@ -249,6 +252,8 @@ def _missing(cluster: Any, settings: Settings) -> str | None:
         return _NO_EPOCH
     if settings.sequenced and "claims_end" not in keyspace.tables["feed"].columns:
         return _NO_CLAIMS_END
+    if settings.sequenced and "copy" not in keyspace.tables["feed"].columns:
+        return _NO_COPY
     if "tracking" not in keyspace.tables or "tracked" not in keyspace.tables["events"].columns:
         return _NO_TRACKING
     return None

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from cairn.errors import StoreError
+from cairn.stores.cassandra import copies
 from cairn.stores.cassandra.feed import CLAIMS_PER_READ, INDEX_BITS, CassandraFeed, span
 from cairn.stores.cassandra.fetch import (
     Ahead,
@@ -235,6 +236,41 @@ class SequencedFeed(CassandraFeed):
                 return found[:limit]
         return found
 
+    def refresh_copies(self, progress: Callable[[int], None]) -> int:
+        """Make every published row's copy again from its batch's rows, once the sequencer
+        has settled past now (the tools that rewrite events call it after their rewrite:
+        copies.refresh); how many rows were passed over. StoreError if no sequencer settled
+        within a few leases (the copies are then as they were: run the tool again)."""
+        self.start()  # (so that a sequencer runs, were no other process running one)
+        settled = max(now_ms(), self.sequencer.published_until, self._published_until())
+        if not self._settled(settled):
+            raise StoreError(
+                f"{self.url}: the feed's copies were not refreshed: no sequencer settled the "
+                "feed past the rewrite in time; run the rewrite again (it rewrites nothing "
+                "twice, and refreshes the copies)"
+            )
+        connection = self._connection()
+        try:
+            return copies.refresh(
+                connection.session,
+                sequenced(connection.statements),
+                self._claims_end(connection),
+                self.bucket,
+                progress,
+            )
+        except DRIVER_ERRORS as exc:
+            raise StoreError(f"{self.url}: the feed's copies were not refreshed: {exc}") from exc
+
+    def _settled(self, after: int) -> bool:
+        """Wait until a step of a sequencer begun after the time ``after`` (ms; later than
+        every step's close known before) is over: every copy written from rows read before
+        it is written then, and later steps read the rows as they are now."""
+        for _ in range(3):  # (a lease each: time for a dead holder's lease to pass)
+            self._settled_past(after)
+            if self.sequencer.published_until > after or self._published_until() > after:
+                return True
+        return False
+
     def _settled_past(self, saved: int) -> bool:
         """Wait until the sequencer has closed, resolved and published past ``saved`` (ms);
         False if it had already, or no sequencer did within the lease (then it is read
@@ -271,7 +307,10 @@ class SequencedFeed(CassandraFeed):
     def _queries(self, connection: Connection) -> Queries:
         prepared = sequenced(connection.statements)
         return Queries(
-            prepared.select_published, prepared.select_carried, prepared.select_carried_shared
+            prepared.select_published,
+            prepared.select_carried,
+            prepared.select_carried_shared,
+            copies.matches,
         )
 
     def _mark(self, claim: ClaimRow) -> Any:
@@ -325,11 +364,12 @@ class SequencedFeed(CassandraFeed):
         """(Claims before the cutover's switch are this reader's to resolve.)"""
 
     def _resolve(
-        self, claim: ClaimRow, read: Read | SharedRead, fresh: bool
+        self, claim: ClaimRow, read: Read | SharedRead | None, fresh: bool
     ) -> list[Record] | None:
-        """A published batch's records: final, so never waited on nor fenced (read again
-        through Paxos if a read below QUORUM missed them). A row without an intent is a
-        claim made before the keyspace was cut over: resolved as a claims' reader does
+        """A published batch's records: from its row's copy if that is of its batch
+        (copies.records), else from its events; final, so never waited on nor fenced (read
+        again through Paxos if a read below QUORUM missed them). A row without an intent is
+        a claim made before the keyspace was cut over: resolved as a claims' reader does
         (waited on, fenced once abandoned), from its fetch (_fetch), or from a read of its
         own if it was fetched with published batches (whose reads are of intents)."""
         if claim.intent is None:
@@ -338,7 +378,11 @@ class SequencedFeed(CassandraFeed):
                 if self._end_known:
                     _stray(self.url, claim)
             return super()._resolve(claim, read, fresh)
-        records = self._claimed(claim, read)
+        if claim.copy is not None:
+            records = copies.records(claim)
+            if records is not None:
+                return records
+        records = self._claimed(claim, read)  # (its events read, sent now if the copy spared it)
         if records is None:
             serial = self.settings.serial_consistency
             records = self._claimed(claim, self._send(claim, serial=serial))

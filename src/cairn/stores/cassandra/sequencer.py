@@ -21,6 +21,8 @@ from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType
 
 from cairn.errors import FenceNeedsKey, StoreError
+from cairn.stores.cassandra import copies
+from cairn.stores.cassandra.copies import Copy
 from cairn.stores.cassandra.intents import INTENT_BUCKET_MS, Intents, now_ms, time_of
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
 from cairn.stores.cassandra.resolution import Abandoned, carried, fence, read_marks
@@ -54,6 +56,7 @@ class Found:
     sealed: bool | None
     age: float  # seconds old when scanned, on the node's clock
     seen: float  # when scanned, on this process's monotonic clock
+    copy: Copy | None = None  # its published row's copy, once resolved (copies.py)
 
     def older_than(self, seconds: float) -> bool:
         return self.age + time.monotonic() - self.seen >= seconds
@@ -102,6 +105,7 @@ class Sequencer:
         self._cursor = 0  # ms: the oldest time holding an intent pending (or _closed)
         self._pending: dict[UUID, Found] = {}
         self._published: dict[UUID, int] = {}  # intent -> position, those at or after _cursor
+        self._copying: list[Any] = []  # the copies of this step's published rows, sent
 
     @property
     def scanned_until(self) -> int:
@@ -267,6 +271,7 @@ class Sequencer:
     def _step(self) -> None:
         lease = self._lease
         assert lease is not None
+        self._copying = []  # (a step that failed: what it sent completes unawaited)
         target = min(now_ms() - self.settings.window, self._closed + MAX_STEP_MS)
         scanned = 0
         if target > self._closed:
@@ -277,6 +282,7 @@ class Sequencer:
         self.found_any = bool(scanned or self._pending)
         self._renew_if_due(lease)
         self._publish(lease, ready)
+        self._copied()
         self._renew_if_due(lease)
         self._mark_published()
 
@@ -342,6 +348,7 @@ class Sequencer:
             if not outcome:
                 del self._pending[found.intent]  # lost its race (or re-stamped): void
                 continue
+            found.copy = copies.made(outcome, found.first, found.size, found.intent)
             ready.append((found, None if before is None else before[-1]))
         return ready
 
@@ -439,8 +446,31 @@ class Sequencer:
             if column(result, "epoch") != lease.epoch:
                 raise Deposed()
             raise StoreError(f"the feed's head is {column(result, 'head')}, not {lease.head}")
+        self._copy(bucket, lease.head, batches)
         lease.bucket, lease.head, lease.renewed = bucket, head, renewed
         lease.renewed_at = sent
+
+    def _copy(self, bucket: int, head: int, batches: list[Found]) -> None:
+        """Send the copies of batches just published from ``head`` on: after the publish,
+        never before, so that only a holder whose publish was applied writes copies (no
+        copy of a deposed holder's batch at a position another batch takes), and never at
+        a position not published yet."""
+        session, prepared = self._connection().session, self._prepared()
+        for n, found in enumerate(batches):
+            if found.copy is not None:
+                self._copying.append(copies.write(session, prepared, bucket, head + n, found.copy))
+                found.copy = None
+
+    def _copied(self) -> None:
+        """Wait for the copies sent this step: a step is over once they are written (the
+        tools that rewrite events rely on it: ``SequencedFeed.refresh_copies``). One that
+        failed is only missing: readers read that batch from its events."""
+        copying, self._copying = self._copying, []
+        for future in copying:
+            try:
+                future.result()
+            except DRIVER_ERRORS as exc:
+                log.info("%s: a feed row's copy was not written: %s", self.url, exc)
 
     def _next_cursor(self, head: int) -> tuple[int, int]:
         """The cursor (the oldest time of an intent still pending, else the close) and the

@@ -52,9 +52,14 @@ CREATE_TABLES = (
         sealed boolean,{feed_columns}
         PRIMARY KEY ((bucket), position))""",
 )
+# A published row's copy of its batch's records (docs/feed.md, "Feed rows carrying their
+# events"): the intent it was made for, and each record's (topic, data) in version order.
+# One cell (frozen), so that two copies written with the same timestamp are never mixed.
+COPY_TYPE = "frozen<tuple<timeuuid, list<tuple<text, blob>>>>"
 # The columns the sequenced feed adds to those tables (none for the claims' design): an
-# event's intent; a published batch's intent, and the sequencer's lease and cursor in the
-# newest bucket's static columns (`shards` in bucket 0's: the keyspace keeps its count).
+# event's intent; a published batch's intent and its copy, and the sequencer's lease and
+# cursor in the newest bucket's static columns (`shards` in bucket 0's: the keyspace keeps
+# its count).
 # `epoch` in the claims' design is the cutover's switch (set: no more claims; cutover.py).
 CLAIMED_COLUMNS = {"events_columns": "", "feed_columns": "\n        epoch bigint static,"}
 SEQUENCED_COLUMNS = {
@@ -62,7 +67,7 @@ SEQUENCED_COLUMNS = {
     "feed_columns": (
         "\n        intent timeuuid, epoch bigint static, holder uuid static, "
         "renewed bigint static, cursor bigint static, cursor_head bigint static, "
-        "shards int static, claims_end bigint static,"
+        f"shards int static, claims_end bigint static, copy {COPY_TYPE},"
     ),
 }
 # The sequenced feed's own tables, made before the others, so that a process that finds
@@ -213,14 +218,16 @@ SELECT_INTENTS = (
     "writetime(originator_id), toUnixTimestamp(currentTimestamp()) FROM {keyspace}.intents "
     "WHERE bucket = ? AND shard = ? AND intent >= minTimeuuid(?) AND intent < minTimeuuid(?)"
 )
-# The intents that rows carry: the sequencer's resolution (with the version before).
+# The intents that rows carry: the sequencer's resolution (with the version before), and
+# what the published row's copy is made of (with the rows' newest write time: the copy's).
 SELECT_MARKS = (
-    "SELECT originator_version, intent FROM {keyspace}.events "
+    "SELECT originator_version, topic, data, writetime(data), intent FROM {keyspace}.events "
     "WHERE originator_id = ? AND originator_version >= ? AND originator_version < ?"
 )
 # The same of several aggregates at once, for intents that name the same versions.
 SELECT_MARKS_SHARED = (
-    "SELECT originator_id, originator_version, intent FROM {keyspace}.events "
+    "SELECT originator_id, originator_version, topic, data, writetime(data), intent "
+    "FROM {keyspace}.events "
     "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
 )
 # The reader's: SELECT_CLAIMED and SELECT_SHARED, with the intent where the position was,
@@ -234,10 +241,23 @@ SELECT_CARRIED_SHARED = (
     "SELECT originator_version, topic, data, timeuuidAsBlob(intent) FROM {keyspace}.events "
     "WHERE originator_id IN ? AND originator_version >= ? AND originator_version < ?"
 )
-# Published rows, as SELECT_CLAIMS reads claims (their intent last).
+# Published rows, as SELECT_CLAIMS reads claims (their intent, then their copy, last).
 SELECT_PUBLISHED = (
     "SELECT position, originator_id, originator_version, size, abandoned, sealed, "
-    "writetime(originator_id), toUnixTimestamp(currentTimestamp()), intent "
+    "writetime(originator_id), toUnixTimestamp(currentTimestamp()), intent, copy "
+    "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
+)
+# A published row's copy, written after its publish (never by Paxos: no Paxos round writes
+# this cell), USING TIMESTAMP the newest write time of the rows it copies: a copy made
+# from rows rewritten since (cairn upgrade, rotate-key) always wins over one made before,
+# whichever arrives last. DELETE_COPY: the same, for a batch no longer copied.
+WRITE_COPY = (
+    "UPDATE {keyspace}.feed USING TIMESTAMP ? SET copy = ? WHERE bucket = ? AND position = ?"
+)
+DELETE_COPY = "DELETE copy FROM {keyspace}.feed USING TIMESTAMP ? WHERE bucket = ? AND position = ?"
+# Published rows as the refresh of their copies reads them (without the copies).
+SELECT_TO_COPY = (
+    "SELECT position, originator_id, originator_version, size, intent "
     "FROM {keyspace}.feed WHERE bucket = ? AND position >= ? LIMIT ?"
 )
 # The sequencer's state in a bucket's static columns, the lease's age on the node's clock.
@@ -276,6 +296,7 @@ CUTOVER_COLUMNS = (
     ("feed", "cursor_head", "bigint static"),
     ("feed", "shards", "int static"),
     ("feed", "claims_end", "bigint static"),
+    ("feed", "copy", COPY_TYPE),
 )
 ADD_COLUMN = "ALTER TABLE {keyspace}.{table} ADD {column} {type}"
 # A bucket's statics as the cutover reads them (at SERIAL: a claim in flight is completed).
@@ -294,6 +315,8 @@ CUTOVER_ORIGIN = (
 )
 # Keyspaces made sequenced before the cutover existed: their feed gains the column.
 ADD_CLAIMS_END = "ALTER TABLE {keyspace}.feed ADD claims_end bigint static"
+# Keyspaces made sequenced before feed rows carried copies: their feed gains the column.
+ADD_COPY = "ALTER TABLE {keyspace}.feed ADD copy " + COPY_TYPE
 
 # -- tracking (process applications; docs/processes.md tells the protocol)
 
@@ -384,6 +407,9 @@ class SequencedStatements:
     take_lease: Any
     publish: Any
     publish_row: Any
+    write_copy: Any
+    delete_copy: Any
+    select_to_copy: Any
 
 
 def prepare(session: Any, keyspace: str, sequenced: bool = False) -> Statements:
@@ -445,4 +471,7 @@ def prepare_sequenced(ready: Callable[[str], Any]) -> SequencedStatements:
         take_lease=ready(TAKE_LEASE),
         publish=ready(PUBLISH),
         publish_row=ready(PUBLISH_ROW),
+        write_copy=ready(WRITE_COPY),
+        delete_copy=ready(DELETE_COPY),
+        select_to_copy=ready(SELECT_TO_COPY),
     )

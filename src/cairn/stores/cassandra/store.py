@@ -379,6 +379,12 @@ class CassandraStore(Store):
             ) from exc
         return replaced
 
+    def refresh_copies(self, progress: Callable[[int], None] = lambda done: None) -> int:
+        """The sequenced feed's copies of its batches, made again (SequencedFeed)."""
+        if isinstance(self.feed, SequencedFeed):
+            return self.feed.refresh_copies(progress)
+        return 0
+
     def _execute(self, statement: str, params: tuple[object, ...], failure: str) -> Any:
         """One prepared statement's result; a driver error becomes a StoreError saying
         ``failure``."""
