@@ -202,7 +202,7 @@ def test_a_stale_copy_written_late_never_replaces_a_fresh_one(url: str) -> None:
     fresh one: older by the rows' write time, it loses, whichever is written last."""
     store = CassandraStore.from_url(url)
     by_hand(store)
-    (a,) = saves(store, 1, 2)
+    saves(store, 1, 2)
     settle(store)
     ((_, _, _, _, intent, fresh),) = published(store)
     _, written = copy_at(store, 0)
