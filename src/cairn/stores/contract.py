@@ -489,9 +489,10 @@ class Store(ABC):
         """For each (old, new) pair of the same aggregate and version, replace the stored
         event's topic and data with ``new.topic`` and ``new.data`` if they are still
         ``old.topic`` and ``old.data`` (a compare-and-set); how many were replaced. The
-        event keeps its feed position. Only key rotation (new data) and ``cairn upgrade``
-        (new data, and a new topic for a renamed class) rewrite: events are otherwise
-        immutable."""
+        event keeps its feed position; a store that keeps copies of records in its feed
+        reads the new record there once ``refresh_copies`` has run. Only key rotation (new
+        data) and ``cairn upgrade`` (new data, and a new topic for a renamed class) rewrite:
+        events are otherwise immutable."""
 
     def refresh_copies(self, progress: Callable[[int], None] = lambda done: None) -> int:
         """After ``rewrite``: make again whatever copies of event records the store keeps

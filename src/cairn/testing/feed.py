@@ -125,7 +125,8 @@ class FeedSuite:
 
     def test_a_rewrite_carries_a_new_topic_and_keeps_the_feed_position(self, store: Store) -> None:
         """A class renamed: ``cairn upgrade`` rewrites its records under the new topic, at
-        the same positions, and the feed filtered by topic finds them under it."""
+        the same positions, and (once it has made again the copies a store keeps of them:
+        ``refresh_copies``) the feed filtered by topic finds them under it."""
         old_topic, new_topic, other = _topics()
         a = uuid4()
         stored = _records(a, range(2), topic=old_topic)
@@ -138,6 +139,7 @@ class FeedSuite:
             (old_topic, stored[0].data),
             (new_topic, renamed.data),
         ]
+        store.refresh_copies()
         after = [r for r in whole_feed(store) if r.originator_id == a]
         assert [r.position for r in after] == [r.position for r in before]
         assert [r.topic for r in after] == [old_topic, new_topic]

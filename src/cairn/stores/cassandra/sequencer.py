@@ -455,11 +455,12 @@ class Sequencer:
         never before, so that only a holder whose publish was applied writes copies (no
         copy of a deposed holder's batch at a position another batch takes), and never at
         a position not published yet."""
-        session, prepared = self._connection().session, self._prepared()
-        for n, found in enumerate(batches):
-            if found.copy is not None:
-                self._copying.append(copies.write(session, prepared, bucket, head + n, found.copy))
-                found.copy = None
+        made = [(head + n, f.copy) for n, f in enumerate(batches) if f.copy is not None]
+        for found in batches:
+            found.copy = None
+        if made:
+            session, prepared = self._connection().session, self._prepared()
+            self._copying += copies.write_all(session, prepared, bucket, made)
 
     def _copied(self) -> None:
         """Wait for the copies sent this step: a step is over once they are written (the
