@@ -331,3 +331,21 @@ def _until_published(store: CassandraStore, batches: int) -> None:
     while len([row for row in published(store) if row[-1] is not None]) < batches:
         assert time.monotonic() < deadline, "not published in time"
         time.sleep(0.1)
+
+
+def test_a_sequenced_keyspace_opened_without_the_feed_refuses_to_leave_its_copies_stale(
+    url: str,
+) -> None:
+    """A tool run with feed=false rewrites, but has no sequencer to settle the feed before
+    it makes the copies again: it says so, rather than leave them stale."""
+    CassandraStore.from_url(url).close()
+    store = CassandraStore.from_url(with_option(url.replace("feed=sequenced", ""), "feed=false"))
+    with pytest.raises(StoreError, match="run it again with feed=sequenced"):
+        store.refresh_copies()
+    store.close()
+    claims = CassandraStore.from_url(with_keyspace(BASE_URL, new_keyspace()))
+    try:
+        assert claims.refresh_copies() == 0  # (a keyspace of claims keeps no copies)
+    finally:
+        claims.close()
+        drop_keyspace(claims.settings.keyspace)

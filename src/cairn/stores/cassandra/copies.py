@@ -136,33 +136,33 @@ def refresh(
     position, done = first, 0
     while True:
         bucket = position // feed_bucket
-        rows = list(session.execute(prepared.select_to_copy, (bucket, position, REFRESH_ROWS)))
-        rows = [row for row in rows if row[1] is not None]  # (a copy alone: not published)
-        if not rows:
+        found = list(session.execute(prepared.select_to_copy, (bucket, position, REFRESH_ROWS)))
+        if not found:
             position = (bucket + 1) * feed_bucket
             following = session.execute(prepared.select_to_copy, (bucket + 1, position, 1))
             if following.one() is None:
                 return done
             continue
+        position = found[-1][0] + 1
+        # (A copy alone: not published. No intent: a claim made before a cutover.)
+        rows = [row for row in found if row[1] is not None and row[4] is not None]
         reads = [
             session.execute_async(prepared.select_marks, (oid, version, version + size))
-            for _, oid, version, size, intent in rows
+            for _, oid, version, size, _ in rows
         ]
-        writes = []
+        copies, writes = [], []
         for (at, _, version, size, intent), read in zip(rows, reads, strict=True):
-            if intent is None:
-                continue
             stored = carried(list(read.result()), version, intent) or []
             if not stored:
                 continue  # (a published batch's rows are stored: never here)
             copy = made(stored, version, size, intent)
             if copy is not None:
-                writes.append(write(session, prepared, bucket, at, copy))
+                copies.append((at, copy))
             else:
                 params = (newest(stored), bucket, at)
                 writes.append(session.execute_async(prepared.delete_copy, params))
+        writes += write_all(session, prepared, bucket, copies)
         for future in writes:
             future.result()
         done += len(rows)
-        position = rows[-1][0] + 1
         progress(done)

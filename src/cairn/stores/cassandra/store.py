@@ -380,9 +380,20 @@ class CassandraStore(Store):
         return replaced
 
     def refresh_copies(self, progress: Callable[[int], None] = lambda done: None) -> int:
-        """The sequenced feed's copies of its batches, made again (SequencedFeed)."""
+        """The sequenced feed's copies of its batches, made again (SequencedFeed); in a
+        sequenced keyspace opened without the feed, StoreError: it has no sequencer to
+        settle the feed, and copies left stale would be read (open it with feed=sequenced)."""
         if isinstance(self.feed, SequencedFeed):
             return self.feed.refresh_copies(progress)
+        keyspace = self.connection().cluster.metadata.keyspaces.get(self.settings.keyspace)
+        feed = None if keyspace is None else keyspace.tables.get("feed")
+        if feed is not None and "copy" in feed.columns:
+            raise StoreError(
+                f"{self.url}: the keyspace's feed is sequenced and its rows carry copies of "
+                "the records just rewritten, which this store (feed=false) cannot make again: "
+                "run it again with feed=sequenced in the URL (what is rewritten already is "
+                "passed over)"
+            )
         return 0
 
     def _execute(self, statement: str, params: tuple[object, ...], failure: str) -> Any:
