@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -81,6 +82,11 @@ def test_a_crash_mid_page_changes_nothing_and_the_rerun_counts_once(
     for _ in range(4):
         aggregate.create_new_example()
     aggregate.save()
+    # PostgreSQL's feed shows a transaction's events once no older transaction of the
+    # database is running: another session on a shared database may hold them back a while.
+    deadline = time.monotonic() + 30
+    while len(app.store.read_feed(0, 10)) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     with pytest.raises(ProjectionError, match="process\\(\\) raised RuntimeError") as stopped:
         ProjectionRunner(app.feed, Crashing(4), views, page_size=10).run_once()
     assert isinstance(stopped.value.__cause__, RuntimeError)
