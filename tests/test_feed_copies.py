@@ -349,3 +349,28 @@ def test_a_sequenced_keyspace_opened_without_the_feed_refuses_to_leave_its_copie
     finally:
         claims.close()
         drop_keyspace(claims.settings.keyspace)
+
+
+def test_a_keyspace_of_claims_cut_over_reads_its_claims_then_copies(url: str) -> None:
+    """The cutover adds the copy column; the claims before its switch have no copy and are
+    read as a claims' reader reads them, the batches published after it from their copies."""
+    from cairn.stores.cassandra import cutover
+
+    claims_url = url.replace("&feed=sequenced", "").replace("feed=sequenced&", "")
+    claims = CassandraStore.from_url(claims_url)
+    a = uuid4()
+    claims.append(records(a, range(2)))
+    before = whole_feed(claims)
+    claims.close()
+    cutover.cut_over(claims_url, say=lambda _: None)
+    store = CassandraStore.from_url(url)
+    by_hand(store)
+    store.append(records(a, range(2, 4)))
+    settle(store)
+    (*_, copy), *_ = [row for row in published(store) if row[4] is not None]
+    assert copy is not None
+    requests = Requests(store)
+    feed = whole_feed(store)
+    assert feed[:2] == before and keys(feed[2:]) == [(a, 2), (a, 3)]
+    assert requests.to("events") == 1  # the claim's; the published batch from its copy
+    store.close()
