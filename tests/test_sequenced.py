@@ -389,10 +389,10 @@ def paxos_requests(store: Any) -> list[str]:
 
     def noting(send: Any) -> Any:
         def noted(statement: Any, *args: Any, **kwargs: Any) -> Any:
-            query = getattr(getattr(statement, "prepared_statement", None), "query_string", "")
             level = getattr(statement, "consistency_level", None)
-            if isinstance(statement, BatchStatement) or " IF " in query or level in SERIAL:
-                sent.append(query or type(statement).__name__)
+            conditional = [q for q in cql_of(session, statement) if " IF " in q]
+            if conditional or level in SERIAL:
+                sent.append(conditional[0] if conditional else type(statement).__name__)
             return send(statement, *args, **kwargs)
 
         return noted
@@ -403,6 +403,19 @@ def paxos_requests(store: Any) -> list[str]:
 
 
 SERIAL = {ConsistencyLevel.SERIAL, ConsistencyLevel.LOCAL_SERIAL}
+
+
+def cql_of(session: Any, statement: Any) -> list[str]:
+    """The CQL a statement sends: each of a batch's (a plain batch, such as the sequencer's
+    closes, is no Paxos round; a conditional one, such as its publish, is)."""
+    if isinstance(statement, BatchStatement):
+        known = session.cluster._prepared_statements  # (the driver's: query id -> statement)
+        return [
+            known[sql].query_string if prepared else sql
+            for prepared, sql, _ in statement._statements_and_parameters
+        ]
+    prepared = getattr(statement, "prepared_statement", None)
+    return [getattr(prepared, "query_string", getattr(statement, "query_string", ""))]
 
 
 def test_a_candidate_polls_a_held_lease_without_paxos_and_takes_it_once_expired(

@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from cassandra import ConsistencyLevel
+from cassandra.query import BatchStatement, BatchType
 
 from cairn.errors import StoreError
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, describe
@@ -26,6 +27,9 @@ from cairn.stores.cassandra.statements import sequenced
 # Part of the stored format: an intent's partition is a second of its time and a shard.
 INTENT_BUCKET_MS = 1000
 RESTAMPS = 3  # a save whose window is closed this often in a row gives up (nothing stored)
+# Shards closed in one request (an unlogged batch of their rows): at most Cassandra's default
+# unlogged_batch_across_partitions_warn_threshold, beyond which every close would log a warning.
+CLOSES_PER_REQUEST = 10
 # The 100-ns intervals from the Gregorian calendar's start to the Unix epoch (RFC 4122).
 _UUID_EPOCH = 0x01B21DD213814000
 
@@ -53,6 +57,19 @@ def timeuuid(ms: int) -> UUID:
 def time_of(intent: UUID) -> int:
     """An intent's time, in milliseconds."""
     return (intent.time - _UUID_EPOCH) // 10_000
+
+
+def close_windows(session: Any, statement: Any, shards: int, until: int) -> list[Any]:
+    """Close every shard's window until ``until`` (ms; the close's timestamp too, so that a
+    later, smaller close loses): sent, a request per CLOSES_PER_REQUEST shards (the
+    futures returned). One request a shard cost an idle sequencer most of its CPU."""
+    sent = []
+    for first in range(0, shards, CLOSES_PER_REQUEST):
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+        for shard in range(first, min(first + CLOSES_PER_REQUEST, shards)):
+            batch.add(statement, (until, until, shard))
+        sent.append(session.execute_async(batch))
+    return sent
 
 
 def shard_of(intent: UUID, shards: int) -> int:
@@ -143,13 +160,9 @@ class Intents:
                     f"{self.url}: the sequenced feed's origin says {origin.shards} shards; "
                     f"a keyspace has 1 to {MAX_SHARDS}. Nothing was written."
                 )
-            futures = [
-                connection.session.execute_async(
-                    prepared.close, (origin.cursor, origin.cursor, shard)
-                )
-                for shard in range(origin.shards)
-            ]
-            for future in futures:
+            for future in close_windows(
+                connection.session, prepared.close, origin.shards, origin.cursor
+            ):
                 future.result()
         except DRIVER_ERRORS as exc:
             raise StoreError(

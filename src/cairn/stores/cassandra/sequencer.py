@@ -23,7 +23,7 @@ from cassandra.query import BatchStatement, BatchType
 from cairn.errors import FenceNeedsKey, StoreError
 from cairn.stores.cassandra import copies
 from cairn.stores.cassandra.copies import Copy
-from cairn.stores.cassandra.intents import INTENT_BUCKET_MS, Intents, now_ms, time_of
+from cairn.stores.cassandra.intents import INTENT_BUCKET_MS, Intents, close_windows, now_ms, time_of
 from cairn.stores.cassandra.outcomes import DRIVER_ERRORS, column, describe
 from cairn.stores.cassandra.resolution import Abandoned, carried, fence, read_marks
 from cairn.stores.cassandra.session import Connection
@@ -298,13 +298,12 @@ class Sequencer:
         """Close [start, end) on every shard, then read its intents: the new ones pending."""
         prepared, session = self._prepared(), self._connection().session
         shards = self._intents.origin().shards
-        closes = [session.execute_async(prepared.close, (end, end, s)) for s in range(shards)]
-        for future in closes:
+        for future in close_windows(session, prepared.close, shards, end):
             future.result()
+        every = list(range(shards))  # (one scan a bucket: its shards' partitions by IN)
         scans = [
-            session.execute_async(prepared.select_intents, (bucket, shard, start, end))
+            session.execute_async(prepared.select_intents, (bucket, every, start, end))
             for bucket in range(start // INTENT_BUCKET_MS, (end - 1) // INTENT_BUCKET_MS + 1)
-            for shard in range(shards)
         ]
         found = 0
         seen = time.monotonic()

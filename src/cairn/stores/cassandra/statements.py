@@ -212,11 +212,12 @@ MAKE_ORIGIN = (
     "UPDATE {keyspace}.feed SET shards = ?, cursor = ?, cursor_head = 0, head = 0, epoch = 0 "
     "WHERE bucket = 0 IF shards = null AND head = null"
 )
-# A shard's intents of a span of time (ms), with their age on the node's clock.
+# The shards' intents of a span of time (ms) in one bucket, with their age on the node's
+# clock: one request, whose coordinator reads the shards' partitions.
 SELECT_INTENTS = (
     "SELECT intent, originator_id, originator_version, size, abandoned, sealed, "
     "writetime(originator_id), toUnixTimestamp(currentTimestamp()) FROM {keyspace}.intents "
-    "WHERE bucket = ? AND shard = ? AND intent >= minTimeuuid(?) AND intent < minTimeuuid(?)"
+    "WHERE bucket = ? AND shard IN ? AND intent >= minTimeuuid(?) AND intent < minTimeuuid(?)"
 )
 # The intents that rows carry: the sequencer's resolution (with the version before), and
 # what the published row's copy is made of (with the rows' newest write time: the copy's).
