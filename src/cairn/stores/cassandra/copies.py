@@ -19,6 +19,7 @@ from typing import Any
 
 from cassandra.query import BatchStatement, BatchType
 
+from cairn.stores.cassandra.feed import INDEX_BITS
 from cairn.stores.cassandra.fetch import ClaimRow
 from cairn.stores.cassandra.resolution import carried
 from cairn.stores.contract import Record
@@ -78,7 +79,7 @@ def records(claim: ClaimRow) -> list[Record] | None:
     if not matches(claim):
         return None
     first = claim.originator_version
-    base = (claim.position << 16) + 1  # (feed.INDEX_BITS: the record's place in its batch)
+    base = (claim.position << INDEX_BITS) + 1  # (and the record's place in its batch)
     found = []
     for n, item in enumerate(claim.copy[1]):
         if not (
