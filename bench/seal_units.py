@@ -30,32 +30,21 @@ import argparse
 import os
 import struct
 import sys
-import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cairn_workload import build_replay_aggregate, fresh_store, parse_args
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from decode_profile import best
 
 from cairn import AESCipher, Application
 from cairn.envelope import COMPRESS_MIN_SIZE, EVENT, _compress
 
 GROUPS = (1, 2, 5, 10, 100, 1000)
 _LENGTH = struct.Struct(">I")
-
-
-def best(fn: Callable[[], Any], repeats: int, events: int) -> float:
-    """The fastest of ``repeats`` calls, in microseconds per event."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times) / events * 1e6
 
 
 def _associated(originator_id: bytes, first: int, topics: Sequence[str]) -> bytes:

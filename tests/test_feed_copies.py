@@ -231,7 +231,8 @@ def test_a_rewrite_then_a_refresh_of_the_copies_is_what_a_catch_up_reads(url: st
     assert store.rewrite(changes) == 3
     assert [r.topic for r in whole_feed(store) if r.originator_id == a] == ["t:E"] * 3  # stale
     assert store.refresh_copies() == 2
-    copies.write(session(store), prepared, 0, position, stale).result()  # late: it loses
+    (late,) = copies.write_all(session(store), prepared, 0, [(position, stale)])
+    late.result()  # late: it loses
     requests = Requests(store)
     feed = whole_feed(store)
     assert requests.to("events") == 0

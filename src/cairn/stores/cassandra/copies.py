@@ -99,12 +99,6 @@ def records(claim: ClaimRow) -> list[Record] | None:
     return found
 
 
-def write(session: Any, prepared: Any, bucket: int, position: int, copy: Copy) -> Any:
-    """Write a copy at a published position: sent (the future returned)."""
-    timestamp, value = copy
-    return session.execute_async(prepared.write_copy, (timestamp, value, bucket, position))
-
-
 def write_all(
     session: Any, prepared: Any, bucket: int, copies: Sequence[tuple[int, Copy]]
 ) -> list[Any]:
